@@ -1,0 +1,1 @@
+"""Connector plugins: one module a source type, all on `connectors.base`."""

@@ -1,0 +1,340 @@
+"""The ``worker`` command (contract §7): parse, call, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets as pysecrets
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from worker import logs
+from worker import secrets as worker_secrets
+from worker.config import Tenant
+from worker.errors import ConfigError, ConfigErrors, FatalError, WorkerError
+from worker.runtime import RunSettings
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+tenant_option = click.option("--tenant", "tenant_id", metavar="T", help="The tenant id (config/tenants/T.yaml).")
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="A tenant config file (YAML or JSON) instead of config/tenants/T.yaml.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; turn the worker's errors into a clear exit."""
+    try:
+        return asyncio.run(coro)
+    except ConfigErrors as exc:
+        click.secho(str(exc), fg="red", err=True)
+        raise SystemExit(2) from None
+    except (ConfigError, FatalError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
+    except WorkerError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(1) from None
+
+
+async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
+    from worker.service import load
+
+    return await load(tenant_id, config_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=lambda: os.environ.get("WORKER_LOG_LEVEL", "INFO"),
+              show_default="INFO", help="DEBUG, INFO, WARNING or ERROR.")  # fmt: skip
+@click.option("--log-json/--log-text", default=None,
+              help="Log format; by default JSON unless stderr is a terminal.")  # fmt: skip
+def cli(log_level: str, log_json: bool | None) -> None:
+    """Data-lookup worker: answers customers' questions from a tenant's live systems.
+
+    One process serves one tenant: it claims data_lookup jobs from the engine
+    (or a queue database), runs the tenant's named, parameterised read on a
+    data source, and sends the reply rendered from a template.
+
+    Start with `worker demo`, then `worker lookup --tenant demo order_status order_id=12345`.
+    """
+    logs.setup(log_level, json_lines=log_json)
+
+
+@cli.command()
+@tenant_option
+@config_option
+@click.option("--once", is_flag=True, help="Answer what is queued, then exit.")
+@click.option("--max-in-flight", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="Jobs worked on at the same time.")  # fmt: skip
+@click.option("--grace", "grace_s", type=float, default=lambda: float(os.environ.get("WORKER_GRACE_S", 20)),
+              show_default="20", help="Seconds in-flight jobs get to finish on SIGTERM.")  # fmt: skip
+@click.option("--listen", default=lambda: os.environ.get("WORKER_HTTP", "127.0.0.1:8080"),
+              show_default="WORKER_HTTP or 127.0.0.1:8080",
+              help="Where /healthz, /readyz, /metrics and the webhooks listen; '' for none.")  # fmt: skip
+def run(tenant_id: str | None, config_path: Path | None, once: bool, max_in_flight: int,
+        grace_s: float, listen: str) -> None:  # fmt: skip
+    """Serve one tenant's jobs until SIGTERM (or, with --once, until the queue is empty)."""
+    from worker.service import serve
+
+    async def main() -> int:
+        tenant = await _tenant(tenant_id, config_path)
+        settings = RunSettings(max_in_flight=max_in_flight, grace_s=grace_s, once=once)
+        return await serve(tenant, settings, listen=listen or None)
+
+    raise SystemExit(_run(main()))
+
+
+def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="PARAMS")
+        values[key] = value
+    return values
+
+
+@cli.command()
+@tenant_option
+@config_option
+@click.argument("lookup_name", metavar="LOOKUP")
+@click.argument("pairs", nargs=-1, metavar="KEY=VALUE...")
+@json_option
+def lookup(tenant_id: str | None, config_path: Path | None, lookup_name: str,
+           pairs: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Run one lookup now, without a queue, and show what the customer would get."""
+    from worker.pipeline import UnknownLookup
+    from worker.service import open_worker
+
+    values = _parse_pairs(pairs)
+
+    async def main() -> dict[str, Any]:
+        tenant = await _tenant(tenant_id, config_path)
+        async with open_worker(tenant, with_queue=False) as worker:
+            try:
+                answer = await worker.pipeline.lookup(lookup_name, values)
+            except UnknownLookup as exc:
+                known = ", ".join(sorted(tenant.lookups)) or "none"
+                raise ConfigError(f"{exc}; this tenant's lookups: {known}") from None
+            return answer.as_json()
+
+    result = _run(main())
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, default=str))
+        return
+    colour = {"ok": "green", "not_found": "yellow"}.get(result["outcome"], "red")
+    click.echo(f"outcome:  {click.style(result['outcome'], fg=colour, bold=True)}")
+    click.echo(f"source:   {result['source']}")
+    click.echo(f"time:     {result['response_time_ms']} ms")
+    if result["data"] is not None:
+        click.echo("data:     " + json.dumps(result["data"], ensure_ascii=False, default=str)[:2000])
+    click.echo("reply:")
+    for line in (result["message"] or "(none)").splitlines():
+        click.echo(f"  {line}")
+
+
+@cli.command()
+@json_option
+def connectors(as_json: bool) -> None:
+    """List the source types this worker can use, with their connection fields."""
+    from connectors.registry import available
+
+    rows = []
+    for info in available():
+        fields = {}
+        if info.cls is not None:
+            for name, field in info.cls.Settings.model_fields.items():
+                secret = "Secret" in str(field.annotation)
+                fields[name] = {"required": field.is_required(), "secret": secret}
+        rows.append({
+            "type": info.type_name,
+            "installed": info.cls is not None,
+            "origin": info.origin,
+            "connection": fields,
+            "query": info.cls.query_shape if info.cls else None,
+            "problem": info.problem,
+        })  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mark = click.style("✓", fg="green") if row["installed"] else click.style("·", fg="yellow")
+        click.echo(f"{mark} {click.style(row['type'], bold=True)}")
+        if row["installed"]:
+            names = ", ".join(f"{n}{'' if f['required'] else '?'}{' (secret)' if f['secret'] else ''}"
+                              for n, f in row["connection"].items())  # fmt: skip
+            click.echo(f"    connection: {names}")
+            click.echo(f"    query:      {row['query']}")
+        else:
+            click.echo(f"    {row['problem']}")
+
+
+@cli.command("test-connection")
+@tenant_option
+@config_option
+@click.option("--source", "source_id", metavar="ID", help="Check only this source.")
+def test_connection(tenant_id: str | None, config_path: Path | None, source_id: str | None) -> None:
+    """Check that every (or one) data source answers its health check."""
+    from worker.sources import Sources
+
+    async def main() -> int:
+        tenant = await _tenant(tenant_id, config_path)
+        ids = [source_id] if source_id else list(tenant.sources)
+        unknown = [i for i in ids if i not in tenant.sources]
+        if unknown:
+            raise ConfigError(f"no data source {unknown[0]!r}; this tenant has: {', '.join(tenant.sources)}")
+        sources = Sources(tenant)
+        failed = 0
+        try:
+            for sid in ids:
+                report = await sources.check(sid)
+                if report.ok:
+                    click.echo(f"{click.style('ok  ', fg='green')} {sid:<24} {report.response_time_ms} ms")
+                else:
+                    failed += 1
+                    click.echo(f"{click.style('FAIL', fg='red')} {sid:<24} {report.error}")
+        finally:
+            await sources.close()
+        return 1 if failed else 0
+
+    raise SystemExit(_run(main()))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check tenant configs."""
+
+
+@config_group.command("check")
+@tenant_option
+@config_option
+def config_check(tenant_id: str | None, config_path: Path | None) -> None:
+    """Validate a tenant config: shape, sources, queries, lookups and templates."""
+
+    async def main() -> int:
+        tenant = await _tenant(tenant_id, config_path)
+        where = tenant.path or "the engine's config"
+        for warning in tenant.warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
+        if tenant.problems:
+            for problem in tenant.problems:
+                click.secho(f"{where}: {problem}", fg="red", err=True)
+            return 1
+        click.echo(f"{where}: ok — {len(tenant.sources)} source(s), {len(tenant.lookups)} lookup(s)")
+        return 0
+
+    raise SystemExit(_run(main()))
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Encrypt credentials for configs (enc:v1: values) and manage the keys."""
+
+
+@secrets_group.command("keygen")
+def secrets_keygen() -> None:
+    """Print a new key for WORKER_SECRET_KEYS."""
+    click.echo(worker_secrets.keygen())
+
+
+@secrets_group.command("encrypt")
+def secrets_encrypt() -> None:
+    """Read a secret on standard input; print its enc:v1: value."""
+    if sys.stdin.isatty():
+        secret = click.prompt("secret", hide_input=True)
+    else:
+        secret = sys.stdin.read().rstrip("\r\n")
+    if not secret:
+        raise click.UsageError("no secret on standard input")
+    try:
+        click.echo(worker_secrets.encrypt(secret))
+    except ConfigError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
+
+
+@cli.group("queue")
+def queue_group() -> None:
+    """Create the queue tables."""
+
+
+@queue_group.command("init")
+@click.option("--dsn", required=True, help="sqlite:///path/to/queue.db (PostgreSQL: coming).")
+def queue_init(dsn: str) -> None:
+    """Create the jobs and outbound_messages tables (safe to run twice)."""
+    from worker.stores import open_store
+
+    async def main() -> None:
+        async with open_store(dsn):
+            pass
+
+    _run(main())
+    click.echo(f"queue ready at {dsn}")
+
+
+@cli.group("engine")
+def engine_group() -> None:
+    """The local engine: the engine's API on a local queue, for development and self-hosting."""
+
+
+@engine_group.command("serve")
+@click.option("--listen", default=lambda: os.environ.get("ENGINE_LISTEN", "127.0.0.1:8000"),
+              show_default="ENGINE_LISTEN or 127.0.0.1:8000")  # fmt: skip
+@click.option("--db", default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
+              show_default="ENGINE_DB or ./engine.db", help="The queue: a SQLite file.")  # fmt: skip
+@click.option("--token", default=lambda: os.environ.get("ENGINE_TOKEN"),
+              help="Bearer token callers must send (ENGINE_TOKEN); a random one is printed if unset.")  # fmt: skip
+@click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("config/tenants"), show_default=True,
+              help="Tenant configs served on GET /routes/tenants/{id}/data-sources.")  # fmt: skip
+def engine_serve(listen: str, db: str, token: str | None, config_dir: Path) -> None:
+    """Serve the engine API (queue, messages, tenant configs) on a SQLite queue."""
+    from worker.http import parse_listen
+    from worker.local_engine import LocalEngine, serve_engine
+    from worker.runtime import stop_on_signals
+    from worker.stores import open_store
+
+    if not token:
+        token = pysecrets.token_urlsafe(24)
+        click.echo(f"no ENGINE_TOKEN set; this run's token: {token}", err=True)
+    host, port = parse_listen(listen)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with open_store(db) as store:
+            engine = LocalEngine(store, token=token, config_dir=config_dir)
+            with stop_on_signals(stop):
+                await serve_engine(engine, host, port, stop, ready=lambda p: click.echo(
+                    f"local engine on http://{host}:{p} (queue: {db})", err=True))  # fmt: skip
+
+    _run(main())
+
+
+@cli.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the demo's queue database in this folder.")  # fmt: skip
+def demo(keep: Path | None) -> None:
+    """Run the whole flow locally: engine, demo tenant, sample questions, replies."""
+    from worker.demo import run_demo
+
+    raise SystemExit(_run(run_demo(keep)))
+
+
+def main() -> None:
+    cli(prog_name="worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,568 @@
+"""The tenant config (contract §5): models, loading, and errors with file and line.
+
+Loading happens in two passes. `TenantConfig` validates the document's shape
+with pydantic. `load_tenant` then checks what needs the connectors and the
+templates — connection blocks against each connector's own settings model,
+every query through the connector's ``prepare`` (refusing writes), lookups'
+``args`` against the queries' placeholders, templates compiled — and collects
+every problem into one `ConfigErrors`, each naming its file, path and line.
+The result, `Tenant`, is what the rest of the worker uses; nobody passes the
+raw dict around after this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
+from connectors.registry import KNOWN_TYPES, load
+from worker import secrets
+from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
+from worker.render import Renderer, Template
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Lookup",
+    "LookupConfig",
+    "ParamRule",
+    "Source",
+    "SourceConfig",
+    "Tenant",
+    "TenantConfig",
+    "find_config",
+    "load_tenant",
+    "parse_document",
+]
+
+DEFAULT_TIMEOUT_S = 10.0
+_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+
+DEFAULT_NOT_FOUND = "Sorry, I couldn't find anything for that. Please check the details and try again."
+DEFAULT_FALLBACK = (
+    "Sorry, I can't look that up right now. Please try again in a few minutes, "
+    "or a member of our team will get back to you."
+)
+DEFAULT_INVALID = (
+    "Sorry, I couldn't read that: {{ errors | join_and }}. Please check it and try again."
+)
+
+# Without a template, a reply lists the first row's fields, one a line.
+DEFAULT_TEMPLATE = "{% for key, value in row.items() %}{{ key }}: {{ value }}\n{% endfor %}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParamRule(_Model):
+    """How one job parameter is checked before any source is touched."""
+
+    type: Literal["string", "integer", "number", "boolean", "phone", "email", "date"] = "string"
+    required: bool = True
+    pattern: str | None = None
+    max_length: int = Field(default=200, ge=1, le=10_000)
+    description: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from exc
+        return value
+
+
+class LookupConfig(_Model):
+    """One named lookup (``query_type``): where it reads and how it answers."""
+
+    source: str | None = None
+    query: str | dict[str, Any] | None = None
+    params: dict[str, ParamRule] = Field(default_factory=dict)
+    args: list[str] | None = None
+    template: str | None = None
+    not_found: str | None = None
+    fallback: str | None = None
+    invalid_input: str | None = None
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=120)
+    description: str | None = None
+
+
+class SourceConfig(_Model):
+    """One data source as the seed writes it: ``id``, ``type``, ``connection``, reads."""
+
+    id: str = Field(pattern=_NAME)
+    name: str | None = None
+    description: str | None = None
+    type: str
+    connection: dict[str, Any] = Field(default_factory=dict)
+    queries: dict[str, Any] = Field(default_factory=dict)
+    endpoints: dict[str, Any] = Field(default_factory=dict)
+    max_rows: int = Field(default=100, ge=1, le=100_000)
+    max_bytes: int = Field(default=5_000_000, ge=1_000, le=500_000_000)
+
+
+class EngineConfig(_Model):
+    url: str | None = None
+    token: str | None = None
+
+
+class StoreConfig(_Model):
+    dsn: str | None = None
+    path: str | None = None
+
+
+class QueueConfig(_Model):
+    postgres: StoreConfig | None = None
+    sqlite: StoreConfig | None = None
+
+
+class AuditConfig(_Model):
+    dsn: str | None = None
+
+
+class Defaults(_Model):
+    """Tenant-wide texts used where a lookup has none of its own."""
+
+    not_found: str = DEFAULT_NOT_FOUND
+    fallback: str = DEFAULT_FALLBACK
+    invalid_input: str = DEFAULT_INVALID
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=120)
+
+
+class TenantConfig(_Model):
+    """The whole document of one tenant (contract §5)."""
+
+    tenant_id: str = Field(pattern=_NAME)
+    engine: EngineConfig | None = None
+    queue: QueueConfig | None = None
+    audit: AuditConfig | None = None
+    data_sources: list[SourceConfig] = Field(default_factory=list)
+    lookups: dict[str, LookupConfig] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    templates_dir: str | None = None
+
+
+# -- the loaded form ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """A source's configured read, prepared, with the order its ``$n`` bind in."""
+
+    name: str
+    prepared: PreparedQuery
+    args: tuple[str, ...] | None
+
+
+@dataclass
+class Source:
+    """A configured source: its connector class and settings, or why it has none."""
+
+    id: str
+    type: str
+    connector_cls: type[Connector] | None
+    settings: ConnectionSettings | None
+    queries: dict[str, NamedQuery]
+    limits: Limits
+    problem: str | None = None
+
+    def make_connector(self, base_dir: Path) -> Connector:
+        if self.connector_cls is None or self.settings is None:
+            raise ConnectorMissing(self.problem or f"source {self.id!r} has no connector")
+        return self.connector_cls(self.id, self.settings, base_dir=base_dir, limits=self.limits)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup ready to run: prepared query, parameter rules, compiled texts."""
+
+    name: str
+    source_id: str
+    query: PreparedQuery
+    params: Mapping[str, ParamRule]
+    args: tuple[str, ...]
+    template: Template | None
+    not_found: Template
+    fallback: Template
+    invalid_input: Template
+    timeout_s: float
+
+
+@dataclass
+class Tenant:
+    """A tenant config after loading: what the worker runs on."""
+
+    config: TenantConfig
+    path: Path | None
+    base_dir: Path
+    sources: dict[str, Source]
+    lookups: dict[str, Lookup]
+    renderer: Renderer
+    defaults: dict[str, Template]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tenant_id(self) -> str:
+        return self.config.tenant_id
+
+    @property
+    def problems(self) -> list[str]:
+        """Sources that cannot serve (no connector, bad settings): for ``config check``."""
+        return [f"data_sources.{s.id}: {s.problem}" for s in self.sources.values() if s.problem]
+
+    def source_lookup(self, query_type: str, source_id: str) -> Lookup | None:
+        """The contract's implicit lookup: a query of that name on the named source."""
+        source = self.sources.get(source_id)
+        named = source.queries.get(query_type) if source else None
+        if source is None or named is None:
+            return None
+        if named.prepared.positional and named.args is None:
+            args: tuple[str, ...] = ()
+        else:
+            args = named.args or ()
+        names = set(args) | set(named.prepared.names)
+        return Lookup(
+            name=query_type,
+            source_id=source_id,
+            query=named.prepared,
+            params={n: ParamRule() for n in names},
+            args=args,
+            template=None,
+            not_found=self.defaults["not_found"],
+            fallback=self.defaults["fallback"],
+            invalid_input=self.defaults["invalid_input"],
+            timeout_s=self.config.defaults.timeout_s,
+        )
+
+
+# -- reading files -----------------------------------------------------------
+
+
+def parse_document(text: str, *, name: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+    """Parse YAML or JSON; also return the 1-based line of every path in it."""
+    try:
+        data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc.msg}", where=f"{name}:{exc.lineno}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"not valid YAML: {exc}", where=f"{name}{line}") from exc
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        node = None  # JSON that YAML 1.1 cannot read: errors go without lines
+    if node is not None:
+        _index_lines(node, (), lines)
+    return data, lines
+
+
+def _index_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[Any, int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[(*path, key.value)] = key.start_mark.line + 1
+            _index_lines(value, (*path, key.value), out)
+            out[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*path, i), out)
+
+
+def find_config(tenant_id: str, config_dir: Path | None = None) -> Path:
+    """``config/tenants/<tenant>.yaml`` (or .yml, .json), or a clear error."""
+    root = config_dir or Path(os.environ.get("WORKER_CONFIG_DIR", "config/tenants"))
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = root / f"{tenant_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no config for tenant {tenant_id!r}: looked for {root}/{tenant_id}.yaml/.yml/.json; "
+        "pass --config PATH, or set ENGINE_URL to fetch it from the engine"
+    )
+
+
+class _Errors:
+    """Collects problems with their file, path and line."""
+
+    def __init__(self, name: str, lines: Mapping[tuple[str | int, ...], int]) -> None:
+        self.name = name
+        self.lines = lines
+        self.items: list[ConfigError] = []
+
+    def where(self, path: tuple[str | int, ...]) -> str:
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path)
+        dotted = dotted.replace(".[", "[")
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe)
+        return f"{self.name}:{line}: {dotted}" if line else f"{self.name}: {dotted}"
+
+    def add(self, path: tuple[str | int, ...], message: str) -> None:
+        self.items.append(ConfigError(message, where=self.where(path)))
+
+
+def load_tenant(
+    path: Path | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
+    tenant_id: str | None = None,
+    name: str | None = None,
+    templates_dir: Path | None = None,
+) -> Tenant:
+    """Load and check one tenant config from a file, or from an already parsed document."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    if path is not None:
+        label = name or str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config: {exc.strerror}", where=label) from exc
+        data, lines = parse_document(text, name=label)
+        base_dir = path.resolve().parent
+    else:
+        label = name or "engine config"
+        data = dict(document or {})
+        base_dir = Path.cwd()
+    errors = _Errors(label, lines)
+    if not isinstance(data, Mapping):
+        raise ConfigError("the config must be a mapping at the top level", where=label)
+    data = dict(data)
+    if "tenant_id" not in data:
+        data["tenant_id"] = tenant_id or (path.stem if path else "")
+    resolved = _resolve_values(data, (), errors)
+    try:
+        config = TenantConfig.model_validate(resolved)
+    except ValidationError as exc:
+        for err in exc.errors():
+            errors.add(tuple(err["loc"]), err["msg"])
+        raise ConfigErrors(errors.items) from None
+    if errors.items:
+        raise ConfigErrors(errors.items)
+    renderer = Renderer(_templates_dir(config, base_dir, templates_dir))
+    tenant = _build(config, path, base_dir, renderer, errors)
+    if errors.items:
+        raise ConfigErrors(errors.items)
+    tenant.warnings.extend(secrets.plaintext_warnings(data, label))
+    return tenant
+
+
+def _templates_dir(config: TenantConfig, base_dir: Path, override: Path | None) -> Path | None:
+    if override is not None:
+        return override
+    if config.templates_dir:
+        return (base_dir / config.templates_dir).resolve()
+    for folder in (base_dir, *base_dir.parents):
+        if (folder / "templates").is_dir():
+            return folder / "templates"
+    cwd = Path.cwd() / "templates"
+    return cwd if cwd.is_dir() else None
+
+
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _resolve_values(node: Any, path: tuple[str | int, ...], errors: _Errors) -> Any:
+    """Decrypt ``enc:v1:`` values and expand ``${env:NAME}``, in memory only."""
+    if isinstance(node, str):
+        if node.startswith(secrets.PREFIX):
+            try:
+                return secrets.decrypt(node)
+            except ConfigError as exc:
+                errors.add(path, exc.message)
+                return ""
+        missing = [m.group(1) for m in _ENV.finditer(node) if m.group(1) not in os.environ]
+        if missing:
+            errors.add(path, f"environment variable {missing[0]} is not set")
+            return ""
+        return _ENV.sub(lambda m: os.environ[m.group(1)], node)
+    if isinstance(node, Mapping):
+        return {k: _resolve_values(v, (*path, k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_values(v, (*path, i), errors) for i, v in enumerate(node)]
+    return node
+
+
+def _build(
+    config: TenantConfig, path: Path | None, base_dir: Path, renderer: Renderer, errors: _Errors
+) -> Tenant:
+    sources: dict[str, Source] = {}
+    for index, source in enumerate(config.data_sources):
+        at: tuple[str | int, ...] = ("data_sources", index)
+        if source.id in sources:
+            errors.add((*at, "id"), f"duplicate data source id {source.id!r}")
+            continue
+        sources[source.id] = _build_source(source, at, errors)
+    defaults = {
+        key: _compile(renderer, getattr(config.defaults, key), ("defaults", key), errors)
+        for key in ("not_found", "fallback", "invalid_input")
+    }
+    tenant = Tenant(config, path, base_dir, sources, {}, renderer, defaults)  # type: ignore[arg-type]
+    for name, lookup in config.lookups.items():
+        built = _build_lookup(tenant, name, lookup, ("lookups", name), errors)
+        if built is not None:
+            tenant.lookups[name] = built
+    return tenant
+
+
+def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Errors) -> Source:
+    limits = Limits(max_rows=source.max_rows, max_bytes=source.max_bytes)
+    try:
+        cls = load(source.type)
+    except ConnectorMissing as exc:
+        if source.type not in KNOWN_TYPES:
+            errors.add((*at, "type"), exc.message)
+        queries = {n: NamedQuery(n, _untyped(q), _args_of(q)) for n, q in _reads(source)}
+        return Source(source.id, source.type, None, None, queries, limits, exc.message)
+    settings: ConnectionSettings | None = None
+    try:
+        settings = cls.Settings.model_validate(source.connection)
+    except ValidationError as exc:
+        for err in exc.errors():
+            errors.add((*at, "connection", *err["loc"]), err["msg"])
+    queries: dict[str, NamedQuery] = {}
+    for qname, raw in _reads(source):
+        key = "endpoints" if qname in source.endpoints else "queries"
+        prepared = _prepare(cls, _query_body(raw), (*at, key, qname), errors)
+        if prepared is not None:
+            args = _args_of(raw)
+            _check_args(prepared, args, (*at, key, qname), errors, required=False)
+            queries[qname] = NamedQuery(qname, prepared, args)
+    return Source(source.id, source.type, cls, settings, queries, limits)
+
+
+def _reads(source: SourceConfig) -> Iterator[tuple[str, Any]]:
+    yield from source.queries.items()
+    yield from source.endpoints.items()
+
+
+def _query_body(raw: Any) -> Any:
+    """A query may be written long-hand: ``{"query": …, "args": [...]}``."""
+    if isinstance(raw, Mapping) and "query" in raw and set(raw) <= {"query", "args"}:
+        return raw["query"]
+    return raw
+
+
+def _args_of(raw: Any) -> tuple[str, ...] | None:
+    if isinstance(raw, Mapping) and isinstance(raw.get("args"), list) and "query" in raw:
+        return tuple(str(a) for a in raw["args"])
+    return None
+
+
+def _untyped(raw: Any) -> PreparedQuery:
+    return PreparedQuery(spec=_query_body(raw))
+
+
+def _prepare(
+    cls: type[Connector], raw: Any, at: tuple[str | int, ...], errors: _Errors
+) -> PreparedQuery | None:
+    try:
+        return cls.prepare(raw)
+    except ConfigError as exc:
+        errors.add(at, exc.message)
+    except (ValueError, TypeError) as exc:
+        errors.add(at, str(exc))
+    return None
+
+
+def _check_args(
+    prepared: PreparedQuery,
+    args: tuple[str, ...] | None,
+    at: tuple[str | int, ...],
+    errors: _Errors,
+    *,
+    required: bool,
+) -> None:
+    if args is None:
+        if required and prepared.positional:
+            errors.add(at, f"the query takes {prepared.positional} value(s) ($1…): list them in args")
+        return
+    if len(args) != prepared.positional:
+        errors.add(
+            at,
+            f"args names {len(args)} parameter(s) but the query has {prepared.positional} "
+            "placeholder(s) ($1…$n)",
+        )
+
+
+def _compile(
+    renderer: Renderer, text: str, at: tuple[str | int, ...], errors: _Errors
+) -> Template | None:
+    try:
+        return renderer.compile(text, where=errors.where(at))
+    except ConfigError as exc:
+        errors.items.append(exc)
+        return None
+
+
+def _build_lookup(
+    tenant: Tenant, name: str, spec: LookupConfig, at: tuple[str | int, ...], errors: _Errors
+) -> Lookup | None:
+    source_id = spec.source or _only_source(tenant)
+    source = tenant.sources.get(source_id or "")
+    if source is None:
+        errors.add((*at, "source"), f"names no configured data source ({source_id!r})")
+        return None
+    query_name = spec.query if isinstance(spec.query, str) and spec.query in source.queries else None
+    if spec.query is None and name in source.queries:
+        query_name = name
+    if query_name is not None:
+        named = source.queries[query_name]
+        prepared: PreparedQuery | None = named.prepared
+        args = tuple(spec.args) if spec.args is not None else named.args
+    elif spec.query is None:
+        errors.add((*at, "query"), f"source {source.id!r} has no query named {name!r}")
+        return None
+    elif source.connector_cls is None:
+        prepared, args = _untyped(spec.query), tuple(spec.args or ())
+    else:
+        prepared = _prepare(source.connector_cls, spec.query, (*at, "query"), errors)
+        args = tuple(spec.args) if spec.args is not None else None
+    if prepared is None:
+        return None
+    if source.connector_cls is not None:
+        _check_args(prepared, args, (*at, "args"), errors, required=True)
+    params = dict(spec.params)
+    for needed in (*(args or ()), *prepared.names):
+        params.setdefault(needed, ParamRule())
+    texts = {
+        key: _compile(renderer, value, (*at, key), errors)
+        for key, value, renderer in _texts(tenant, spec)
+    }
+    return Lookup(
+        name=name,
+        source_id=source.id,
+        query=prepared,
+        params=params,
+        args=args or (),
+        template=texts["template"],
+        not_found=texts["not_found"] or tenant.defaults["not_found"],
+        fallback=texts["fallback"] or tenant.defaults["fallback"],
+        invalid_input=texts["invalid_input"] or tenant.defaults["invalid_input"],
+        timeout_s=spec.timeout_s,
+    )
+
+
+def _texts(tenant: Tenant, spec: LookupConfig) -> Iterator[tuple[str, str, Renderer]]:
+    defaults = tenant.config.defaults
+    yield "template", spec.template or DEFAULT_TEMPLATE, tenant.renderer
+    yield "not_found", spec.not_found or defaults.not_found, tenant.renderer
+    yield "fallback", spec.fallback or defaults.fallback, tenant.renderer
+    yield "invalid_input", spec.invalid_input or defaults.invalid_input, tenant.renderer
+
+
+def _only_source(tenant: Tenant) -> str | None:
+    return next(iter(tenant.sources)) if len(tenant.sources) == 1 else None

@@ -1,0 +1,176 @@
+"""The engine's HTTP API (contract §3), as the worker calls it.
+
+Status codes become the worker's errors here, once: 401/403 →
+`EngineAuthError` (a configuration problem), 409 → `LeaseLost`, 5xx, timeouts
+and refused connections → `EngineUnavailable` (retry with back-off). Nothing
+else in the worker looks at an HTTP status from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+
+from worker.errors import EngineAuthError, EngineUnavailable, FatalError, LeaseLost
+from worker.jobs import ClaimedJob
+
+__all__ = ["EngineClient", "backoff_delays", "with_retries"]
+
+T = TypeVar("T")
+
+_MAX_BODY = 10_000_000
+
+
+def backoff_delays(base_s: float = 0.2, cap_s: float = 10.0) -> Any:
+    """Capped exponential back-off with full jitter: 0.2 s, 0.4 s … up to ``cap_s``."""
+    attempt = 0
+    while True:
+        yield random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311 - jitter, not crypto
+        attempt += 1
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, deadline_s: float, on_retry: Callable[[Exception], None]
+) -> T:
+    """Retry ``call`` on `EngineUnavailable` until ``deadline_s`` has passed."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    delays = backoff_delays()
+    while True:
+        try:
+            return await call()
+        except EngineUnavailable as exc:
+            delay = next(delays)
+            if loop.time() + delay > give_up:
+                raise
+            on_retry(exc)
+            await asyncio.sleep(delay)
+
+
+class EngineClient:
+    """One pooled HTTP session to the engine."""
+
+    def __init__(self, base_url: str, token: str, *, pool_size: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<EngineClient {self.base_url}>"
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float = 15.0,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        try:
+            async with self._http().request(
+                method,
+                url,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                raw = await response.content.read(_MAX_BODY + 1)
+                return self._answer(response.status, raw, method, path)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise EngineUnavailable(
+                f"{method} {path}: the engine did not answer ({type(exc).__name__})"
+            ) from exc
+
+    @staticmethod
+    def _answer(status: int, raw: bytes, method: str, path: str) -> Any:
+        if status in (401, 403):
+            raise EngineAuthError(
+                f"{method} {path}: the engine refused the token ({status}); check ENGINE_TOKEN"
+            )
+        if status == 409:
+            raise LeaseLost(f"{method} {path}: the job's lease was lost")
+        if status >= 500 or status == 429:
+            raise EngineUnavailable(f"{method} {path}: the engine answered {status}")
+        if status >= 400:
+            raise FatalError(f"{method} {path}: the engine answered {status}: {raw[:200]!r}")
+        if len(raw) > _MAX_BODY:
+            raise FatalError(f"{method} {path}: the engine's answer is too large")
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise EngineUnavailable(f"{method} {path}: the engine's answer is not JSON") from exc
+
+    async def next_jobs(
+        self, tenant_id: str, job_types: Sequence[str], *, max_jobs: int, wait_s: float
+    ) -> list[ClaimedJob]:
+        body = {"tenant_id": tenant_id, "job_types": list(job_types),
+                "max_jobs": max_jobs, "wait_s": wait_s}  # fmt: skip
+        answer = await self._call("POST", "/queue/next-job", body, timeout_s=wait_s + 15)
+        jobs = answer.get("jobs", []) if isinstance(answer, dict) else []
+        claimed = []
+        for item in jobs if isinstance(jobs, list) else []:
+            if not isinstance(item, dict) or "id" not in item:
+                continue
+            claimed.append(
+                ClaimedJob(
+                    id=str(item["id"]),
+                    payload=item.get("payload"),
+                    attempt=int(item.get("attempt") or 1),
+                    lease_s=float(item.get("lease_s") or 30),
+                )
+            )
+        return claimed
+
+    async def heartbeat(self, job: ClaimedJob) -> float:
+        answer = await self._call("POST", f"/queue/jobs/{job.id}/heartbeat", {"attempt": job.attempt})
+        return float(answer.get("lease_s", job.lease_s)) if isinstance(answer, dict) else job.lease_s
+
+    async def complete(
+        self, job: ClaimedJob, *, outcome: str, result: Any, response_time_ms: int
+    ) -> None:
+        body = {"outcome": outcome, "result": result, "response_time_ms": response_time_ms,
+                "attempt": job.attempt}  # fmt: skip
+        await self._call("POST", f"/queue/jobs/{job.id}/complete", body)
+
+    async def fail(self, job: ClaimedJob, *, error: str, retry: bool, retry_after_s: float) -> None:
+        body = {"error": error, "retry": retry, "retry_after_s": retry_after_s,
+                "attempt": job.attempt}  # fmt: skip
+        await self._call("POST", f"/queue/jobs/{job.id}/fail", body)
+
+    async def send_message(self, *, tenant_id: str, to: str, message: str, key: str) -> None:
+        body = {"tenant_id": tenant_id, "to": to, "message": message, "job_id": key}
+        await self._call("POST", "/messages/send", body, headers={"Idempotency-Key": key})
+
+    async def tenant_config(self, tenant_id: str) -> Any:
+        return await self._call("GET", f"/routes/tenants/{tenant_id}/data-sources")

@@ -1,0 +1,114 @@
+"""The worker's exceptions, named by what the caller does next.
+
+    WorkerError
+    ├── ConfigError                 fix the configuration and restart
+    │   ├── ConfigErrors            several ConfigError collected at load time
+    │   ├── NotARead                a configured query would write
+    │   └── ConnectorMissing        no connector (or driver extra) for a source type
+    ├── RetriableError              try again later (engine down, queue busy)
+    │   └── EngineUnavailable       5xx, timeout, refused connection
+    ├── FatalError                  stop: nothing a retry can mend
+    │   └── EngineAuthError         401/403 from the engine: a configuration problem
+    ├── LeaseLost                   another worker owns the job now; drop it quietly
+    └── SourceError                 a data source failed: the job gets `fallback`
+        ├── SourceTimeout           the read passed its deadline
+        ├── SourceAuthError         the source refused the credentials
+        └── SourceUnavailable       the source cannot be reached
+
+Connectors translate driver errors into the `SourceError` family in one place
+each (`raise SourceError(...) from exc`), so the pipeline never sees a driver's
+own exception type. Messages never carry secrets: they name the source, not its
+credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "ConnectorMissing",
+    "EngineAuthError",
+    "EngineUnavailable",
+    "FatalError",
+    "LeaseLost",
+    "NotARead",
+    "RetriableError",
+    "SourceAuthError",
+    "SourceError",
+    "SourceTimeout",
+    "SourceUnavailable",
+    "WorkerError",
+]
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+
+class ConfigError(WorkerError):
+    """A configuration value is wrong; `where` says which file, path and line."""
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigErrors(ConfigError):
+    """All problems found while loading one config, reported together."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} problem(s) in the configuration:\n{lines}")
+
+
+class RetriableError(WorkerError):
+    """Worth trying again after a back-off."""
+
+
+class EngineUnavailable(RetriableError):
+    """The engine answered 5xx, timed out or refused the connection."""
+
+
+class FatalError(WorkerError):
+    """Nothing a retry can mend."""
+
+
+class EngineAuthError(FatalError):
+    """The engine refused the worker's token (401/403): fix ENGINE_TOKEN."""
+
+
+class LeaseLost(WorkerError):
+    """The job's lease expired and another worker may own it now."""
+
+
+class SourceError(WorkerError):
+    """A data source failed; the job is answered with the lookup's fallback."""
+
+    def __init__(self, source_id: str, message: str) -> None:
+        self.source_id = source_id
+        self.message = message
+        super().__init__(f"source {source_id!r}: {message}")
+
+
+class SourceTimeout(SourceError):
+    """The read did not finish before its deadline."""
+
+
+class SourceAuthError(SourceError):
+    """The source refused the configured credentials."""
+
+
+class SourceUnavailable(SourceError):
+    """The source could not be reached."""
+
+
+class NotARead(ConfigError):
+    """A configured query is not a read (INSERT, UPDATE, a write command…)."""
+
+
+class ConnectorMissing(ConfigError):
+    """No connector is installed for a source type."""

@@ -1,0 +1,232 @@
+"""Jobs (contract §2): payload normalisation and parameter validation.
+
+`read_payload` decides whether a payload is this worker's at all (`NotOurs`:
+fail it, never run it) and normalises both spellings of the job into a
+`JobRequest`. `validate_params` checks parameters against a lookup's rules
+before any source is touched; what fails becomes `InvalidInput`, whose
+messages are fit to show a customer (they never echo the bad value).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.config import Lookup, ParamRule
+
+__all__ = [
+    "JOB_TYPE",
+    "ClaimedJob",
+    "InvalidInput",
+    "JobRequest",
+    "NotOurs",
+    "normalise_query_type",
+    "read_payload",
+    "validate_params",
+]
+
+JOB_TYPE = "data_lookup"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job handed to this worker, with its lease."""
+
+    id: str
+    payload: Any
+    attempt: int = 1
+    lease_s: float = 30.0
+
+
+class NotOurs(Exception):
+    """The job is not this worker's to run: fail it without retry."""
+
+
+@dataclass
+class InvalidInput(Exception):
+    """The job cannot run as given; ``errors`` are customer-readable."""
+
+    errors: list[str]
+    reply_to: str | None = None
+
+    def __str__(self) -> str:
+        return "; ".join(self.errors)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_type: str
+    tenant_id: str
+    query_type: str | None = Field(default=None, max_length=100)
+    query: str | None = Field(default=None, max_length=100)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data_source: str | None = Field(default=None, max_length=255)
+    data_source_config: dict[str, Any] | None = None
+    customer_context: dict[str, Any] = Field(default_factory=dict)
+    reply_to: str | None = Field(default=None, max_length=64)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A payload this worker will answer, in one spelling."""
+
+    tenant_id: str
+    query_type: str
+    parameters: Mapping[str, Any]
+    data_source: str | None
+    customer: Mapping[str, Any]
+    reply_to: str | None
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+
+def normalise_query_type(text: str) -> str:
+    """``"Order status"`` → ``"order_status"``: lower case, spaces and dashes to ``_``."""
+    return re.sub(r"[\s\-]+", "_", text.strip().lower())
+
+
+def _reply_address(payload: Mapping[str, Any]) -> str | None:
+    customer = payload.get("customer_context")
+    params = payload.get("parameters")
+    for candidate in (
+        payload.get("reply_to"),
+        customer.get("phone") if isinstance(customer, Mapping) else None,
+        params.get("customer_phone") if isinstance(params, Mapping) else None,
+    ):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()[:64]
+    return None
+
+
+def read_payload(payload: Any, tenant_id: str) -> JobRequest:
+    """Normalise a job payload, or raise `NotOurs` / `InvalidInput`."""
+    if isinstance(payload, str | bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            raise NotOurs("the job payload is not valid JSON") from None
+    if not isinstance(payload, Mapping):
+        raise NotOurs("the job payload is not a JSON object")
+    if payload.get("job_type") != JOB_TYPE:
+        raise NotOurs(f"job_type {payload.get('job_type')!r} is not {JOB_TYPE!r}")
+    if payload.get("tenant_id") != tenant_id:
+        raise NotOurs(f"job is for tenant {payload.get('tenant_id')!r}, this worker serves {tenant_id!r}")
+    config = payload.get("data_source_config")
+    if isinstance(config, Mapping) and set(config) - {"id"}:
+        raise NotOurs(
+            "data_source_config may only name a configured source ({\"id\": …}); "
+            "connection settings in a job are refused"
+        )
+    reply_to = _reply_address(payload)
+    try:
+        job = _Payload.model_validate(payload)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise InvalidInput(problems, reply_to) from None
+    query_type = job.query_type or (normalise_query_type(job.query) if job.query else None)
+    if not query_type:
+        raise InvalidInput(["the job names no query_type"], reply_to)
+    source = job.data_source or (config.get("id") if isinstance(config, Mapping) else None)
+    return JobRequest(
+        tenant_id=job.tenant_id,
+        query_type=normalise_query_type(query_type),
+        parameters=job.parameters,
+        data_source=str(source) if source else None,
+        customer=job.customer_context,
+        reply_to=reply_to,
+        raw=payload,
+    )
+
+
+# -- parameters --------------------------------------------------------------
+
+_PHONE = re.compile(r"^\+?[0-9][0-9 ().\-]{4,24}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+
+
+def _label(name: str) -> str:
+    return "the " + name.replace("_", " ")
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int | float):
+        return str(value).strip()
+    return None
+
+
+def _convert(rule: ParamRule, text: str) -> Any:
+    """The typed value of ``text``, or ValueError with a customer-readable reason."""
+    if rule.type == "integer":
+        if not re.fullmatch(r"[+-]?\d{1,18}", text):
+            raise ValueError("must be a whole number")
+        return int(text)
+    if rule.type == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError("must be a number")
+        return number
+    if rule.type == "boolean":
+        lowered = text.lower()
+        if lowered not in {"true", "false", "yes", "no", "1", "0"}:
+            raise ValueError("must be yes or no")
+        return lowered in {"true", "yes", "1"}
+    if rule.type == "phone":
+        if not _PHONE.fullmatch(text):
+            raise ValueError("must be a phone number")
+        digits = re.sub(r"\D", "", text)
+        return ("+" if text.startswith("+") else "") + digits
+    if rule.type == "email":
+        if not _EMAIL.fullmatch(text):
+            raise ValueError("must be an email address")
+        return text
+    if rule.type == "date":
+        try:
+            return dt.date.fromisoformat(text).isoformat()
+        except ValueError:
+            raise ValueError("must be a date like 2025-09-12") from None
+    return text
+
+
+def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
+    if isinstance(value, bool) and rule.type == "boolean":
+        return value
+    text = _as_text(value)
+    if text is None:
+        raise ValueError("must be text or a number")
+    if len(text) > rule.max_length:
+        raise ValueError(f"is too long (at most {rule.max_length} characters)")
+    if "\x00" in text:
+        raise ValueError("contains characters that are not allowed")
+    if rule.pattern is not None and not re.fullmatch(rule.pattern, text):
+        raise ValueError("is not in the expected format")
+    return _convert(rule, text)
+
+
+def validate_params(lookup: Lookup, raw: Mapping[str, Any], *, reply_to: str | None) -> dict[str, Any]:
+    """The lookup's parameters, checked and typed; unknown ones are dropped."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, rule in lookup.params.items():
+        value = raw.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if rule.required:
+                errors.append(f"{_label(name)} is missing")
+            continue
+        try:
+            values[name] = _check_one(name, rule, value)
+        except ValueError as exc:
+            errors.append(f"{_label(name)} {exc}")
+    if errors:
+        raise InvalidInput(errors, reply_to)
+    return values

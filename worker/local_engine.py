@@ -1,0 +1,249 @@
+"""The local engine: contract §3's HTTP API served on a queue store.
+
+For development, demos, tests and self-hosting. Besides the §3 calls it has a
+few of its own, for people and tests (all behind the same bearer token):
+
+- ``POST /queue/jobs`` (body: a job payload) → ``201 {"id": "…"}``
+- ``GET /queue/jobs/{id}`` → the job's row
+- ``GET /messages[?tenant_id=t]`` → the messages sent, oldest first
+- ``GET /healthz`` (no token)
+
+Tenant configs for ``GET /routes/tenants/{id}/data-sources`` are read from a
+folder of ``<tenant>.yaml`` / ``.json`` files, as they are on disk (encrypted
+values stay encrypted: the engine never holds a usable credential).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.config import find_config
+from worker.errors import ConfigError
+from worker.stores.base import Claim, Reply, Store
+
+__all__ = ["LocalEngine", "serve_engine"]
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 30.0
+MAX_BODY = 4 * 1024 * 1024
+OUTCOMES = ("ok", "not_found", "invalid_input", "fallback")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _NextJob(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tenant_id: str = Field(min_length=1, max_length=255)
+    job_types: list[str] = Field(default_factory=lambda: ["data_lookup"], max_length=20)
+    max_jobs: int = Field(default=10, ge=0, le=1000)
+    wait_s: float = Field(default=20, ge=0, le=60)
+
+
+class _Complete(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    outcome: str
+    result: Any = None
+    response_time_ms: int | None = None
+    attempt: int | None = None
+
+
+class _Fail(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    error: str = Field(default="", max_length=10_000)
+    retry: bool = False
+    retry_after_s: float = Field(default=0, ge=0, le=86_400)
+    attempt: int | None = None
+
+
+class _Send(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tenant_id: str = Field(min_length=1)
+    to: str = Field(min_length=1, max_length=64)
+    message: str = Field(min_length=1, max_length=65_536)
+    job_id: str | int | None = None
+
+
+class _Beat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    attempt: int | None = None
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    try:
+        raw = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
+                                 content_type="application/json") from None  # fmt: skip
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise web.HTTPUnprocessableEntity(text=json.dumps({"error": detail}),
+                                          content_type="application/json") from None  # fmt: skip
+
+
+def _job_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no job {raw!r}"}),
+                               content_type="application/json")  # fmt: skip
+    return int(raw)
+
+
+class LocalEngine:
+    """The §3 API on a `Store`."""
+
+    def __init__(self, store: Store, *, token: str, config_dir: Path | None = None,
+                 lease_s: float = LEASE_S) -> None:  # fmt: skip
+        self.store = store
+        self.token = token
+        self.config_dir = config_dir
+        self.lease_s = lease_s
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._auth])
+        app.add_routes([
+            web.get("/healthz", self.healthz),
+            web.post("/queue/next-job", self.next_job),
+            web.post("/queue/jobs", self.enqueue),
+            web.get("/queue/jobs/{id}", self.show_job),
+            web.post("/queue/jobs/{id}/heartbeat", self.heartbeat),
+            web.post("/queue/jobs/{id}/complete", self.complete),
+            web.post("/queue/jobs/{id}/fail", self.fail),
+            web.post("/messages/send", self.send),
+            web.get("/messages", self.list_messages),
+            web.get("/routes/tenants/{tenant_id}/data-sources", self.tenant_config),
+        ])  # fmt: skip
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return _error(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def next_job(self, request: web.Request) -> web.Response:
+        body: _NextJob = await _body(request, _NextJob)
+        claim = Claim(body.tenant_id, body.job_types, body.max_jobs, self.lease_s,
+                      worker_id=f"http:{request.remote}")  # fmt: skip
+        jobs = await self.store.claim(claim) if body.max_jobs else []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body.wait_s
+        while not jobs and body.max_jobs and (left := deadline - loop.time()) > 0:
+            await self.store.wait_for_jobs(left)
+            jobs = await self.store.claim(claim)
+        return web.json_response({"jobs": [
+            {"id": j.id, "payload": j.payload, "attempt": j.attempt, "lease_s": j.lease_s}
+            for j in jobs
+        ]})  # fmt: skip
+
+    async def enqueue(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _error(400, "the body is not valid JSON")
+        if not isinstance(payload, dict):
+            return _error(422, "a job payload must be a JSON object")
+        job_id = await self.store.enqueue(payload)
+        return web.json_response({"id": str(job_id)}, status=201)
+
+    async def show_job(self, request: web.Request) -> web.Response:
+        row = await self.store.job(_job_id(request))
+        if row is None:
+            return _error(404, "no such job")
+        return web.json_response({"id": str(row.id), "payload": row.payload, "status": row.status,
+                                  "attempt": row.attempt, "outcome": row.outcome,
+                                  "result": row.result, "error": row.error})  # fmt: skip
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        body: _Beat = await _body(request, _Beat)
+        ok = await self.store.heartbeat(_job_id(request), lease_s=self.lease_s, attempt=body.attempt)
+        if not ok:
+            return _error(409, "the lease was lost")
+        return web.json_response({"lease_s": self.lease_s})
+
+    async def complete(self, request: web.Request) -> web.Response:
+        body: _Complete = await _body(request, _Complete)
+        if body.outcome not in OUTCOMES:
+            return _error(422, f"outcome must be one of {', '.join(OUTCOMES)}")
+        ok = await self.store.complete(_job_id(request), outcome=body.outcome, result=body.result,
+                                       attempt=body.attempt)  # fmt: skip
+        if not ok:
+            return _error(409, "the lease was lost")
+        return web.json_response({"status": "done"})
+
+    async def fail(self, request: web.Request) -> web.Response:
+        body: _Fail = await _body(request, _Fail)
+        ok = await self.store.fail(_job_id(request), error=body.error, retry=body.retry,
+                                   retry_after_s=body.retry_after_s, attempt=body.attempt)  # fmt: skip
+        if not ok:
+            return _error(409, "the lease was lost")
+        return web.json_response({"status": "pending" if body.retry else "failed"})
+
+    async def send(self, request: web.Request) -> web.Response:
+        body: _Send = await _body(request, _Send)
+        key = request.headers.get("Idempotency-Key") or (
+            str(body.job_id) if body.job_id is not None else str(uuid.uuid4()))  # fmt: skip
+        fresh = await self.store.send_message(key=key, reply=Reply(body.tenant_id, body.to, body.message))
+        log.info("message to %s%s", body.to[:4] + "…", "" if fresh else " (duplicate, not sent again)",
+                 extra={"action": "send", "tenant": body.tenant_id, "job_id": key})  # fmt: skip
+        return web.json_response({"status": "sent" if fresh else "duplicate"}, status=200)
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.store.messages(request.query.get("tenant_id")))
+
+    async def tenant_config(self, request: web.Request) -> web.Response:
+        tenant_id = request.match_info["tenant_id"]
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", tenant_id) or ".." in tenant_id:
+            return _error(404, "no such tenant")
+        if self.config_dir is None:
+            return _error(404, "this engine serves no tenant configs (start it with --config-dir)")
+        try:
+            path = find_config(tenant_id, self.config_dir)
+        except ConfigError:
+            return _error(404, f"no config for tenant {tenant_id!r}")
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return web.json_response(document)
+
+
+async def serve_engine(engine: LocalEngine, host: str, port: int, stop: asyncio.Event,
+                       *, ready: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0)."""
+    runner = web.AppRunner(engine.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=2)
+    await site.start()
+    bound = port
+    server = site._server  # noqa: SLF001 - aiohttp keeps the bound sockets here
+    if server is not None and getattr(server, "sockets", None):
+        bound = server.sockets[0].getsockname()[1]
+    if ready is not None:
+        ready(bound)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,39 @@
+"""Prometheus metrics (contract §6 ``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """One registry per worker process (tests can make as many as they like)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "worker_jobs_total", "Jobs answered, by outcome", ["outcome"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "worker_jobs_rejected_total", "Jobs failed without an answer", registry=self.registry
+        )
+        self.latency = Histogram(
+            "worker_lookup_seconds",
+            "Time a lookup took, by data source",
+            ["source"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("worker_jobs_in_flight", "Jobs being worked on", registry=self.registry)
+        self.circuit_open = Gauge(
+            "worker_source_circuit_open",
+            "1 while a source's circuit is open",
+            ["source"],
+            registry=self.registry,
+        )
+        self.claim_latency = Histogram(
+            "worker_claim_seconds", "Time a claim call took", buckets=_BUCKETS, registry=self.registry
+        )

@@ -1,0 +1,214 @@
+"""One job, start to finish: payload → lookup → params → source → reply.
+
+Each stage is its own short function. `Pipeline.answer` never lets a source's
+trouble escape: a failure, a timeout or a broken template becomes the
+``fallback`` outcome within the lookup's deadline. It raises only `NotOurs`
+(the job must be failed, not answered) and `UnknownLookup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import Bound, ReadResult
+from worker.config import Lookup, Tenant
+from worker.errors import SourceError
+from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
+from worker.metrics import Metrics
+from worker.render import RenderError, Template
+from worker.sources import Sources
+
+__all__ = ["Answer", "Outcome", "Pipeline", "UnknownLookup"]
+
+log = logging.getLogger(__name__)
+
+
+class Outcome:
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    INVALID_INPUT = "invalid_input"
+    FALLBACK = "fallback"
+
+
+class UnknownLookup(NotOurs):
+    """No lookup of that name, no source query of that name, and no tenant fallback."""
+
+
+@dataclass
+class Answer:
+    """What a job came to: the outcome, the customer's text, and what to record."""
+
+    outcome: str
+    message: str | None
+    reply_to: str | None
+    result: Any = None
+    lookup: str | None = None
+    source_id: str | None = None
+    response_time_ms: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "message": self.message,
+            "data": self.result if self.outcome == Outcome.OK else None,
+            "source": self.source_id,
+            "response_time_ms": self.response_time_ms,
+        }
+
+
+class Pipeline:
+    """Answers jobs for one tenant."""
+
+    def __init__(self, tenant: Tenant, sources: Sources, metrics: Metrics | None = None) -> None:
+        self.tenant = tenant
+        self.sources = sources
+        self.metrics = metrics or Metrics()
+
+    async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:
+        """Answer one job payload; ``lookup_name`` overrides its query_type (push webhook)."""
+        started = time.perf_counter()
+        try:
+            request = read_payload(payload, self.tenant.tenant_id)
+        except InvalidInput as exc:
+            return self._finish(self._invalid(exc, None, {}), started)
+        query_type = lookup_name or request.query_type
+        lookup = self._resolve(query_type, request)
+        if lookup is None:
+            return self._finish(self._unknown(query_type, request), started)
+        answer = await self._run(lookup, request)
+        return self._finish(answer, started)
+
+    async def lookup(
+        self, name: str, values: Mapping[str, Any], customer: Mapping[str, Any] | None = None
+    ) -> Answer:
+        """Run one lookup by name, as ``worker lookup`` does, without a queue."""
+        payload = {
+            "job_type": "data_lookup",
+            "tenant_id": self.tenant.tenant_id,
+            "query_type": name,
+            "parameters": dict(values),
+            "customer_context": dict(customer or {}),
+            "reply_to": (customer or {}).get("phone") or "cli",
+        }
+        return await self.answer(payload)
+
+    def _finish(self, answer: Answer, started: float) -> Answer:
+        answer.response_time_ms = round((time.perf_counter() - started) * 1000)
+        self.metrics.jobs.labels(answer.outcome).inc()
+        return answer
+
+    def _resolve(self, query_type: str, request: JobRequest) -> Lookup | None:
+        lookup = self.tenant.lookups.get(query_type)
+        if lookup is not None:
+            return lookup
+        if request.data_source:
+            return self.tenant.source_lookup(query_type, request.data_source)
+        return None
+
+    def _unknown(self, query_type: str, request: JobRequest) -> Answer:
+        if "fallback" not in self.tenant.config.defaults.model_fields_set:
+            raise UnknownLookup(f"no lookup named {query_type!r} and no tenant fallback text")
+        context = self._context(None, request, {}, ReadResult(rows=[]))
+        message = self._render(self.tenant.defaults["fallback"], context, fallback_text=True)
+        return Answer(Outcome.FALLBACK, message, request.reply_to, f"unknown lookup {query_type!r}",
+                      lookup=query_type)  # fmt: skip
+
+    async def _run(self, lookup: Lookup, request: JobRequest) -> Answer:
+        try:
+            params = validate_params(lookup, request.parameters, reply_to=request.reply_to)
+            if request.reply_to is None:
+                raise InvalidInput(["the job has no reply address"], None)
+            if len(lookup.args) != lookup.query.positional:
+                raise InvalidInput(["this question is not set up to take its details yet"],
+                                   request.reply_to)  # fmt: skip
+        except InvalidInput as exc:
+            return self._invalid(exc, lookup, request)
+        bound = Bound(args=tuple(params.get(a) for a in lookup.args), params=params)
+        try:
+            result = await self._read(lookup, bound)
+        except (SourceError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, SourceError) else (
+                f"no answer within {lookup.timeout_s:g} s")  # fmt: skip
+            log.warning("lookup %s fell back: %s", lookup.name, reason,
+                        extra={"action": "lookup", "source": lookup.source_id})  # fmt: skip
+            return self._fallback(lookup, request, params, reason)
+        return self._reply(lookup, request, params, result)
+
+    async def _read(self, lookup: Lookup, bound: Bound) -> ReadResult:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(lookup.timeout_s):
+                connector = await self.sources.get(lookup.source_id)
+                return await connector.run(lookup.query, bound, timeout_s=lookup.timeout_s)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.latency.labels(lookup.source_id).observe(elapsed)
+
+    def _reply(
+        self, lookup: Lookup, request: JobRequest, params: dict[str, Any], result: ReadResult
+    ) -> Answer:
+        context = self._context(lookup, request, params, result)
+        base = {"reply_to": request.reply_to, "lookup": lookup.name,
+                "source_id": lookup.source_id, "params": params}  # fmt: skip
+        if not result.found:
+            message = self._render(lookup.not_found, context, fallback_text=True)
+            return Answer(Outcome.NOT_FOUND, message, result=None, **base)
+        template = lookup.template
+        try:
+            message = self.tenant.renderer.render(template, context) if template else None
+        except RenderError as exc:
+            log.error("template of %s failed: %s", lookup.name, exc,
+                      extra={"action": "render", "lookup": lookup.name})  # fmt: skip
+            return self._fallback(lookup, request, params, f"template failed: {exc}")
+        return Answer(Outcome.OK, message, result=result.data, **base)
+
+    def _fallback(
+        self, lookup: Lookup, request: JobRequest, params: dict[str, Any], reason: str
+    ) -> Answer:
+        context = self._context(lookup, request, params, ReadResult(rows=[]))
+        message = self._render(lookup.fallback, context, fallback_text=True)
+        return Answer(Outcome.FALLBACK, message, request.reply_to, reason, lookup.name,
+                      lookup.source_id, params=params)  # fmt: skip
+
+    def _invalid(self, exc: InvalidInput, lookup: Lookup | None, request: Any) -> Answer:
+        template = lookup.invalid_input if lookup else self.tenant.defaults["invalid_input"]
+        customer = request.customer if isinstance(request, JobRequest) else {}
+        context = {"errors": exc.errors, "params": {}, "row": {}, "rows": [], "data": None,
+                   "customer": customer, "tenant_id": self.tenant.tenant_id,
+                   "lookup": lookup.name if lookup else None}  # fmt: skip
+        message = self._render(template, context, fallback_text=True) if exc.reply_to else None
+        return Answer(Outcome.INVALID_INPUT, message, exc.reply_to, {"errors": exc.errors},
+                      lookup.name if lookup else None,
+                      lookup.source_id if lookup else None)  # fmt: skip
+
+    def _context(
+        self,
+        lookup: Lookup | None,
+        request: JobRequest,
+        params: dict[str, Any],
+        result: ReadResult,
+    ) -> dict[str, Any]:
+        return {
+            "params": params,
+            "row": result.rows[0] if result.rows else (
+                result.data if isinstance(result.data, Mapping) else {}),  # fmt: skip
+            "rows": result.rows,
+            "data": result.data,
+            "customer": request.customer,
+            "tenant_id": self.tenant.tenant_id,
+            "lookup": lookup.name if lookup else request.query_type,
+        }
+
+    def _render(self, template: Template, context: Mapping[str, Any], *, fallback_text: bool) -> str:
+        """Render a not-found/fallback/invalid text; if even that fails, a fixed sentence."""
+        try:
+            return self.tenant.renderer.render(template, context)
+        except RenderError as exc:
+            log.error("reply text failed to render: %s", exc, extra={"action": "render"})
+            return "Sorry, something went wrong on our side. Please try again later."

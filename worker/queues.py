@@ -1,0 +1,157 @@
+"""Where the run loop gets jobs and leaves answers: the engine over HTTP, or a store.
+
+`EngineQueue` speaks contract §3 (claim, heartbeat, send the reply with the job
+id as idempotency key, then complete). `StoreQueue` claims from the §4 tables
+directly and writes the reply in the transaction that marks the job done.
+Both retry the final writes through engine or database hiccups for as long as
+the lease lasts; after that the job is handed out again and, the reply being
+idempotent, the customer still gets exactly one.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any
+
+from worker.engine_client import EngineClient, with_retries
+from worker.jobs import JOB_TYPE, ClaimedJob
+from worker.pipeline import Answer
+from worker.stores.base import Claim, Reply, Store
+
+__all__ = ["EngineQueue", "JobQueue", "StoreQueue"]
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue(abc.ABC):
+    """Claims and settles one tenant's jobs."""
+
+    def __init__(self, tenant_id: str, worker_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.worker_id = worker_id
+
+    @abc.abstractmethod
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]: ...
+
+    @abc.abstractmethod
+    async def heartbeat(self, job: ClaimedJob) -> None:
+        """Extend the lease; raise `LeaseLost` when it is gone."""
+
+    @abc.abstractmethod
+    async def finish(self, job: ClaimedJob, answer: Answer) -> None:
+        """Deliver the reply (once) and mark the job done with its outcome."""
+
+    @abc.abstractmethod
+    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
+        """Fail the job, for good or to be handed out again."""
+
+    @abc.abstractmethod
+    async def send(self, key: str, to: str, message: str) -> None:
+        """Send a reply outside a claimed job (push webhook), idempotent per ``key``."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """A cheap call that proves the engine or store answers."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _retry_log(self, job: ClaimedJob, what: str) -> Any:
+        def note(exc: Exception) -> None:
+            log.warning("%s of job %s: %s; retrying", what, job.id, exc,
+                        extra={"action": what, "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+
+        return note
+
+
+class EngineQueue(JobQueue):
+    """Contract §3 over HTTP."""
+
+    def __init__(self, client: EngineClient, tenant_id: str, worker_id: str) -> None:
+        super().__init__(tenant_id, worker_id)
+        self.client = client
+
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+        return await self.client.next_jobs(self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s)
+
+    async def heartbeat(self, job: ClaimedJob) -> None:
+        await self.client.heartbeat(job)
+
+    async def finish(self, job: ClaimedJob, answer: Answer) -> None:
+        if answer.message and answer.reply_to:
+            message, to = answer.message, answer.reply_to
+            await with_retries(
+                lambda: self.client.send_message(tenant_id=self.tenant_id, to=to,
+                                                 message=message, key=job.id),  # fmt: skip
+                deadline_s=job.lease_s,
+                on_retry=self._retry_log(job, "send"),
+            )
+        await with_retries(
+            lambda: self.client.complete(job, outcome=answer.outcome, result=answer.result,
+                                         response_time_ms=answer.response_time_ms),  # fmt: skip
+            deadline_s=job.lease_s,
+            on_retry=self._retry_log(job, "complete"),
+        )
+
+    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
+        await with_retries(
+            lambda: self.client.fail(job, error=error, retry=retry, retry_after_s=retry_after_s),
+            deadline_s=job.lease_s,
+            on_retry=self._retry_log(job, "fail"),
+        )
+
+    async def send(self, key: str, to: str, message: str) -> None:
+        await self.client.send_message(tenant_id=self.tenant_id, to=to, message=message, key=key)
+
+    async def ping(self) -> None:
+        await self.client.next_jobs(self.tenant_id, [JOB_TYPE], max_jobs=0, wait_s=0)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class StoreQueue(JobQueue):
+    """Contract §4: claim from the tables directly."""
+
+    def __init__(self, store: Store, tenant_id: str, worker_id: str, *, lease_s: float = 30) -> None:
+        super().__init__(tenant_id, worker_id)
+        self.store = store
+        self.lease_s = lease_s
+
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+        claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
+        jobs = await self.store.claim(claim)
+        if not jobs and wait_s > 0:
+            await self.store.wait_for_jobs(wait_s)
+            jobs = await self.store.claim(claim)
+        return jobs
+
+    async def heartbeat(self, job: ClaimedJob) -> None:
+        from worker.errors import LeaseLost
+
+        if not await self.store.heartbeat(int(job.id), lease_s=self.lease_s, attempt=job.attempt):
+            raise LeaseLost(f"job {job.id}: the lease was lost")
+
+    async def finish(self, job: ClaimedJob, answer: Answer) -> None:
+        reply = None
+        if answer.message and answer.reply_to:
+            reply = Reply(self.tenant_id, answer.reply_to, answer.message)
+        done = await self.store.complete(int(job.id), outcome=answer.outcome, result=answer.result,
+                                         attempt=job.attempt, reply=reply)  # fmt: skip
+        if not done:
+            log.warning("job %s was taken over before it finished; its answer is dropped", job.id,
+                        extra={"action": "complete", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+
+    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
+        await self.store.fail(int(job.id), error=error, retry=retry, retry_after_s=retry_after_s,
+                              attempt=job.attempt)  # fmt: skip
+
+    async def send(self, key: str, to: str, message: str) -> None:
+        await self.store.send_message(key=key, reply=Reply(self.tenant_id, to, message))
+
+    async def ping(self) -> None:
+        await self.store.job(0)
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,235 @@
+"""The run loop: claim in batches, keep up to N jobs in flight, heartbeat, stop cleanly.
+
+On stop (SIGTERM, or the queue drained with ``once``) the loop stops claiming,
+gives the jobs in flight ``grace_s`` to finish, then cancels the rest; each
+cancelled job is handed back to the queue (``fail`` with ``retry``) so another
+worker answers it. The final write of every job is shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from worker.engine_client import backoff_delays
+from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost, WorkerError
+from worker.jobs import ClaimedJob, NotOurs
+from worker.pipeline import Pipeline
+from worker.queues import JobQueue
+
+__all__ = ["RunSettings", "Runtime", "stop_on_signals"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    max_in_flight: int = 100
+    claim_batch: int = 10
+    wait_s: float = 20.0
+    grace_s: float = 20.0
+    once: bool = False
+
+
+class Runtime:
+    """Serves one tenant's queue until told to stop."""
+
+    def __init__(self, queue: JobQueue, pipeline: Pipeline, settings: RunSettings) -> None:
+        self.queue = queue
+        self.pipeline = pipeline
+        self.settings = settings
+        self.tenant_id = pipeline.tenant.tenant_id
+        self._freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.engine_ok = False
+        self.answered = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and answer until ``stop`` is set (or, with ``once``, the queue is empty)."""
+        log.info("serving tenant %s", self.tenant_id, extra={"action": "start", "tenant": self.tenant_id})
+        try:
+            await self._claim_loop(stop)
+        finally:
+            await self._drain()
+        log.info("stopped; %d job(s) answered", self.answered,
+                 extra={"action": "stop", "tenant": self.tenant_id})  # fmt: skip
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        delays = backoff_delays(cap_s=30.0)
+        while not stop.is_set():
+            free = await self._wait_for_slot(stop)
+            if free == 0:
+                break
+            try:
+                jobs = await self._claim(stop, min(free, self.settings.claim_batch))
+            except (EngineUnavailable, EngineAuthError) as exc:
+                self.engine_ok = False
+                await self._back_off(stop, exc, next(delays))
+                continue
+            self.engine_ok = True
+            delays = backoff_delays(cap_s=30.0)
+            for job in jobs:
+                self._start(job)
+            if self.settings.once and not jobs:
+                if not self._tasks:
+                    break
+                await self._idle.wait()
+
+    async def _wait_for_slot(self, stop: asyncio.Event) -> int:
+        """Block until at least one slot is free; 0 if stopped meanwhile."""
+        while len(self._tasks) >= self.settings.max_in_flight:
+            self._freed.clear()
+            freed = asyncio.ensure_future(self._freed.wait())
+            if not await _first_of(freed, stop):
+                freed.cancel()
+            if stop.is_set():
+                return 0
+        return self.settings.max_in_flight - len(self._tasks)
+
+    async def _claim(self, stop: asyncio.Event, count: int) -> list[ClaimedJob]:
+        wait_s = 1.0 if self.settings.once else self.settings.wait_s
+        started = time.perf_counter()
+        claim = asyncio.ensure_future(self.queue.claim(count, wait_s))
+        if not await _first_of(claim, stop):
+            # Stopping mid long-poll: let the claim finish so no job it got is stranded.
+            for job in await claim:
+                await self._hand_back(job, "the worker is stopping")
+            return []
+        self.pipeline.metrics.claim_latency.observe(time.perf_counter() - started)
+        return claim.result()
+
+    async def _back_off(self, stop: asyncio.Event, exc: WorkerError, delay: float) -> None:
+        level = logging.ERROR if isinstance(exc, EngineAuthError) else logging.WARNING
+        log.log(level, "claiming failed: %s; next try in %.1f s", exc, delay,
+                extra={"action": "claim", "tenant": self.tenant_id})  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+
+    def _start(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._handle(job), name=f"job-{job.id}")
+        self._tasks.add(task)
+        self._idle.clear()
+        self.pipeline.metrics.in_flight.set(len(self._tasks))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._freed.set()
+        self.pipeline.metrics.in_flight.set(len(self._tasks))
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task %s died: %r", task.get_name(), task.exception(),
+                      extra={"action": "job", "tenant": self.tenant_id})  # fmt: skip
+
+    async def _handle(self, job: ClaimedJob) -> None:
+        extra = {"tenant": self.tenant_id, "job_id": job.id, "attempt": job.attempt}
+        try:
+            async with self._heartbeats(job):
+                answer = await self.pipeline.answer(job.payload)
+        except NotOurs as exc:
+            log.warning("refused job %s: %s", job.id, exc, extra={"action": "reject", **extra})
+            self.pipeline.metrics.rejected.inc()
+            await asyncio.shield(self.queue.reject(job, str(exc), retry=False))
+            return
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(job, "the worker stopped before answering"))
+            raise
+        except Exception as exc:
+            log.exception("job %s crashed", job.id, extra={"action": "job", **extra})
+            await asyncio.shield(self.queue.reject(job, f"worker error: {type(exc).__name__}",
+                                                   retry=True, retry_after_s=5))  # fmt: skip
+            return
+        try:
+            await asyncio.shield(self.queue.finish(job, answer))
+        except LeaseLost:
+            log.warning("job %s: lease lost before completing; another worker answers it", job.id,
+                        extra={"action": "complete", **extra})  # fmt: skip
+            return
+        self.answered += 1
+        log.info("job %s answered: %s in %d ms", job.id, answer.outcome, answer.response_time_ms,
+                 extra={"action": "answer", "outcome": answer.outcome, "lookup": answer.lookup,
+                        "source": answer.source_id, "ms": answer.response_time_ms, **extra})  # fmt: skip
+
+    async def _hand_back(self, job: ClaimedJob, why: str) -> None:
+        try:
+            await self.queue.reject(job, why, retry=True, retry_after_s=0)
+        except (WorkerError, OSError) as exc:
+            log.warning("could not hand job %s back (%s); its lease will expire", job.id, exc,
+                        extra={"action": "hand_back", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _heartbeats(self, job: ClaimedJob) -> AsyncIterator[None]:
+        beat = asyncio.create_task(self._beat(job), name=f"heartbeat-{job.id}")
+        try:
+            yield
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _beat(self, job: ClaimedJob) -> None:
+        interval = max(job.lease_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.queue.heartbeat(job)
+            except LeaseLost:
+                log.warning("job %s: lease lost", job.id,
+                            extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+                return
+            except WorkerError as exc:
+                log.warning("heartbeat of job %s failed: %s", job.id, exc,
+                            extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+
+    async def _drain(self) -> None:
+        """Give in-flight jobs the grace period, then cancel (and hand back) the rest."""
+        if not self._tasks:
+            return
+        log.info("waiting up to %g s for %d job(s) in flight", self.settings.grace_s, len(self._tasks),
+                 extra={"action": "drain", "tenant": self.tenant_id})  # fmt: skip
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+async def _first_of(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
+    """Wait for ``work`` or ``stop``; True if ``work`` finished first (or both did)."""
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return work.done()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, *, enabled: bool = True) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM/SIGINT while inside; restore the old handlers after."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

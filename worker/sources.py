@@ -1,0 +1,84 @@
+"""Live connectors of one tenant: opened lazily, once, and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from connectors.base import Connector
+from worker.config import Tenant
+from worker.errors import ConfigError, SourceError, SourceUnavailable
+
+__all__ = ["HealthReport", "Sources"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    source_id: str
+    ok: bool
+    response_time_ms: int
+    error: str | None = None
+
+
+class Sources:
+    """One connector per configured source, opened on first use."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant = tenant
+        self._live: dict[str, Connector] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, source_id: str) -> Connector:
+        live = self._live.get(source_id)
+        if live is not None:
+            return live
+        lock = self._locks.setdefault(source_id, asyncio.Lock())
+        async with lock:
+            live = self._live.get(source_id)
+            if live is None:
+                live = await self._open(source_id)
+                self._live[source_id] = live
+        return live
+
+    async def _open(self, source_id: str) -> Connector:
+        source = self.tenant.sources.get(source_id)
+        if source is None:
+            raise SourceUnavailable(source_id, "no such data source in this tenant's config")
+        try:
+            connector = source.make_connector(self.tenant.base_dir)
+        except ConfigError as exc:
+            raise SourceUnavailable(source_id, exc.message) from exc
+        await connector.open()
+        log.info("opened source %s", source_id, extra={"action": "open", "source": source_id})
+        return connector
+
+    async def check(self, source_id: str, *, timeout_s: float = 10.0) -> HealthReport:
+        """The source's own health check, timed; never raises."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                connector = await self.get(source_id)
+                await connector.health_check()
+        except TimeoutError:
+            error: str | None = f"no answer within {timeout_s:g} s"
+        except SourceError as exc:
+            error = exc.message
+        except Exception as exc:  # a connector that let a driver error through
+            log.exception("health check of %s failed", source_id, extra={"action": "check"})
+            error = f"unexpected {type(exc).__name__} (see the worker log)"
+        else:
+            error = None
+        elapsed = round((time.perf_counter() - started) * 1000)
+        return HealthReport(source_id, error is None, elapsed, error)
+
+    async def close(self) -> None:
+        live, self._live = self._live, {}
+        for source_id, connector in live.items():
+            try:
+                await connector.close()
+            except Exception:  # closing must go on for the others
+                log.exception("closing source %s failed", source_id, extra={"action": "close"})

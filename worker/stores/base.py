@@ -1,0 +1,108 @@
+"""What a queue store does, whichever database holds the tables."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker.jobs import ClaimedJob
+
+__all__ = ["MAX_ATTEMPTS", "Claim", "JobRow", "Reply", "Store"]
+
+#: A job whose lease ran out this many times is failed instead of handed out again.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who claims what: one tenant's jobs of some types, for a lease."""
+
+    tenant_id: str
+    job_types: Sequence[str]
+    max_jobs: int
+    lease_s: float
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message for a customer, written with the job's completion."""
+
+    tenant_id: str
+    to: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    payload: Any
+    status: str
+    attempt: int
+    outcome: str | None
+    result: Any
+    error: str | None
+
+
+class Store(abc.ABC):
+    """The queue tables of contract §4 behind one async interface."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the tables if they are missing (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
+        """Insert a pending job; returns its id."""
+
+    @abc.abstractmethod
+    async def claim(self, claim: Claim) -> list[ClaimedJob]:
+        """Lease up to ``max_jobs`` ready jobs of the tenant and types; ``attempt`` + 1."""
+
+    @abc.abstractmethod
+    async def wait_for_jobs(self, timeout_s: float) -> None:
+        """Return when new jobs may be ready, or after ``timeout_s``."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:
+        """Extend the lease; False when the job is no longer this claimant's."""
+
+    @abc.abstractmethod
+    async def complete(
+        self,
+        job_id: int,
+        *,
+        outcome: str,
+        result: Any,
+        attempt: int | None,
+        reply: Reply | None = None,
+    ) -> bool:
+        """Mark done (and write the reply, in the same transaction); False when the lease is lost."""
+
+    @abc.abstractmethod
+    async def fail(
+        self, job_id: int, *, error: str, retry: bool, retry_after_s: float, attempt: int | None
+    ) -> bool:
+        """Fail for good, or hand back for a later attempt."""
+
+    @abc.abstractmethod
+    async def send_message(self, *, key: str, reply: Reply) -> bool:
+        """Record an outbound message once per idempotency key; False if already sent."""
+
+    @abc.abstractmethod
+    async def job(self, job_id: int) -> JobRow | None: ...
+
+    @abc.abstractmethod
+    async def messages(self, tenant_id: str | None = None) -> list[dict[str, Any]]: ...

@@ -1,0 +1,297 @@
+"""The embedded default queue store: SQLite, with contract §4's tables.
+
+Several processes may share the file (the local engine and direct-mode
+workers): WAL mode, a busy timeout, and ``BEGIN IMMEDIATE`` around each claim
+so two claimants never lease the same row. SQLite has no LISTEN/NOTIFY, so
+`wait_for_jobs` watches ``PRAGMA data_version`` (which moves when another
+connection commits) on a short tick, and an in-process event for our own
+inserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from worker.jobs import ClaimedJob
+from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
+
+__all__ = ["SQLiteStore"]
+
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempt INTEGER NOT NULL DEFAULT 0,
+    run_at TEXT NOT NULL DEFAULT ({_NOW}),
+    locked_by TEXT,
+    locked_until TEXT,
+    outcome TEXT,
+    result TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL DEFAULT ({_NOW}),
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, run_at);
+CREATE TABLE IF NOT EXISTS outbound_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER UNIQUE,
+    tenant_id TEXT NOT NULL,
+    "to" TEXT NOT NULL,
+    message TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    created_at TEXT NOT NULL DEFAULT ({_NOW})
+);
+"""
+
+_TICK_S = 0.05
+
+
+def _stamp(offset_s: float = 0.0) -> str:
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class SQLiteStore(Store):
+    """Contract §4 on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path}>"
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA busy_timeout=30000")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        async with self._lock:
+            cursor = await self.db.execute(sql, params)
+            count = cursor.rowcount
+            await cursor.close()
+            return count
+
+    async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        async with self._lock:
+            cursor = await self.db.execute(
+                "INSERT INTO jobs (payload, run_at) VALUES (?, ?) RETURNING id",
+                (text, _stamp(delay_s)),
+            )
+            row = await cursor.fetchone()
+            await cursor.close()
+        self._wake.set()
+        if row is None:
+            raise RuntimeError("INSERT … RETURNING gave no row")
+        return int(row[0])
+
+    async def claim(self, claim: Claim) -> list[ClaimedJob]:
+        now, until = _stamp(), _stamp(claim.lease_s)
+        types = list(claim.job_types)
+        marks = ",".join("?" for _ in types)
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._fail_unclaimable(now)
+                cursor = await self.db.execute(
+                    f"""
+                    UPDATE jobs SET status = 'running', attempt = attempt + 1,
+                        locked_by = ?, locked_until = ?
+                    WHERE id IN (
+                        SELECT id FROM jobs
+                        WHERE ((status = 'pending' AND run_at <= ?)
+                               OR (status = 'running' AND locked_until < ?))
+                          AND json_valid(payload)
+                          AND json_extract(payload, '$.tenant_id') = ?
+                          AND json_extract(payload, '$.job_type') IN ({marks})
+                        ORDER BY run_at, id LIMIT ?)
+                    RETURNING id, payload, attempt
+                    """,  # noqa: S608 - only "?" marks are formatted in
+                    (claim.worker_id, until, now, now, claim.tenant_id, *types, claim.max_jobs),
+                )
+                rows = await cursor.fetchall()
+                await cursor.close()
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        jobs = [ClaimedJob(str(r[0]), _loads(r[1]), int(r[2]), claim.lease_s) for r in rows]
+        return sorted(jobs, key=lambda j: int(j.id))
+
+    async def _fail_unclaimable(self, now: str) -> None:
+        """Rows no claimant can ever take: not JSON objects, or out of attempts."""
+        await self.db.execute(
+            f"""UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object',
+                   finished_at = {_NOW}
+               WHERE status = 'pending' AND
+                     (NOT json_valid(payload) OR json_type(payload) != 'object')"""  # noqa: S608
+        )
+        await self.db.execute(
+            f"""UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL,
+                   error = 'the lease ran out ' || attempt || ' times; giving up',
+                   finished_at = {_NOW}
+               WHERE status = 'running' AND locked_until < ? AND attempt >= ?""",  # noqa: S608
+            (now, MAX_ATTEMPTS),
+        )
+
+    async def wait_for_jobs(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        version = await self._data_version()
+        self._wake.clear()
+        while (left := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(min(_TICK_S, left)):
+                    await self._wake.wait()
+                return
+            except TimeoutError:
+                pass
+            if await self._data_version() != version:
+                return
+
+    async def _data_version(self) -> int:
+        cursor = await self.db.execute("PRAGMA data_version")
+        row = await cursor.fetchone()
+        await cursor.close()
+        return int(row[0]) if row else 0
+
+    def _owned(self, attempt: int | None) -> tuple[str, tuple[Any, ...]]:
+        if attempt is None:
+            return "id = ? AND status = 'running'", ()
+        return "id = ? AND status = 'running' AND attempt = ?", (attempt,)
+
+    async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:
+        where, extra = self._owned(attempt)
+        count = await self._write(
+            f"UPDATE jobs SET locked_until = ? WHERE {where}",  # noqa: S608
+            (_stamp(lease_s), job_id, *extra),
+        )
+        return count == 1
+
+    async def complete(
+        self,
+        job_id: int,
+        *,
+        outcome: str,
+        result: Any,
+        attempt: int | None,
+        reply: Reply | None = None,
+    ) -> bool:
+        where, extra = self._owned(attempt)
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await self.db.execute(
+                    f"""UPDATE jobs SET status = 'done', outcome = ?, result = ?, error = NULL,
+                           locked_by = NULL, locked_until = NULL, finished_at = {_NOW}
+                       WHERE {where}""",  # noqa: S608
+                    (outcome, json.dumps(result), job_id, *extra),
+                )
+                done = cursor.rowcount == 1
+                await cursor.close()
+                if done and reply is not None:
+                    await self._insert_message(str(job_id), reply)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return done
+
+    async def fail(
+        self, job_id: int, *, error: str, retry: bool, retry_after_s: float, attempt: int | None
+    ) -> bool:
+        where, extra = self._owned(attempt)
+        if retry:
+            sql = f"""UPDATE jobs SET status = CASE WHEN attempt >= ? THEN 'failed' ELSE 'pending' END,
+                          error = ?, run_at = ?, locked_by = NULL, locked_until = NULL,
+                          finished_at = CASE WHEN attempt >= ? THEN {_NOW} END
+                      WHERE {where}"""  # noqa: S608
+            params: tuple[Any, ...] = (MAX_ATTEMPTS, error, _stamp(retry_after_s), MAX_ATTEMPTS)
+        else:
+            sql = f"""UPDATE jobs SET status = 'failed', error = ?, locked_by = NULL,
+                          locked_until = NULL, finished_at = {_NOW}
+                      WHERE {where}"""  # noqa: S608
+            params = (error,)
+        count = await self._write(sql, (*params, job_id, *extra))
+        if retry and count:
+            self._wake.set()
+        return count == 1
+
+    async def _insert_message(self, key: str, reply: Reply) -> bool:
+        job_id = int(key) if key.isdigit() else None
+        cursor = await self.db.execute(
+            """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+               VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+            (job_id, reply.tenant_id, reply.to, reply.message, key),
+        )
+        inserted = cursor.rowcount == 1
+        await cursor.close()
+        return inserted
+
+    async def send_message(self, *, key: str, reply: Reply) -> bool:
+        async with self._lock:
+            return await self._insert_message(key, reply)
+
+    async def job(self, job_id: int) -> JobRow | None:
+        cursor = await self.db.execute(
+            "SELECT id, payload, status, attempt, outcome, result, error FROM jobs WHERE id = ?",
+            (job_id,),
+        )
+        row = await cursor.fetchone()
+        await cursor.close()
+        if row is None:
+            return None
+        return JobRow(
+            int(row[0]), _loads(row[1]), row[2], int(row[3]), row[4], _loads(row[5]), row[6]
+        )
+
+    async def messages(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = 'SELECT id, job_id, tenant_id, "to", message, created_at FROM outbound_messages'
+        params: tuple[Any, ...] = ()
+        if tenant_id is not None:
+            sql += " WHERE tenant_id = ?"
+            params = (tenant_id,)
+        cursor = await self.db.execute(sql + " ORDER BY id", params)
+        rows = await cursor.fetchall()
+        await cursor.close()
+        keys = ("id", "job_id", "tenant_id", "to", "message", "created_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
