@@ -212,7 +212,9 @@ def jsonable(value: Any) -> Any:
 
 
 # `{name}`, and the seed's n8n spellings `{{name}}` and `{{$json.name}}`.
-_PLACEHOLDER = re.compile(r"\{\{\s*(?:\$json\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(
+    r"\{\{\s*(?:\$json\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}"
+)
 
 
 def _names_in_text(text: str) -> list[str]:

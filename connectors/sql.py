@@ -29,10 +29,31 @@ _READ_STARTS = {"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "DESCRIB
 # keywords elsewhere (REPLACE, SET in CHARACTER SET) are left out on purpose:
 # the read-only session the driver opens is the second line of defence.
 _WRITES = {
-    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "DROP", "ALTER", "CREATE", "TRUNCATE",
-    "GRANT", "REVOKE", "COPY", "CALL", "EXEC", "EXECUTE", "ATTACH", "DETACH", "PRAGMA",
-    "VACUUM", "REINDEX", "INTO", "BEGIN", "COMMIT", "ROLLBACK",
-}  # fmt: skip
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "UPSERT",
+    "DROP",
+    "ALTER",
+    "CREATE",
+    "TRUNCATE",
+    "GRANT",
+    "REVOKE",
+    "COPY",
+    "CALL",
+    "EXEC",
+    "EXECUTE",
+    "ATTACH",
+    "DETACH",
+    "PRAGMA",
+    "VACUUM",
+    "REINDEX",
+    "INTO",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import os
 import secrets as pysecrets
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,9 @@ __all__ = ["main"]
 
 T = TypeVar("T")
 
-tenant_option = click.option("--tenant", "tenant_id", metavar="T", help="The tenant id (config/tenants/T.yaml).")
+tenant_option = click.option(
+    "--tenant", "tenant_id", metavar="T", help="The tenant id (config/tenants/T.yaml)."
+)
 config_option = click.option(
     "--config",
     "config_path",
@@ -56,10 +58,17 @@ async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=lambda: os.environ.get("WORKER_LOG_LEVEL", "INFO"),
-              show_default="INFO", help="DEBUG, INFO, WARNING or ERROR.")  # fmt: skip
-@click.option("--log-json/--log-text", default=None,
-              help="Log format; by default JSON unless stderr is a terminal.")  # fmt: skip
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("WORKER_LOG_LEVEL", "INFO"),
+    show_default="INFO",
+    help="DEBUG, INFO, WARNING or ERROR.",
+)
+@click.option(
+    "--log-json/--log-text",
+    default=None,
+    help="Log format; by default JSON unless stderr is a terminal.",
+)
 def cli(log_level: str, log_json: bool | None) -> None:
     """Data-lookup worker: answers customers' questions from a tenant's live systems.
 
@@ -76,15 +85,35 @@ def cli(log_level: str, log_json: bool | None) -> None:
 @tenant_option
 @config_option
 @click.option("--once", is_flag=True, help="Answer what is queued, then exit.")
-@click.option("--max-in-flight", type=click.IntRange(1, 10_000), default=100, show_default=True,
-              help="Jobs worked on at the same time.")  # fmt: skip
-@click.option("--grace", "grace_s", type=float, default=lambda: float(os.environ.get("WORKER_GRACE_S", 20)),
-              show_default="20", help="Seconds in-flight jobs get to finish on SIGTERM.")  # fmt: skip
-@click.option("--listen", default=lambda: os.environ.get("WORKER_HTTP", "127.0.0.1:8080"),
-              show_default="WORKER_HTTP or 127.0.0.1:8080",
-              help="Where /healthz, /readyz, /metrics and the webhooks listen; '' for none.")  # fmt: skip
-def run(tenant_id: str | None, config_path: Path | None, once: bool, max_in_flight: int,
-        grace_s: float, listen: str) -> None:  # fmt: skip
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Jobs worked on at the same time.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=float,
+    default=lambda: float(os.environ.get("WORKER_GRACE_S", 20)),
+    show_default="20",
+    help="Seconds in-flight jobs get to finish on SIGTERM.",
+)
+@click.option(
+    "--listen",
+    default=lambda: os.environ.get("WORKER_HTTP", "127.0.0.1:8080"),
+    show_default="WORKER_HTTP or 127.0.0.1:8080",
+    help="Where /healthz, /readyz, /metrics and the webhooks listen; '' for none.",
+)
+def run(
+    tenant_id: str | None,
+    config_path: Path | None,
+    once: bool,
+    max_in_flight: int,
+    grace_s: float,
+    listen: str,
+) -> None:
     """Serve one tenant's jobs until SIGTERM (or, with --once, until the queue is empty)."""
     from worker.service import serve
 
@@ -112,8 +141,13 @@ def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("lookup_name", metavar="LOOKUP")
 @click.argument("pairs", nargs=-1, metavar="KEY=VALUE...")
 @json_option
-def lookup(tenant_id: str | None, config_path: Path | None, lookup_name: str,
-           pairs: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+def lookup(
+    tenant_id: str | None,
+    config_path: Path | None,
+    lookup_name: str,
+    pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Run one lookup now, without a queue, and show what the customer would get."""
     from worker.pipeline import UnknownLookup
     from worker.service import open_worker
@@ -139,7 +173,9 @@ def lookup(tenant_id: str | None, config_path: Path | None, lookup_name: str,
     click.echo(f"source:   {result['source']}")
     click.echo(f"time:     {result['response_time_ms']} ms")
     if result["data"] is not None:
-        click.echo("data:     " + json.dumps(result["data"], ensure_ascii=False, default=str)[:2000])
+        click.echo(
+            "data:     " + json.dumps(result["data"], ensure_ascii=False, default=str)[:2000]
+        )
     click.echo("reply:")
     for line in (result["message"] or "(none)").splitlines():
         click.echo(f"  {line}")
@@ -151,21 +187,23 @@ def connectors(as_json: bool) -> None:
     """List the source types this worker can use, with their connection fields."""
     from connectors.registry import available
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in available():
-        fields = {}
+        fields: dict[str, dict[str, bool]] = {}
         if info.cls is not None:
             for name, field in info.cls.Settings.model_fields.items():
                 secret = "Secret" in str(field.annotation)
                 fields[name] = {"required": field.is_required(), "secret": secret}
-        rows.append({
-            "type": info.type_name,
-            "installed": info.cls is not None,
-            "origin": info.origin,
-            "connection": fields,
-            "query": info.cls.query_shape if info.cls else None,
-            "problem": info.problem,
-        })  # fmt: skip
+        rows.append(
+            {
+                "type": info.type_name,
+                "installed": info.cls is not None,
+                "origin": info.origin,
+                "connection": fields,
+                "query": info.cls.query_shape if info.cls else None,
+                "problem": info.problem,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -173,8 +211,10 @@ def connectors(as_json: bool) -> None:
         mark = click.style("✓", fg="green") if row["installed"] else click.style("·", fg="yellow")
         click.echo(f"{mark} {click.style(row['type'], bold=True)}")
         if row["installed"]:
-            names = ", ".join(f"{n}{'' if f['required'] else '?'}{' (secret)' if f['secret'] else ''}"
-                              for n, f in row["connection"].items())  # fmt: skip
+            names = ", ".join(
+                f"{n}{'' if f['required'] else '?'}{' (secret)' if f['secret'] else ''}"
+                for n, f in row["connection"].items()
+            )
             click.echo(f"    connection: {names}")
             click.echo(f"    query:      {row['query']}")
         else:
@@ -194,14 +234,18 @@ def test_connection(tenant_id: str | None, config_path: Path | None, source_id: 
         ids = [source_id] if source_id else list(tenant.sources)
         unknown = [i for i in ids if i not in tenant.sources]
         if unknown:
-            raise ConfigError(f"no data source {unknown[0]!r}; this tenant has: {', '.join(tenant.sources)}")
+            raise ConfigError(
+                f"no data source {unknown[0]!r}; this tenant has: {', '.join(tenant.sources)}"
+            )
         sources = Sources(tenant)
         failed = 0
         try:
             for sid in ids:
                 report = await sources.check(sid)
                 if report.ok:
-                    click.echo(f"{click.style('ok  ', fg='green')} {sid:<24} {report.response_time_ms} ms")
+                    click.echo(
+                        f"{click.style('ok  ', fg='green')} {sid:<24} {report.response_time_ms} ms"
+                    )
                 else:
                     failed += 1
                     click.echo(f"{click.style('FAIL', fg='red')} {sid:<24} {report.error}")
@@ -232,7 +276,9 @@ def config_check(tenant_id: str | None, config_path: Path | None) -> None:
             for problem in tenant.problems:
                 click.secho(f"{where}: {problem}", fg="red", err=True)
             return 1
-        click.echo(f"{where}: ok — {len(tenant.sources)} source(s), {len(tenant.lookups)} lookup(s)")
+        click.echo(
+            f"{where}: ok — {len(tenant.sources)} source(s), {len(tenant.lookups)} lookup(s)"
+        )
         return 0
 
     raise SystemExit(_run(main()))
@@ -290,16 +336,37 @@ def engine_group() -> None:
 
 
 @engine_group.command("serve")
-@click.option("--listen", default=lambda: os.environ.get("ENGINE_LISTEN", "127.0.0.1:8000"),
-              show_default="ENGINE_LISTEN or 127.0.0.1:8000")  # fmt: skip
-@click.option("--db", default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
-              show_default="ENGINE_DB or ./engine.db", help="The queue: a SQLite file.")  # fmt: skip
-@click.option("--token", default=lambda: os.environ.get("ENGINE_TOKEN"),
-              help="Bearer token callers must send (ENGINE_TOKEN); a random one is printed if unset.")  # fmt: skip
-@click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("config/tenants"), show_default=True,
-              help="Tenant configs served on GET /routes/tenants/{id}/data-sources.")  # fmt: skip
-def engine_serve(listen: str, db: str, token: str | None, config_dir: Path) -> None:
+@click.option(
+    "--listen",
+    default=lambda: os.environ.get("ENGINE_LISTEN", "127.0.0.1:8000"),
+    show_default="ENGINE_LISTEN or 127.0.0.1:8000",
+)
+@click.option(
+    "--db",
+    default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
+    show_default="ENGINE_DB or ./engine.db",
+    help="The queue: a SQLite file.",
+)
+@click.option(
+    "--token",
+    default=lambda: os.environ.get("ENGINE_TOKEN"),
+    help="Bearer token callers must send (ENGINE_TOKEN); a random one is printed if unset.",
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("config/tenants"),
+    show_default=True,
+    help="Tenant configs served on GET /routes/tenants/{id}/data-sources.",
+)
+@click.option(
+    "--lease-s",
+    type=click.FloatRange(0.1, 3600),
+    default=lambda: float(os.environ.get("ENGINE_LEASE_S", 30)),
+    show_default="ENGINE_LEASE_S or 30",
+    help="Seconds a claimed job stays leased without a heartbeat (ENGINE_LEASE_S).",
+)
+def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, lease_s: float) -> None:
     """Serve the engine API (queue, messages, tenant configs) on a SQLite queue."""
     from worker.http import parse_listen
     from worker.local_engine import LocalEngine, serve_engine
@@ -314,17 +381,28 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path) -> N
     async def main() -> None:
         stop = asyncio.Event()
         async with open_store(db) as store:
-            engine = LocalEngine(store, token=token, config_dir=config_dir)
+            engine = LocalEngine(store, token=token, config_dir=config_dir, lease_s=lease_s)
             with stop_on_signals(stop):
-                await serve_engine(engine, host, port, stop, ready=lambda p: click.echo(
-                    f"local engine on http://{host}:{p} (queue: {db})", err=True))  # fmt: skip
+                await serve_engine(
+                    engine,
+                    host,
+                    port,
+                    stop,
+                    ready=lambda p: click.echo(
+                        f"local engine on http://{host}:{p} (queue: {db})", err=True
+                    ),
+                )
 
     _run(main())
 
 
 @cli.command()
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the demo's queue database in this folder.")  # fmt: skip
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the demo's queue database in this folder.",
+)
 def demo(keep: Path | None) -> None:
     """Run the whole flow locally: engine, demo tenant, sample questions, replies."""
     from worker.demo import run_demo

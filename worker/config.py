@@ -27,7 +27,9 @@ from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from connectors.registry import KNOWN_TYPES, load
 from worker import secrets
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
-from worker.render import Renderer, Template
+from jinja2 import Template
+
+from worker.render import Renderer
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -46,7 +48,9 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 10.0
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
 
-DEFAULT_NOT_FOUND = "Sorry, I couldn't find anything for that. Please check the details and try again."
+DEFAULT_NOT_FOUND = (
+    "Sorry, I couldn't find anything for that. Please check the details and try again."
+)
 DEFAULT_FALLBACK = (
     "Sorry, I can't look that up right now. Please try again in a few minutes, "
     "or a member of our team will get back to you."
@@ -170,7 +174,7 @@ class Source:
     """A configured source: its connector class and settings, or why it has none."""
 
     id: str
-    type: str
+    type_name: str
     connector_cls: type[Connector] | None
     settings: ConnectionSettings | None
     queries: dict[str, NamedQuery]
@@ -192,7 +196,7 @@ class Lookup:
     query: PreparedQuery
     params: Mapping[str, ParamRule]
     args: tuple[str, ...]
-    template: Template | None
+    template: Template
     not_found: Template
     fallback: Template
     invalid_input: Template
@@ -238,7 +242,7 @@ class Tenant:
             query=named.prepared,
             params={n: ParamRule() for n in names},
             args=args,
-            template=None,
+            template=self.defaults["template"],
             not_found=self.defaults["not_found"],
             fallback=self.defaults["fallback"],
             invalid_input=self.defaults["invalid_input"],
@@ -410,6 +414,7 @@ def _build(
         key: _compile(renderer, getattr(config.defaults, key), ("defaults", key), errors)
         for key in ("not_found", "fallback", "invalid_input")
     }
+    defaults["template"] = _compile(renderer, DEFAULT_TEMPLATE, ("defaults",), errors)
     tenant = Tenant(config, path, base_dir, sources, {}, renderer, defaults)  # type: ignore[arg-type]
     for name, lookup in config.lookups.items():
         built = _build_lookup(tenant, name, lookup, ("lookups", name), errors)
@@ -425,8 +430,8 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
     except ConnectorMissing as exc:
         if source.type not in KNOWN_TYPES:
             errors.add((*at, "type"), exc.message)
-        queries = {n: NamedQuery(n, _untyped(q), _args_of(q)) for n, q in _reads(source)}
-        return Source(source.id, source.type, None, None, queries, limits, exc.message)
+        untyped = {n: NamedQuery(n, _untyped(q), _args_of(q)) for n, q in _reads(source)}
+        return Source(source.id, source.type, None, None, untyped, limits, exc.message)
     settings: ConnectionSettings | None = None
     try:
         settings = cls.Settings.model_validate(source.connection)
@@ -488,7 +493,9 @@ def _check_args(
 ) -> None:
     if args is None:
         if required and prepared.positional:
-            errors.add(at, f"the query takes {prepared.positional} value(s) ($1…): list them in args")
+            errors.add(
+                at, f"the query takes {prepared.positional} value(s) ($1…): list them in args"
+            )
         return
     if len(args) != prepared.positional:
         errors.add(
@@ -516,7 +523,9 @@ def _build_lookup(
     if source is None:
         errors.add((*at, "source"), f"names no configured data source ({source_id!r})")
         return None
-    query_name = spec.query if isinstance(spec.query, str) and spec.query in source.queries else None
+    query_name = (
+        spec.query if isinstance(spec.query, str) and spec.query in source.queries else None
+    )
     if spec.query is None and name in source.queries:
         query_name = name
     if query_name is not None:
@@ -548,7 +557,7 @@ def _build_lookup(
         query=prepared,
         params=params,
         args=args or (),
-        template=texts["template"],
+        template=texts["template"] or tenant.defaults["template"],
         not_found=texts["not_found"] or tenant.defaults["not_found"],
         fallback=texts["fallback"] or tenant.defaults["fallback"],
         invalid_input=texts["invalid_input"] or tenant.defaults["invalid_input"],

@@ -33,31 +33,74 @@ __all__ = ["SAMPLE_JOBS", "run_demo"]
 TENANT = "demo"
 
 SAMPLE_JOBS: list[tuple[str, dict[str, Any]]] = [
-    ("Where is my order #12345?", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query": "order status",
-        "parameters": {"order_id": "12345", "customer_phone": "+1234567890"},
-        "data_source": "shop_db"}),
-    ("Is SKU-789 in stock?", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "check_stock",
-        "parameters": {"sku": "SKU-789"},
-        "customer_context": {"phone": "+1234567890", "name": "Ana", "locale": "en"}}),
-    ("What's on my account?", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "customer_lookup",
-        "parameters": {"customer_phone": "+1234567890"}}),
-    ("When are you open?", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "faq",
-        "parameters": {"topic": "opening_hours"}, "reply_to": "+1987654321"}),
-    ("¿Dónde está mi pedido #12346?", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "order_status",
-        "parameters": {"order_id": "12346"},
-        "customer_context": {"phone": "+5491112345678", "name": "Lucía", "locale": "es"}}),
-    ("Where is order #99999? (no such order)", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "order_status",
-        "parameters": {"order_id": "99999", "customer_phone": "+1234567890"}}),
-    ("Order \"12345' OR 1=1\" (malformed)", {
-        "job_type": "data_lookup", "tenant_id": TENANT, "query_type": "order_status",
-        "parameters": {"order_id": "12345' OR 1=1 --", "customer_phone": "+1234567890"}}),
-]  # fmt: skip
+    (
+        "Where is my order #12345?",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query": "order status",
+            "parameters": {"order_id": "12345", "customer_phone": "+1234567890"},
+            "data_source": "shop_db",
+        },
+    ),
+    (
+        "Is SKU-789 in stock?",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "check_stock",
+            "parameters": {"sku": "SKU-789"},
+            "customer_context": {"phone": "+1234567890", "name": "Ana", "locale": "en"},
+        },
+    ),
+    (
+        "What's on my account?",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "customer_lookup",
+            "parameters": {"customer_phone": "+1234567890"},
+        },
+    ),
+    (
+        "When are you open?",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "faq",
+            "parameters": {"topic": "opening_hours"},
+            "reply_to": "+1987654321",
+        },
+    ),
+    (
+        "¿Dónde está mi pedido #12346?",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "order_status",
+            "parameters": {"order_id": "12346"},
+            "customer_context": {"phone": "+5491112345678", "name": "Lucía", "locale": "es"},
+        },
+    ),
+    (
+        "Where is order #99999? (no such order)",
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "order_status",
+            "parameters": {"order_id": "99999", "customer_phone": "+1234567890"},
+        },
+    ),
+    (
+        'Order "12345\' OR 1=1" (malformed)',
+        {
+            "job_type": "data_lookup",
+            "tenant_id": TENANT,
+            "query_type": "order_status",
+            "parameters": {"order_id": "12345' OR 1=1 --", "customer_phone": "+1234567890"},
+        },
+    ),
+]
 
 
 class _Recording(EngineQueue):
@@ -85,7 +128,9 @@ def _demo_config() -> Path:
 async def run_demo(keep: Path | None = None) -> int:
     tenant = load_tenant(_demo_config())
     with contextlib.ExitStack() as stack:
-        folder = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="worker-demo-")))
+        folder = keep or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="worker-demo-"))
+        )
         folder.mkdir(parents=True, exist_ok=True)
         async with SQLiteStore(folder / "queue.db") as store:
             return await _demo(tenant, store)
@@ -104,7 +149,9 @@ async def _demo(tenant: Tenant, store: SQLiteStore) -> int:
         port = await bound
         click.echo(f"local engine on http://127.0.0.1:{port}; tenant {tenant.tenant_id!r}\n")
         ids = [str(await store.enqueue(payload)) for _, payload in SAMPLE_JOBS]
-        queue = _Recording(EngineClient(f"http://127.0.0.1:{port}", token), tenant.tenant_id, "demo")
+        queue = _Recording(
+            EngineClient(f"http://127.0.0.1:{port}", token), tenant.tenant_id, "demo"
+        )
         sources = Sources(tenant)
         try:
             runtime = Runtime(queue, Pipeline(tenant, sources, Metrics()), RunSettings(once=True))
@@ -116,7 +163,9 @@ async def _demo(tenant: Tenant, store: SQLiteStore) -> int:
         for (question, _), job_id in zip(SAMPLE_JOBS, ids, strict=True):
             _show(question, queue.answers.get(job_id), sent.get(job_id))
         answered = sum(1 for j in ids if j in queue.answers)
-        click.echo(f"{answered} of {len(ids)} jobs answered; {len(sent)} replies in outbound_messages.")
+        click.echo(
+            f"{answered} of {len(ids)} jobs answered; {len(sent)} replies in outbound_messages."
+        )
         return 0 if answered == len(ids) else 1
     finally:
         stop_engine.set()
@@ -128,9 +177,13 @@ def _show(question: str, answer: Answer | None, message: dict[str, Any] | None) 
     if answer is None:
         click.secho("  (not answered)", fg="red")
         return
-    colour = {"ok": "green", "not_found": "yellow", "invalid_input": "magenta"}.get(answer.outcome, "red")
-    click.echo(f"  outcome {click.style(answer.outcome, fg=colour)} · source {answer.source_id} "
-               f"· {answer.response_time_ms} ms · to {answer.reply_to}")  # fmt: skip
+    colour = {"ok": "green", "not_found": "yellow", "invalid_input": "magenta"}.get(
+        answer.outcome, "red"
+    )
+    click.echo(
+        f"  outcome {click.style(answer.outcome, fg=colour)} · source {answer.source_id} "
+        f"· {answer.response_time_ms} ms · to {answer.reply_to}"
+    )
     text = message["message"] if message else "(no reply sent)"
     for line in text.splitlines():
         click.echo(f"  │ {line}")

@@ -134,8 +134,12 @@ class EngineClient:
     async def next_jobs(
         self, tenant_id: str, job_types: Sequence[str], *, max_jobs: int, wait_s: float
     ) -> list[ClaimedJob]:
-        body = {"tenant_id": tenant_id, "job_types": list(job_types),
-                "max_jobs": max_jobs, "wait_s": wait_s}  # fmt: skip
+        body = {
+            "tenant_id": tenant_id,
+            "job_types": list(job_types),
+            "max_jobs": max_jobs,
+            "wait_s": wait_s,
+        }
         answer = await self._call("POST", "/queue/next-job", body, timeout_s=wait_s + 15)
         jobs = answer.get("jobs", []) if isinstance(answer, dict) else []
         claimed = []
@@ -153,19 +157,31 @@ class EngineClient:
         return claimed
 
     async def heartbeat(self, job: ClaimedJob) -> float:
-        answer = await self._call("POST", f"/queue/jobs/{job.id}/heartbeat", {"attempt": job.attempt})
-        return float(answer.get("lease_s", job.lease_s)) if isinstance(answer, dict) else job.lease_s
+        answer = await self._call(
+            "POST", f"/queue/jobs/{job.id}/heartbeat", {"attempt": job.attempt}
+        )
+        return (
+            float(answer.get("lease_s", job.lease_s)) if isinstance(answer, dict) else job.lease_s
+        )
 
     async def complete(
         self, job: ClaimedJob, *, outcome: str, result: Any, response_time_ms: int
     ) -> None:
-        body = {"outcome": outcome, "result": result, "response_time_ms": response_time_ms,
-                "attempt": job.attempt}  # fmt: skip
+        body = {
+            "outcome": outcome,
+            "result": result,
+            "response_time_ms": response_time_ms,
+            "attempt": job.attempt,
+        }
         await self._call("POST", f"/queue/jobs/{job.id}/complete", body)
 
     async def fail(self, job: ClaimedJob, *, error: str, retry: bool, retry_after_s: float) -> None:
-        body = {"error": error, "retry": retry, "retry_after_s": retry_after_s,
-                "attempt": job.attempt}  # fmt: skip
+        body = {
+            "error": error,
+            "retry": retry,
+            "retry_after_s": retry_after_s,
+            "attempt": job.attempt,
+        }
         await self._call("POST", f"/queue/jobs/{job.id}/fail", body)
 
     async def send_message(self, *, tenant_id: str, to: str, message: str, key: str) -> None:

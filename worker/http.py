@@ -43,13 +43,15 @@ class WorkerApp:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
-        app.add_routes([
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", self.metrics),
-            web.post("/webhook/data/test-connection", self._guarded(self.test_connection)),
-            web.post("/webhook/data/{lookup}", self._guarded(self.push)),
-        ])  # fmt: skip
+        app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics),
+                web.post("/webhook/data/test-connection", self._guarded(self.test_connection)),
+                web.post("/webhook/data/{lookup}", self._guarded(self.push)),
+            ]
+        )
         return app
 
     def _guarded(self, handler: Handler) -> Handler:
@@ -77,8 +79,9 @@ class WorkerApp:
                 checks["engine"] = False
                 checks["error"] = str(exc)
         ready = checks.get("engine", True)
-        return web.json_response({"status": "ready" if ready else "not ready", **checks},
-                                 status=200 if ready else 503)  # fmt: skip
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", **checks}, status=200 if ready else 503
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.pipeline.metrics.registry)
@@ -103,9 +106,12 @@ class WorkerApp:
             )
         report = await self.pipeline.sources.check(source_id)
         if report.ok:
-            return web.json_response({"status": "success", "response_time_ms": report.response_time_ms})
-        return web.json_response({"status": "error", "error": report.error,
-                                  "response_time_ms": report.response_time_ms})  # fmt: skip
+            return web.json_response(
+                {"status": "success", "response_time_ms": report.response_time_ms}
+            )
+        return web.json_response(
+            {"status": "error", "error": report.error, "response_time_ms": report.response_time_ms}
+        )
 
     async def push(self, request: web.Request) -> web.Response:
         payload = await self._json(request)
@@ -122,7 +128,13 @@ class WorkerApp:
             return web.json_response({"error": str(exc)}, status=422)
         sent = False
         if self.queue is not None and answer.message and answer.reply_to:
-            key = request.headers.get("Idempotency-Key") or str(payload.get("job_id") or uuid.uuid4())
-            await self.queue.send(key, answer.reply_to, answer.message)
+            key = request.headers.get("Idempotency-Key") or str(
+                payload.get("job_id") or uuid.uuid4()
+            )
+            try:
+                await self.queue.send(key, answer.reply_to, answer.message)
+            except WorkerError as exc:
+                body = {**answer.as_json(), "sent": False, "error": f"reply not delivered: {exc}"}
+                return web.json_response(body, status=502)
             sent = True
         return web.json_response({**answer.as_json(), "sent": sent})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,11 +116,13 @@ def read_payload(payload: Any, tenant_id: str) -> JobRequest:
     if payload.get("job_type") != JOB_TYPE:
         raise NotOurs(f"job_type {payload.get('job_type')!r} is not {JOB_TYPE!r}")
     if payload.get("tenant_id") != tenant_id:
-        raise NotOurs(f"job is for tenant {payload.get('tenant_id')!r}, this worker serves {tenant_id!r}")
+        raise NotOurs(
+            f"job is for tenant {payload.get('tenant_id')!r}, this worker serves {tenant_id!r}"
+        )
     config = payload.get("data_source_config")
     if isinstance(config, Mapping) and set(config) - {"id"}:
         raise NotOurs(
-            "data_source_config may only name a configured source ({\"id\": …}); "
+            'data_source_config may only name a configured source ({"id": …}); '
             "connection settings in a job are refused"
         )
     reply_to = _reply_address(payload)
@@ -162,40 +164,58 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
-def _convert(rule: ParamRule, text: str) -> Any:
-    """The typed value of ``text``, or ValueError with a customer-readable reason."""
-    if rule.type == "integer":
-        if not re.fullmatch(r"[+-]?\d{1,18}", text):
-            raise ValueError("must be a whole number")
-        return int(text)
-    if rule.type == "number":
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError("must be a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError("must be a number")
-        return number
-    if rule.type == "boolean":
-        lowered = text.lower()
-        if lowered not in {"true", "false", "yes", "no", "1", "0"}:
-            raise ValueError("must be yes or no")
-        return lowered in {"true", "yes", "1"}
-    if rule.type == "phone":
-        if not _PHONE.fullmatch(text):
-            raise ValueError("must be a phone number")
-        digits = re.sub(r"\D", "", text)
-        return ("+" if text.startswith("+") else "") + digits
-    if rule.type == "email":
-        if not _EMAIL.fullmatch(text):
-            raise ValueError("must be an email address")
-        return text
-    if rule.type == "date":
-        try:
-            return dt.date.fromisoformat(text).isoformat()
-        except ValueError:
-            raise ValueError("must be a date like 2025-09-12") from None
+def _integer(text: str) -> int:
+    if not re.fullmatch(r"[+-]?\d{1,18}", text):
+        raise ValueError("must be a whole number")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("must be a number")
+    return number
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in {"true", "false", "yes", "no", "1", "0"}:
+        raise ValueError("must be yes or no")
+    return lowered in {"true", "yes", "1"}
+
+
+def _phone(text: str) -> str:
+    if not _PHONE.fullmatch(text):
+        raise ValueError("must be a phone number")
+    return ("+" if text.startswith("+") else "") + re.sub(r"\D", "", text)
+
+
+def _email(text: str) -> str:
+    if not _EMAIL.fullmatch(text):
+        raise ValueError("must be an email address")
     return text
+
+
+def _date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError("must be a date like 2025-09-12") from None
+
+
+# Each type's converter: the typed value, or ValueError with a customer-readable reason.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "string": str,
+    "integer": _integer,
+    "number": _number,
+    "boolean": _boolean,
+    "phone": _phone,
+    "email": _email,
+    "date": _date,
+}
 
 
 def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
@@ -210,10 +230,12 @@ def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
         raise ValueError("contains characters that are not allowed")
     if rule.pattern is not None and not re.fullmatch(rule.pattern, text):
         raise ValueError("is not in the expected format")
-    return _convert(rule, text)
+    return _CONVERTERS[rule.type](text)
 
 
-def validate_params(lookup: Lookup, raw: Mapping[str, Any], *, reply_to: str | None) -> dict[str, Any]:
+def validate_params(
+    lookup: Lookup, raw: Mapping[str, Any], *, reply_to: str | None
+) -> dict[str, Any]:
     """The lookup's parameters, checked and typed; unknown ones are dropped."""
     values: dict[str, Any] = {}
     errors: list[str] = []

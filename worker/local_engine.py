@@ -89,29 +89,34 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
         raw = await request.json() if request.can_read_body else {}
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
-                                 content_type="application/json") from None  # fmt: skip
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "the body is not valid JSON"}),
+            content_type="application/json",
+        ) from None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise web.HTTPUnprocessableEntity(text=json.dumps({"error": detail}),
-                                          content_type="application/json") from None  # fmt: skip
+        raise web.HTTPUnprocessableEntity(
+            text=json.dumps({"error": detail}), content_type="application/json"
+        ) from None
 
 
 def _job_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not raw.isdigit():
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no job {raw!r}"}),
-                               content_type="application/json")  # fmt: skip
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no job {raw!r}"}), content_type="application/json"
+        )
     return int(raw)
 
 
 class LocalEngine:
     """The §3 API on a `Store`."""
 
-    def __init__(self, store: Store, *, token: str, config_dir: Path | None = None,
-                 lease_s: float = LEASE_S) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, *, token: str, config_dir: Path | None = None, lease_s: float = LEASE_S
+    ) -> None:
         self.store = store
         self.token = token
         self.config_dir = config_dir
@@ -119,18 +124,20 @@ class LocalEngine:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._auth])
-        app.add_routes([
-            web.get("/healthz", self.healthz),
-            web.post("/queue/next-job", self.next_job),
-            web.post("/queue/jobs", self.enqueue),
-            web.get("/queue/jobs/{id}", self.show_job),
-            web.post("/queue/jobs/{id}/heartbeat", self.heartbeat),
-            web.post("/queue/jobs/{id}/complete", self.complete),
-            web.post("/queue/jobs/{id}/fail", self.fail),
-            web.post("/messages/send", self.send),
-            web.get("/messages", self.list_messages),
-            web.get("/routes/tenants/{tenant_id}/data-sources", self.tenant_config),
-        ])  # fmt: skip
+        app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.post("/queue/next-job", self.next_job),
+                web.post("/queue/jobs", self.enqueue),
+                web.get("/queue/jobs/{id}", self.show_job),
+                web.post("/queue/jobs/{id}/heartbeat", self.heartbeat),
+                web.post("/queue/jobs/{id}/complete", self.complete),
+                web.post("/queue/jobs/{id}/fail", self.fail),
+                web.post("/messages/send", self.send),
+                web.get("/messages", self.list_messages),
+                web.get("/routes/tenants/{tenant_id}/data-sources", self.tenant_config),
+            ]
+        )
         return app
 
     @web.middleware
@@ -147,18 +154,29 @@ class LocalEngine:
 
     async def next_job(self, request: web.Request) -> web.Response:
         body: _NextJob = await _body(request, _NextJob)
-        claim = Claim(body.tenant_id, body.job_types, body.max_jobs, self.lease_s,
-                      worker_id=f"http:{request.remote}")  # fmt: skip
-        jobs = await self.store.claim(claim) if body.max_jobs else []
+        claim = Claim(
+            body.tenant_id,
+            body.job_types,
+            body.max_jobs,
+            self.lease_s,
+            worker_id=f"http:{request.remote}",
+        )
+        # A caller that hangs up mid long-poll cancels this handler; claim_or_release
+        # then puts back what it had just leased, so nothing waits out a lease.
+        jobs = await self.store.claim_or_release(claim) if body.max_jobs else []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.wait_s
         while not jobs and body.max_jobs and (left := deadline - loop.time()) > 0:
             await self.store.wait_for_jobs(left)
-            jobs = await self.store.claim(claim)
-        return web.json_response({"jobs": [
-            {"id": j.id, "payload": j.payload, "attempt": j.attempt, "lease_s": j.lease_s}
-            for j in jobs
-        ]})  # fmt: skip
+            jobs = await self.store.claim_or_release(claim)
+        return web.json_response(
+            {
+                "jobs": [
+                    {"id": j.id, "payload": j.payload, "attempt": j.attempt, "lease_s": j.lease_s}
+                    for j in jobs
+                ]
+            }
+        )
 
     async def enqueue(self, request: web.Request) -> web.Response:
         try:
@@ -174,13 +192,23 @@ class LocalEngine:
         row = await self.store.job(_job_id(request))
         if row is None:
             return _error(404, "no such job")
-        return web.json_response({"id": str(row.id), "payload": row.payload, "status": row.status,
-                                  "attempt": row.attempt, "outcome": row.outcome,
-                                  "result": row.result, "error": row.error})  # fmt: skip
+        return web.json_response(
+            {
+                "id": str(row.id),
+                "payload": row.payload,
+                "status": row.status,
+                "attempt": row.attempt,
+                "outcome": row.outcome,
+                "result": row.result,
+                "error": row.error,
+            }
+        )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         body: _Beat = await _body(request, _Beat)
-        ok = await self.store.heartbeat(_job_id(request), lease_s=self.lease_s, attempt=body.attempt)
+        ok = await self.store.heartbeat(
+            _job_id(request), lease_s=self.lease_s, attempt=body.attempt
+        )
         if not ok:
             return _error(409, "the lease was lost")
         return web.json_response({"lease_s": self.lease_s})
@@ -189,16 +217,22 @@ class LocalEngine:
         body: _Complete = await _body(request, _Complete)
         if body.outcome not in OUTCOMES:
             return _error(422, f"outcome must be one of {', '.join(OUTCOMES)}")
-        ok = await self.store.complete(_job_id(request), outcome=body.outcome, result=body.result,
-                                       attempt=body.attempt)  # fmt: skip
+        ok = await self.store.complete(
+            _job_id(request), outcome=body.outcome, result=body.result, attempt=body.attempt
+        )
         if not ok:
             return _error(409, "the lease was lost")
         return web.json_response({"status": "done"})
 
     async def fail(self, request: web.Request) -> web.Response:
         body: _Fail = await _body(request, _Fail)
-        ok = await self.store.fail(_job_id(request), error=body.error, retry=body.retry,
-                                   retry_after_s=body.retry_after_s, attempt=body.attempt)  # fmt: skip
+        ok = await self.store.fail(
+            _job_id(request),
+            error=body.error,
+            retry=body.retry,
+            retry_after_s=body.retry_after_s,
+            attempt=body.attempt,
+        )
         if not ok:
             return _error(409, "the lease was lost")
         return web.json_response({"status": "pending" if body.retry else "failed"})
@@ -206,10 +240,17 @@ class LocalEngine:
     async def send(self, request: web.Request) -> web.Response:
         body: _Send = await _body(request, _Send)
         key = request.headers.get("Idempotency-Key") or (
-            str(body.job_id) if body.job_id is not None else str(uuid.uuid4()))  # fmt: skip
-        fresh = await self.store.send_message(key=key, reply=Reply(body.tenant_id, body.to, body.message))
-        log.info("message to %s%s", body.to[:4] + "…", "" if fresh else " (duplicate, not sent again)",
-                 extra={"action": "send", "tenant": body.tenant_id, "job_id": key})  # fmt: skip
+            str(body.job_id) if body.job_id is not None else str(uuid.uuid4())
+        )
+        fresh = await self.store.send_message(
+            key=key, reply=Reply(body.tenant_id, body.to, body.message)
+        )
+        log.info(
+            "message to %s%s",
+            body.to[:4] + "…",
+            "" if fresh else " (duplicate, not sent again)",
+            extra={"action": "send", "tenant": body.tenant_id, "job_id": key},
+        )
         return web.json_response({"status": "sent" if fresh else "duplicate"}, status=200)
 
     async def list_messages(self, request: web.Request) -> web.Response:
@@ -230,17 +271,23 @@ class LocalEngine:
         return web.json_response(document)
 
 
-async def serve_engine(engine: LocalEngine, host: str, port: int, stop: asyncio.Event,
-                       *, ready: Callable[[int], None] | None = None) -> None:  # fmt: skip
+async def serve_engine(
+    engine: LocalEngine,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    ready: Callable[[int], None] | None = None,
+) -> None:
     """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0)."""
-    runner = web.AppRunner(engine.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        engine.app(), access_log=None, handle_signals=False, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=2)
     await site.start()
-    bound = port
-    server = site._server  # noqa: SLF001 - aiohttp keeps the bound sockets here
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    addresses = runner.addresses
+    bound = int(addresses[0][1]) if addresses else port
     if ready is not None:
         ready(bound)
     try:

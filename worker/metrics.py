@@ -27,7 +27,9 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge("worker_jobs_in_flight", "Jobs being worked on", registry=self.registry)
+        self.in_flight = Gauge(
+            "worker_jobs_in_flight", "Jobs being worked on", registry=self.registry
+        )
         self.circuit_open = Gauge(
             "worker_source_circuit_open",
             "1 while a source's circuit is open",
@@ -35,5 +37,8 @@ class Metrics:
             registry=self.registry,
         )
         self.claim_latency = Histogram(
-            "worker_claim_seconds", "Time a claim call took", buckets=_BUCKETS, registry=self.registry
+            "worker_claim_seconds",
+            "Time a claim call took",
+            buckets=_BUCKETS,
+            registry=self.registry,
         )

@@ -20,7 +20,9 @@ from worker.config import Lookup, Tenant
 from worker.errors import SourceError
 from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
 from worker.metrics import Metrics
-from worker.render import RenderError, Template
+from jinja2 import Template
+
+from worker.render import RenderError
 from worker.sources import Sources
 
 __all__ = ["Answer", "Outcome", "Pipeline", "UnknownLookup"]
@@ -115,9 +117,14 @@ class Pipeline:
         if "fallback" not in self.tenant.config.defaults.model_fields_set:
             raise UnknownLookup(f"no lookup named {query_type!r} and no tenant fallback text")
         context = self._context(None, request, {}, ReadResult(rows=[]))
-        message = self._render(self.tenant.defaults["fallback"], context, fallback_text=True)
-        return Answer(Outcome.FALLBACK, message, request.reply_to, f"unknown lookup {query_type!r}",
-                      lookup=query_type)  # fmt: skip
+        message = self._render(self.tenant.defaults["fallback"], context)
+        return Answer(
+            Outcome.FALLBACK,
+            message,
+            request.reply_to,
+            f"unknown lookup {query_type!r}",
+            lookup=query_type,
+        )
 
     async def _run(self, lookup: Lookup, request: JobRequest) -> Answer:
         try:
@@ -125,18 +132,26 @@ class Pipeline:
             if request.reply_to is None:
                 raise InvalidInput(["the job has no reply address"], None)
             if len(lookup.args) != lookup.query.positional:
-                raise InvalidInput(["this question is not set up to take its details yet"],
-                                   request.reply_to)  # fmt: skip
+                raise InvalidInput(
+                    ["this question is not set up to take its details yet"], request.reply_to
+                )
         except InvalidInput as exc:
             return self._invalid(exc, lookup, request)
         bound = Bound(args=tuple(params.get(a) for a in lookup.args), params=params)
         try:
             result = await self._read(lookup, bound)
         except (SourceError, TimeoutError) as exc:
-            reason = exc.message if isinstance(exc, SourceError) else (
-                f"no answer within {lookup.timeout_s:g} s")  # fmt: skip
-            log.warning("lookup %s fell back: %s", lookup.name, reason,
-                        extra={"action": "lookup", "source": lookup.source_id})  # fmt: skip
+            reason = (
+                exc.message
+                if isinstance(exc, SourceError)
+                else (f"no answer within {lookup.timeout_s:g} s")
+            )
+            log.warning(
+                "lookup %s fell back: %s",
+                lookup.name,
+                reason,
+                extra={"action": "lookup", "source": lookup.source_id},
+            )
             return self._fallback(lookup, request, params, reason)
         return self._reply(lookup, request, params, result)
 
@@ -154,38 +169,71 @@ class Pipeline:
         self, lookup: Lookup, request: JobRequest, params: dict[str, Any], result: ReadResult
     ) -> Answer:
         context = self._context(lookup, request, params, result)
-        base = {"reply_to": request.reply_to, "lookup": lookup.name,
-                "source_id": lookup.source_id, "params": params}  # fmt: skip
         if not result.found:
-            message = self._render(lookup.not_found, context, fallback_text=True)
-            return Answer(Outcome.NOT_FOUND, message, result=None, **base)
-        template = lookup.template
+            message = self._render(lookup.not_found, context)
+            return self._answer(Outcome.NOT_FOUND, message, lookup, request, params, None)
         try:
-            message = self.tenant.renderer.render(template, context) if template else None
+            message = self.tenant.renderer.render(lookup.template, context)
         except RenderError as exc:
-            log.error("template of %s failed: %s", lookup.name, exc,
-                      extra={"action": "render", "lookup": lookup.name})  # fmt: skip
+            log.error(
+                "template of %s failed: %s",
+                lookup.name,
+                exc,
+                extra={"action": "render", "lookup": lookup.name},
+            )
             return self._fallback(lookup, request, params, f"template failed: {exc}")
-        return Answer(Outcome.OK, message, result=result.data, **base)
+        return self._answer(Outcome.OK, message, lookup, request, params, result.data)
+
+    @staticmethod
+    def _answer(
+        outcome: str,
+        message: str,
+        lookup: Lookup,
+        request: JobRequest,
+        params: dict[str, Any],
+        result: Any,
+    ) -> Answer:
+        return Answer(
+            outcome, message, request.reply_to, result, lookup.name, lookup.source_id, params=params
+        )
 
     def _fallback(
         self, lookup: Lookup, request: JobRequest, params: dict[str, Any], reason: str
     ) -> Answer:
         context = self._context(lookup, request, params, ReadResult(rows=[]))
-        message = self._render(lookup.fallback, context, fallback_text=True)
-        return Answer(Outcome.FALLBACK, message, request.reply_to, reason, lookup.name,
-                      lookup.source_id, params=params)  # fmt: skip
+        message = self._render(lookup.fallback, context)
+        return Answer(
+            Outcome.FALLBACK,
+            message,
+            request.reply_to,
+            reason,
+            lookup.name,
+            lookup.source_id,
+            params=params,
+        )
 
     def _invalid(self, exc: InvalidInput, lookup: Lookup | None, request: Any) -> Answer:
         template = lookup.invalid_input if lookup else self.tenant.defaults["invalid_input"]
         customer = request.customer if isinstance(request, JobRequest) else {}
-        context = {"errors": exc.errors, "params": {}, "row": {}, "rows": [], "data": None,
-                   "customer": customer, "tenant_id": self.tenant.tenant_id,
-                   "lookup": lookup.name if lookup else None}  # fmt: skip
-        message = self._render(template, context, fallback_text=True) if exc.reply_to else None
-        return Answer(Outcome.INVALID_INPUT, message, exc.reply_to, {"errors": exc.errors},
-                      lookup.name if lookup else None,
-                      lookup.source_id if lookup else None)  # fmt: skip
+        context = {
+            "errors": exc.errors,
+            "params": {},
+            "row": {},
+            "rows": [],
+            "data": None,
+            "customer": customer,
+            "tenant_id": self.tenant.tenant_id,
+            "lookup": lookup.name if lookup else None,
+        }
+        message = self._render(template, context) if exc.reply_to else None
+        return Answer(
+            Outcome.INVALID_INPUT,
+            message,
+            exc.reply_to,
+            {"errors": exc.errors},
+            lookup.name if lookup else None,
+            lookup.source_id if lookup else None,
+        )
 
     def _context(
         self,
@@ -196,8 +244,9 @@ class Pipeline:
     ) -> dict[str, Any]:
         return {
             "params": params,
-            "row": result.rows[0] if result.rows else (
-                result.data if isinstance(result.data, Mapping) else {}),  # fmt: skip
+            "row": result.rows[0]
+            if result.rows
+            else (result.data if isinstance(result.data, Mapping) else {}),
             "rows": result.rows,
             "data": result.data,
             "customer": request.customer,
@@ -205,7 +254,7 @@ class Pipeline:
             "lookup": lookup.name if lookup else request.query_type,
         }
 
-    def _render(self, template: Template, context: Mapping[str, Any], *, fallback_text: bool) -> str:
+    def _render(self, template: Template, context: Mapping[str, Any]) -> str:
         """Render a not-found/fallback/invalid text; if even that fails, a fixed sentence."""
         try:
             return self.tenant.renderer.render(template, context)

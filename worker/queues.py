@@ -43,7 +43,9 @@ class JobQueue(abc.ABC):
         """Deliver the reply (once) and mark the job done with its outcome."""
 
     @abc.abstractmethod
-    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
+    async def reject(
+        self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
+    ) -> None:
         """Fail the job, for good or to be handed out again."""
 
     @abc.abstractmethod
@@ -59,8 +61,13 @@ class JobQueue(abc.ABC):
 
     def _retry_log(self, job: ClaimedJob, what: str) -> Any:
         def note(exc: Exception) -> None:
-            log.warning("%s of job %s: %s; retrying", what, job.id, exc,
-                        extra={"action": what, "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+            log.warning(
+                "%s of job %s: %s; retrying",
+                what,
+                job.id,
+                exc,
+                extra={"action": what, "tenant": self.tenant_id, "job_id": job.id},
+            )
 
         return note
 
@@ -73,7 +80,9 @@ class EngineQueue(JobQueue):
         self.client = client
 
     async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
-        return await self.client.next_jobs(self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s)
+        return await self.client.next_jobs(
+            self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s
+        )
 
     async def heartbeat(self, job: ClaimedJob) -> None:
         await self.client.heartbeat(job)
@@ -82,19 +91,26 @@ class EngineQueue(JobQueue):
         if answer.message and answer.reply_to:
             message, to = answer.message, answer.reply_to
             await with_retries(
-                lambda: self.client.send_message(tenant_id=self.tenant_id, to=to,
-                                                 message=message, key=job.id),  # fmt: skip
+                lambda: self.client.send_message(
+                    tenant_id=self.tenant_id, to=to, message=message, key=job.id
+                ),
                 deadline_s=job.lease_s,
                 on_retry=self._retry_log(job, "send"),
             )
         await with_retries(
-            lambda: self.client.complete(job, outcome=answer.outcome, result=answer.result,
-                                         response_time_ms=answer.response_time_ms),  # fmt: skip
+            lambda: self.client.complete(
+                job,
+                outcome=answer.outcome,
+                result=answer.result,
+                response_time_ms=answer.response_time_ms,
+            ),
             deadline_s=job.lease_s,
             on_retry=self._retry_log(job, "complete"),
         )
 
-    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
+    async def reject(
+        self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
+    ) -> None:
         await with_retries(
             lambda: self.client.fail(job, error=error, retry=retry, retry_after_s=retry_after_s),
             deadline_s=job.lease_s,
@@ -114,17 +130,19 @@ class EngineQueue(JobQueue):
 class StoreQueue(JobQueue):
     """Contract §4: claim from the tables directly."""
 
-    def __init__(self, store: Store, tenant_id: str, worker_id: str, *, lease_s: float = 30) -> None:
+    def __init__(
+        self, store: Store, tenant_id: str, worker_id: str, *, lease_s: float = 30
+    ) -> None:
         super().__init__(tenant_id, worker_id)
         self.store = store
         self.lease_s = lease_s
 
     async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
-        jobs = await self.store.claim(claim)
+        jobs = await self.store.claim_or_release(claim)
         if not jobs and wait_s > 0:
             await self.store.wait_for_jobs(wait_s)
-            jobs = await self.store.claim(claim)
+            jobs = await self.store.claim_or_release(claim)
         return jobs
 
     async def heartbeat(self, job: ClaimedJob) -> None:
@@ -137,15 +155,26 @@ class StoreQueue(JobQueue):
         reply = None
         if answer.message and answer.reply_to:
             reply = Reply(self.tenant_id, answer.reply_to, answer.message)
-        done = await self.store.complete(int(job.id), outcome=answer.outcome, result=answer.result,
-                                         attempt=job.attempt, reply=reply)  # fmt: skip
+        done = await self.store.complete(
+            int(job.id),
+            outcome=answer.outcome,
+            result=answer.result,
+            attempt=job.attempt,
+            reply=reply,
+        )
         if not done:
-            log.warning("job %s was taken over before it finished; its answer is dropped", job.id,
-                        extra={"action": "complete", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+            log.warning(
+                "job %s was taken over before it finished; its answer is dropped",
+                job.id,
+                extra={"action": "complete", "tenant": self.tenant_id, "job_id": job.id},
+            )
 
-    async def reject(self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0) -> None:
-        await self.store.fail(int(job.id), error=error, retry=retry, retry_after_s=retry_after_s,
-                              attempt=job.attempt)  # fmt: skip
+    async def reject(
+        self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
+    ) -> None:
+        await self.store.fail(
+            int(job.id), error=error, retry=retry, retry_after_s=retry_after_s, attempt=job.attempt
+        )
 
     async def send(self, key: str, to: str, message: str) -> None:
         await self.store.send_message(key=key, reply=Reply(self.tenant_id, to, message))

@@ -58,13 +58,18 @@ class Runtime:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and answer until ``stop`` is set (or, with ``once``, the queue is empty)."""
-        log.info("serving tenant %s", self.tenant_id, extra={"action": "start", "tenant": self.tenant_id})
+        log.info(
+            "serving tenant %s", self.tenant_id, extra={"action": "start", "tenant": self.tenant_id}
+        )
         try:
             await self._claim_loop(stop)
         finally:
             await self._drain()
-        log.info("stopped; %d job(s) answered", self.answered,
-                 extra={"action": "stop", "tenant": self.tenant_id})  # fmt: skip
+        log.info(
+            "stopped; %d job(s) answered",
+            self.answered,
+            extra={"action": "stop", "tenant": self.tenant_id},
+        )
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         delays = backoff_delays(cap_s=30.0)
@@ -103,17 +108,24 @@ class Runtime:
         started = time.perf_counter()
         claim = asyncio.ensure_future(self.queue.claim(count, wait_s))
         if not await _first_of(claim, stop):
-            # Stopping mid long-poll: let the claim finish so no job it got is stranded.
-            for job in await claim:
-                await self._hand_back(job, "the worker is stopping")
+            # Stopping mid long-poll. A job the engine leased to us in this very
+            # moment is handed out again when its lease runs out: late, not lost.
+            claim.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WorkerError, OSError):
+                await claim
             return []
         self.pipeline.metrics.claim_latency.observe(time.perf_counter() - started)
         return claim.result()
 
     async def _back_off(self, stop: asyncio.Event, exc: WorkerError, delay: float) -> None:
         level = logging.ERROR if isinstance(exc, EngineAuthError) else logging.WARNING
-        log.log(level, "claiming failed: %s; next try in %.1f s", exc, delay,
-                extra={"action": "claim", "tenant": self.tenant_id})  # fmt: skip
+        log.log(
+            level,
+            "claiming failed: %s; next try in %.1f s",
+            exc,
+            delay,
+            extra={"action": "claim", "tenant": self.tenant_id},
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await stop.wait()
@@ -132,8 +144,12 @@ class Runtime:
         if not self._tasks:
             self._idle.set()
         if not task.cancelled() and task.exception() is not None:
-            log.error("job task %s died: %r", task.get_name(), task.exception(),
-                      extra={"action": "job", "tenant": self.tenant_id})  # fmt: skip
+            log.error(
+                "job task %s died: %r",
+                task.get_name(),
+                task.exception(),
+                extra={"action": "job", "tenant": self.tenant_id},
+            )
 
     async def _handle(self, job: ClaimedJob) -> None:
         extra = {"tenant": self.tenant_id, "job_id": job.id, "attempt": job.attempt}
@@ -150,26 +166,47 @@ class Runtime:
             raise
         except Exception as exc:
             log.exception("job %s crashed", job.id, extra={"action": "job", **extra})
-            await asyncio.shield(self.queue.reject(job, f"worker error: {type(exc).__name__}",
-                                                   retry=True, retry_after_s=5))  # fmt: skip
+            await asyncio.shield(
+                self.queue.reject(
+                    job, f"worker error: {type(exc).__name__}", retry=True, retry_after_s=5
+                )
+            )
             return
         try:
             await asyncio.shield(self.queue.finish(job, answer))
         except LeaseLost:
-            log.warning("job %s: lease lost before completing; another worker answers it", job.id,
-                        extra={"action": "complete", **extra})  # fmt: skip
+            log.warning(
+                "job %s: lease lost before completing; another worker answers it",
+                job.id,
+                extra={"action": "complete", **extra},
+            )
             return
         self.answered += 1
-        log.info("job %s answered: %s in %d ms", job.id, answer.outcome, answer.response_time_ms,
-                 extra={"action": "answer", "outcome": answer.outcome, "lookup": answer.lookup,
-                        "source": answer.source_id, "ms": answer.response_time_ms, **extra})  # fmt: skip
+        log.info(
+            "job %s answered: %s in %d ms",
+            job.id,
+            answer.outcome,
+            answer.response_time_ms,
+            extra={
+                "action": "answer",
+                "outcome": answer.outcome,
+                "lookup": answer.lookup,
+                "source": answer.source_id,
+                "ms": answer.response_time_ms,
+                **extra,
+            },
+        )
 
     async def _hand_back(self, job: ClaimedJob, why: str) -> None:
         try:
             await self.queue.reject(job, why, retry=True, retry_after_s=0)
         except (WorkerError, OSError) as exc:
-            log.warning("could not hand job %s back (%s); its lease will expire", job.id, exc,
-                        extra={"action": "hand_back", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+            log.warning(
+                "could not hand job %s back (%s); its lease will expire",
+                job.id,
+                exc,
+                extra={"action": "hand_back", "tenant": self.tenant_id, "job_id": job.id},
+            )
 
     @contextlib.asynccontextmanager
     async def _heartbeats(self, job: ClaimedJob) -> AsyncIterator[None]:
@@ -188,19 +225,30 @@ class Runtime:
             try:
                 await self.queue.heartbeat(job)
             except LeaseLost:
-                log.warning("job %s: lease lost", job.id,
-                            extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+                log.warning(
+                    "job %s: lease lost",
+                    job.id,
+                    extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id},
+                )
                 return
             except WorkerError as exc:
-                log.warning("heartbeat of job %s failed: %s", job.id, exc,
-                            extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id})  # fmt: skip
+                log.warning(
+                    "heartbeat of job %s failed: %s",
+                    job.id,
+                    exc,
+                    extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id},
+                )
 
     async def _drain(self) -> None:
         """Give in-flight jobs the grace period, then cancel (and hand back) the rest."""
         if not self._tasks:
             return
-        log.info("waiting up to %g s for %d job(s) in flight", self.settings.grace_s, len(self._tasks),
-                 extra={"action": "drain", "tenant": self.tenant_id})  # fmt: skip
+        log.info(
+            "waiting up to %g s for %d job(s) in flight",
+            self.settings.grace_s,
+            len(self._tasks),
+            extra={"action": "drain", "tenant": self.tenant_id},
+        )
         _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.grace_s)
         for task in pending:
             task.cancel()

@@ -113,7 +113,12 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, shutdown_timeout=2).start()
-        log.info("listening on %s:%d", host, port, extra={"action": "listen", "tenant": worker.tenant.tenant_id})
+        log.info(
+            "listening on %s:%d",
+            host,
+            port,
+            extra={"action": "listen", "tenant": worker.tenant.tenant_id},
+        )
         yield
     finally:
         await runner.cleanup()
@@ -139,8 +144,10 @@ async def serve(
                         "nothing to drain: set ENGINE_URL and ENGINE_TOKEN, "
                         "or queue: in the config (or QUEUE_DSN)"
                     )
-                log.warning("no engine or queue configured: serving push webhooks only",
-                            extra={"action": "start", "tenant": tenant.tenant_id})  # fmt: skip
+                log.warning(
+                    "no engine or queue configured: serving push webhooks only",
+                    extra={"action": "start", "tenant": tenant.tenant_id},
+                )
                 await stop.wait()
                 return 0
             runtime = Runtime(worker.queue, worker.pipeline, settings)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from worker.jobs import ClaimedJob
 
@@ -56,7 +57,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -70,6 +71,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def claim(self, claim: Claim) -> list[ClaimedJob]:
         """Lease up to ``max_jobs`` ready jobs of the tenant and types; ``attempt`` + 1."""
+
+    @abc.abstractmethod
+    async def release(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Undo a claim nobody received (the caller went away): pending again, attempt − 1."""
+
+    async def claim_or_release(self, claim: Claim) -> list[ClaimedJob]:
+        """`claim`, but if the caller is cancelled meanwhile, the jobs go back untouched."""
+        task = asyncio.ensure_future(self.claim(claim))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            jobs = await task
+            await asyncio.shield(self.release(jobs))
+            raise
 
     @abc.abstractmethod
     async def wait_for_jobs(self, timeout_s: float) -> None:
@@ -89,7 +104,7 @@ class Store(abc.ABC):
         attempt: int | None,
         reply: Reply | None = None,
     ) -> bool:
-        """Mark done (and write the reply, in the same transaction); False when the lease is lost."""
+        """Mark done, writing the reply in the same transaction; False if the lease is lost."""
 
     @abc.abstractmethod
     async def fail(

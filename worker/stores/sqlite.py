@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,17 @@ class SQLiteStore(Store):
         jobs = [ClaimedJob(str(r[0]), _loads(r[1]), int(r[2]), claim.lease_s) for r in rows]
         return sorted(jobs, key=lambda j: int(j.id))
 
+    async def release(self, jobs: Sequence[ClaimedJob]) -> None:
+        for job in jobs:
+            await self._write(
+                """UPDATE jobs SET status = 'pending', attempt = attempt - 1,
+                       locked_by = NULL, locked_until = NULL
+                   WHERE id = ? AND status = 'running' AND attempt = ?""",
+                (int(job.id), job.attempt),
+            )
+        if jobs:
+            self._wake.set()
+
     async def _fail_unclaimable(self, now: str) -> None:
         """Rows no claimant can ever take: not JSON objects, or out of attempts."""
         await self.db.execute(
@@ -241,7 +253,8 @@ class SQLiteStore(Store):
     ) -> bool:
         where, extra = self._owned(attempt)
         if retry:
-            sql = f"""UPDATE jobs SET status = CASE WHEN attempt >= ? THEN 'failed' ELSE 'pending' END,
+            sql = f"""UPDATE jobs
+                      SET status = CASE WHEN attempt >= ? THEN 'failed' ELSE 'pending' END,
                           error = ?, run_at = ?, locked_by = NULL, locked_until = NULL,
                           finished_at = CASE WHEN attempt >= ? THEN {_NOW} END
                       WHERE {where}"""  # noqa: S608

@@ -1,0 +1,412 @@
+"""File sources: CSV, Excel and JSON files read as tables of rows.
+
+The three share one base, `TabularFileConnector`: a query is a small document
+(``{"filter": {"sku": "{sku}"}, "limit": 5}`` plus ``sheet`` for Excel and
+``items`` for JSON), a filter means equality on every key, and the parsed file
+is cached until its modification time or size changes. Reading and parsing
+block, so they run in ``asyncio.to_thread``.
+
+Values compare the way a spreadsheet user expects: both sides as text, stripped,
+so the parameter ``"12345"`` matches the JSON number ``12345`` and the Excel
+cell ``12345.0``; dates compare by their ISO text; booleans ignore case
+(``TRUE`` = ``true``); everything else is case-sensitive. A parameter is only
+ever a value to compare with, never an operator.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import codecs
+import contextlib
+import csv
+import io
+import json
+import os
+import threading
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO, ClassVar, Generic, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.base import (
+    Bound,
+    ConfigError,
+    ConnectionSettings,
+    Connector,
+    Limits,
+    PreparedQuery,
+    ReadResult,
+    SourceTimeout,
+    SourceUnavailable,
+    bind_placeholders,
+    jsonable,
+    placeholder_names,
+)
+from worker.errors import ConnectorMissing
+
+__all__ = [
+    "CSVConnector",
+    "CSVQuery",
+    "CSVSettings",
+    "ExcelConnector",
+    "ExcelQuery",
+    "FileQuery",
+    "FileSettings",
+    "JSONConnector",
+    "JSONQuery",
+    "Table",
+    "TabularFileConnector",
+]
+
+_HEALTH_TIMEOUT_S = 30.0
+
+Scalar = str | int | float | bool | None
+
+
+# -- settings and queries ----------------------------------------------------
+
+
+class FileSettings(ConnectionSettings):
+    """``connection`` of a file source."""
+
+    #: the file, relative to the tenant config's folder
+    path: str = Field(min_length=1)
+
+
+class CSVSettings(FileSettings):
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+
+class FileQuery(BaseModel):
+    """A read on a file: rows equal to ``filter`` on every key, at most ``limit``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    filter: dict[str, Scalar] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+
+
+class CSVQuery(FileQuery):
+    pass
+
+
+class ExcelQuery(FileQuery):
+    #: the sheet's name; the first sheet when absent
+    sheet: str | None = Field(default=None, min_length=1)
+
+
+class JSONQuery(FileQuery):
+    #: a dotted path to the list of items; the document itself when absent
+    items: str | None = Field(default=None, pattern=r"^[^.]+(\.[^.]+)*$")
+
+
+# -- the shared machinery -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows read from a file; ``columns`` when a header row names them."""
+
+    rows: list[dict[str, Any]]
+    columns: tuple[str, ...] | None = None
+
+
+class _Unreadable(Exception):
+    """The file parsed, but not into what the query needs."""
+
+
+QueryT = TypeVar("QueryT", bound=FileQuery)
+
+
+class TabularFileConnector(Connector, Generic[QueryT]):
+    """A file parsed into tables of rows and filtered by equality.
+
+    Subclasses say how to parse the file (`_parse`, blocking, from a binary
+    handle), which errors mean "this file does not parse" (`_parse_errors`),
+    and where a query's rows are in the parsed document (`_table`).
+    """
+
+    #: the query model; subclasses narrow it
+    Query: ClassVar[type[FileQuery]]
+
+    settings: FileSettings
+
+    def __init__(
+        self,
+        source_id: str,
+        settings: ConnectionSettings,
+        *,
+        base_dir: Path,
+        limits: Limits | None = None,
+    ) -> None:
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}")
+        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+        self._cache: tuple[tuple[int, int], Any] | None = None
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a {cls.type_name} query is a mapping: {cls.query_shape}")
+        try:
+            spec = cls.Query.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(
+                f"bad {cls.type_name} query ({problems}); expected {cls.query_shape}"
+            ) from None
+        return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
+
+    async def close(self) -> None:
+        self._cache = None
+
+    async def health_check(self) -> None:
+        with self._translating():
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                await asyncio.to_thread(self._document)
+
+    async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
+        if not isinstance(query.spec, self.Query):
+            raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        spec = cast(QueryT, query.spec)
+        wanted = bind_placeholders(spec.filter, bound.params)
+        limit = min(spec.limit or self.limits.max_rows, self.limits.max_rows)
+        with self._translating():
+            # A parse cannot be stopped half-way; it runs on to fill the cache.
+            async with asyncio.timeout(timeout_s):
+                rows = await asyncio.to_thread(self._select, spec, wanted, limit)
+        return ReadResult.of_rows(self.cap_rows(rows))
+
+    @abc.abstractmethod
+    def _parse(self, fh: BinaryIO) -> Any:
+        """Parse the whole file (blocking); the result is cached."""
+
+    @abc.abstractmethod
+    def _parse_errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions `_parse` raises on a file that does not parse."""
+
+    @abc.abstractmethod
+    def _table(self, document: Any, spec: QueryT) -> Table:
+        """The rows the query reads in the parsed document; `_Unreadable` if none."""
+
+    def _select(self, spec: QueryT, wanted: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+        table = self._table(self._document(), spec)
+        if table.columns is not None:
+            unknown = [key for key in wanted if key not in table.columns]
+            if unknown:
+                raise _Unreadable(
+                    f"no column {unknown[0]!r} in the header (columns: {', '.join(table.columns)})"
+                )
+        texts = {key: _text(value) for key, value in wanted.items()}
+        found = []
+        for row in table.rows:
+            if all(_text(row.get(key)) == text for key, text in texts.items()):
+                found.append(row)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _document(self) -> Any:
+        """The parsed file, from the cache while its mtime and size are unchanged."""
+        with self._cache_lock, self.resolve_path(self.settings.path).open("rb") as fh:
+            stat = os.fstat(fh.fileno())
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, self._parse(fh))
+            return self._cache[1]
+
+    @contextlib.contextmanager
+    def _translating(self) -> Iterator[None]:
+        """File and parser errors into the `SourceError` family, in one place."""
+        path = self.settings.path
+        try:
+            yield
+        except TimeoutError as exc:  # before OSError: it is one
+            raise SourceTimeout(self.source_id, f"reading {path!r} passed its deadline") from exc
+        except FileNotFoundError as exc:
+            raise SourceUnavailable(self.source_id, f"the file {path!r} does not exist") from exc
+        except OSError as exc:
+            raise SourceUnavailable(
+                self.source_id, f"cannot read the file {path!r}: {exc.strerror or exc}"
+            ) from exc
+        except _Unreadable as exc:
+            raise self.fail(f"{path!r}: {exc}") from exc
+        except self._parse_errors() as exc:
+            raise self.fail(f"cannot parse {path!r} as {self.type_name}: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    """A value as the text it is compared by (see the module docstring)."""
+    value = jsonable(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text.lower() if text.lower() in ("true", "false") else text
+
+
+def _header_table(records: Iterable[Sequence[Any]]) -> Table:
+    """The first non-blank record names the columns; blank records are skipped."""
+    columns: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    header_seen = False
+    for record in records:
+        if all(cell is None or str(cell).strip() == "" for cell in record):
+            continue
+        if not header_seen:
+            header_seen = True
+            for index, cell in enumerate(record):
+                name = "" if cell is None else str(jsonable(cell)).strip()
+                if name:
+                    columns.setdefault(name, index)  # a repeated name keeps its first column
+            continue
+        rows.append(
+            {
+                name: jsonable(record[index]) if index < len(record) else None
+                for name, index in columns.items()
+            }
+        )
+    return Table(rows=rows, columns=tuple(columns))
+
+
+# -- the three types -----------------------------------------------------------
+
+
+class CSVConnector(TabularFileConnector[CSVQuery]):
+    """A CSV file whose header row names the columns."""
+
+    type_name: ClassVar[str] = "csv"
+    Settings: ClassVar[type[ConnectionSettings]] = CSVSettings
+    Query: ClassVar[type[FileQuery]] = CSVQuery
+    query_shape: ClassVar[str] = '{"filter": {"sku": "{sku}"}} (the header row names the columns)'
+
+    settings: CSVSettings
+
+    def _parse(self, fh: BinaryIO) -> Table:
+        encoding = self.settings.encoding
+        if codecs.lookup(encoding).name == "utf-8":
+            encoding = "utf-8-sig"  # spreadsheets often write a byte-order mark
+        text = io.TextIOWrapper(fh, encoding=encoding, newline="")
+        try:
+            return _header_table(csv.reader(text, delimiter=self.settings.delimiter))
+        finally:
+            text.detach()  # the handle is closed by its opener
+
+    def _parse_errors(self) -> tuple[type[Exception], ...]:
+        return (csv.Error, ValueError)
+
+    def _table(self, document: Table, spec: CSVQuery) -> Table:
+        return document
+
+
+def _openpyxl() -> ModuleType:
+    """The driver, imported when first needed: it is an optional extra."""
+    try:
+        import openpyxl
+    except ImportError as exc:
+        raise ConnectorMissing(
+            "the excel source type needs openpyxl: pip install 'data-lookup-worker[excel]'"
+        ) from exc
+    module: ModuleType = openpyxl
+    return module
+
+
+class ExcelConnector(TabularFileConnector[ExcelQuery]):
+    """An .xlsx workbook; each sheet's header row names its columns."""
+
+    type_name: ClassVar[str] = "excel"
+    Settings: ClassVar[type[ConnectionSettings]] = FileSettings
+    Query: ClassVar[type[FileQuery]] = ExcelQuery
+    query_shape: ClassVar[str] = '{"sheet": "Stock", "filter": {"sku": "{sku}"}}'
+    extra: ClassVar[str | None] = "excel"
+
+    @classmethod
+    def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
+        _openpyxl()  # a missing driver is a configuration error, found at load time
+        return super().prepare(raw)
+
+    def _parse(self, fh: BinaryIO) -> dict[str, Table]:
+        workbook = _openpyxl().load_workbook(fh, read_only=True, data_only=True)
+        try:
+            tables = {}
+            for sheet in workbook.worksheets:
+                # Some writers record a wrong used range ("A1:A1"); read every row.
+                sheet.reset_dimensions()
+                tables[sheet.title] = _header_table(sheet.iter_rows(values_only=True))
+            return tables
+        finally:
+            workbook.close()
+
+    def _parse_errors(self) -> tuple[type[Exception], ...]:
+        # What openpyxl raises on a file that is not a workbook, or a broken one.
+        errors: tuple[type[Exception], ...] = (zipfile.BadZipFile, KeyError, ValueError, TypeError)
+        try:
+            from openpyxl.utils.exceptions import InvalidFileException
+        except ImportError:  # `_parse` has already said what is missing
+            return errors
+        return (InvalidFileException, *errors)
+
+    def _table(self, document: dict[str, Table], spec: ExcelQuery) -> Table:
+        if spec.sheet is None:
+            if not document:
+                raise _Unreadable("the workbook has no sheet")
+            return next(iter(document.values()))
+        if spec.sheet not in document:
+            raise _Unreadable(f"no sheet {spec.sheet!r} (sheets: {', '.join(document)})")
+        return document[spec.sheet]
+
+
+class JSONConnector(TabularFileConnector[JSONQuery]):
+    """A JSON document holding a list of objects (at ``items``, or the whole)."""
+
+    type_name: ClassVar[str] = "json"
+    Settings: ClassVar[type[ConnectionSettings]] = FileSettings
+    Query: ClassVar[type[FileQuery]] = JSONQuery
+    query_shape: ClassVar[str] = (
+        '{"items": "products", "filter": {"sku": "{sku}"}} (items: a dotted path to the list)'
+    )
+
+    def _parse(self, fh: BinaryIO) -> Any:
+        return json.loads(fh.read())
+
+    def _parse_errors(self) -> tuple[type[Exception], ...]:
+        return (ValueError, RecursionError)
+
+    def _table(self, document: Any, spec: JSONQuery) -> Table:
+        node = document
+        for step in spec.items.split(".") if spec.items else ():
+            if isinstance(node, Mapping) and step in node:
+                node = node[step]
+            elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+                node = node[int(step)]
+            else:
+                raise _Unreadable(f"the document has no {spec.items!r}")
+        where = repr(spec.items) if spec.items else "the document"
+        if node is None:
+            return Table(rows=[])
+        if not isinstance(node, list):
+            raise _Unreadable(f"{where} is not a list")
+        if not all(isinstance(item, dict) for item in node):
+            raise _Unreadable(f"{where} holds something other than objects")
+        return Table(rows=node)

@@ -1,0 +1,236 @@
+"""The ``worker`` CLI as real subprocesses against a real local engine over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = [sys.executable, "-m", "worker.cli"]
+TOKEN = "acceptance-token"
+
+# ~0.35 µs a row here: 6e6 rows ≈ 2 s of real work on the source; 1e12 never ends.
+SLOW_LOOPS = "6000000"
+ENDLESS_LOOPS = "1000000000000"
+
+TENANT_YAML = """
+tenant_id: shop
+templates_dir: {templates}
+data_sources:
+  - id: shop_db
+    type: sqlite
+    connection: {{path: shop.db}}
+    queries:
+      order_status: SELECT status, tracking, estimated_delivery FROM orders WHERE order_id = $1
+      slow_order: >-
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $2)
+        SELECT o.status, o.tracking, o.estimated_delivery, (SELECT max(x) FROM c) AS counted
+        FROM orders o WHERE o.order_id = $1
+  - id: broken_db
+    type: sqlite
+    connection: {{path: missing/nowhere.db}}
+    queries:
+      order_status: SELECT status FROM orders WHERE order_id = $1
+lookups:
+  order_status:
+    source: shop_db
+    args: [order_id]
+    params:
+      order_id: {{pattern: '[0-9]{{1,12}}', max_length: 12}}
+    template: order_status.j2
+    not_found: "No order #{{{{ params.order_id }}}} here."
+    fallback: "Orders are offline; we'll write back about #{{{{ params.order_id }}}}."
+    invalid_input: "Bad order number: {{{{ errors | join_and }}}}."
+  slow_order:
+    source: shop_db
+    query: slow_order
+    args: [order_id, loops]
+    params:
+      order_id: {{pattern: '[0-9]{{1,12}}'}}
+      loops: {{type: integer}}
+    template: order_status.j2
+    timeout_s: 60
+  hang_order:
+    source: shop_db
+    query: slow_order
+    args: [order_id, loops]
+    params:
+      order_id: {{pattern: '[0-9]{{1,12}}'}}
+      loops: {{type: integer}}
+    timeout_s: 1
+    fallback: "Timed out looking up #{{{{ params.order_id }}}}."
+  broken_order:
+    source: broken_db
+    query: order_status
+    args: [order_id]
+    fallback: "Orders are offline; we'll write back about #{{{{ params.order_id }}}}."
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _request(url: str, token: str | None, body: Any = None, method: str | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"))  # noqa: S310
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 15, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Engine:
+    url: str
+    token: str
+    db: Path
+    proc: subprocess.Popen[bytes]
+
+    def enqueue(self, payload: Any) -> str:
+        return str(_request(f"{self.url}/queue/jobs", self.token, payload)["id"])
+
+    def insert(self, payload_text: str) -> str:
+        """As the seed does it: ``INSERT INTO jobs (payload) VALUES (…)``."""
+        with sqlite3.connect(self.db) as db:
+            cur = db.execute("INSERT INTO jobs (payload) VALUES (?)", (payload_text,))
+            return str(cur.lastrowid)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(_request(f"{self.url}/queue/jobs/{job_id}", self.token))
+
+    def messages(self) -> list[dict[str, Any]]:
+        return list(_request(f"{self.url}/messages", self.token))
+
+    def replies(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for m in self.messages():
+            out.setdefault(str(m["job_id"]), []).append(m["message"])
+        return out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WORKER_", "QUEUE_"))}
+    env.update(extra)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    port = free_port()
+    db = tmp_path / "engine.db"
+    cmd = [*WORKER, "engine", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db),
+           "--token", TOKEN, "--lease-s", "2", "--config-dir", str(REPO / "config" / "tenants")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            _request(f"{url}/healthz", None)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
+    try:
+        wait_until(up, what="the local engine to listen")
+        yield Engine(url, TOKEN, db, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture
+def tenant_config(tmp_path: Path) -> Path:
+    folder = tmp_path / "tenant"
+    folder.mkdir()
+    shutil.copy(REPO / "config" / "demo" / "shop.db", folder / "shop.db")
+    path = folder / "shop.yaml"
+    path.write_text(TENANT_YAML.format(templates=REPO / "templates"), encoding="utf-8")
+    return path
+
+
+@dataclass
+class WorkerProcs:
+    engine: Engine
+    config: Path
+    log_dir: Path
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """``worker run`` on the test tenant; its HTTP port is ``proc.http``."""
+        log = self.log_dir / f"worker-{len(self.started)}.log"
+        port = free_port()
+        cmd = [*WORKER, "--log-json", "run", "--config", str(self.config),
+               "--listen", f"127.0.0.1:{port}", *args]  # fmt: skip
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=_env(**{"ENGINE_URL": self.engine.url, "ENGINE_TOKEN": self.engine.token, **env}),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+        proc.log_path = log  # type: ignore[attr-defined]
+        proc.http = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        self.started.append(proc)
+        return proc
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return Path(proc.log_path).read_text(encoding="utf-8")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def workers(engine: Engine, tenant_config: Path, tmp_path: Path) -> Iterator[WorkerProcs]:
+    procs = WorkerProcs(engine, tenant_config, tmp_path)
+    try:
+        yield procs
+    finally:
+        for proc in procs.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def job(query_type: str, tenant: str = "shop", **params: str) -> dict[str, Any]:
+    return {
+        "job_type": "data_lookup",
+        "tenant_id": tenant,
+        "query_type": query_type,
+        "parameters": params,
+        "customer_context": {"phone": "+1234567890", "name": "Ana", "locale": "en"},
+    }
