@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from jinja2 import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from connectors.registry import KNOWN_TYPES, load
+from connectors.sql import prepare_sql
 from worker import secrets
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
-from jinja2 import Template
-
 from worker.render import Renderer
 
 __all__ = [
@@ -430,8 +430,7 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
     except ConnectorMissing as exc:
         if source.type not in KNOWN_TYPES:
             errors.add((*at, "type"), exc.message)
-        untyped = {n: NamedQuery(n, _untyped(q), _args_of(q)) for n, q in _reads(source)}
-        return Source(source.id, source.type, None, None, untyped, limits, exc.message)
+        return _unbuilt_source(source, at, errors, limits, exc.message)
     settings: ConnectionSettings | None = None
     try:
         settings = cls.Settings.model_validate(source.connection)
@@ -440,13 +439,46 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
             errors.add((*at, "connection", *err["loc"]), err["msg"])
     queries: dict[str, NamedQuery] = {}
     for qname, raw in _reads(source):
-        key = "endpoints" if qname in source.endpoints else "queries"
+        key = _read_key(source, qname)
         prepared = _prepare(cls, _query_body(raw), (*at, key, qname), errors)
         if prepared is not None:
             args = _args_of(raw)
             _check_args(prepared, args, (*at, key, qname), errors, required=False)
             queries[qname] = NamedQuery(qname, prepared, args)
     return Source(source.id, source.type, cls, settings, queries, limits)
+
+
+_SQL_TYPES = {"postgresql", "mysql", "sqlserver", "sqlite"}
+
+
+def _unbuilt_source(
+    source: SourceConfig, at: tuple[str | int, ...], errors: _Errors, limits: Limits, problem: str
+) -> Source:
+    """A source with no connector installed: it loads, unusable, its SQL still checked."""
+    queries = {}
+    for qname, raw in _reads(source):
+        where = (*at, _read_key(source, qname), qname)
+        queries[qname] = NamedQuery(
+            qname, _unbuilt_prepare(source.type, raw, where, errors), _args_of(raw)
+        )
+    return Source(source.id, source.type, None, None, queries, limits, problem)
+
+
+def _unbuilt_prepare(
+    type_name: str, raw: Any, at: tuple[str | int, ...], errors: _Errors
+) -> PreparedQuery:
+    """A source whose connector is missing: SQL is still checked to be one read."""
+    body = _query_body(raw)
+    if type_name in _SQL_TYPES and isinstance(body, str):
+        try:
+            return prepare_sql(body, style="dollar")
+        except ConfigError as exc:
+            errors.add(at, exc.message)
+    return PreparedQuery(spec=body)
+
+
+def _read_key(source: SourceConfig, name: str) -> str:
+    return "endpoints" if name in source.endpoints else "queries"
 
 
 def _reads(source: SourceConfig) -> Iterator[tuple[str, Any]]:
@@ -465,10 +497,6 @@ def _args_of(raw: Any) -> tuple[str, ...] | None:
     if isinstance(raw, Mapping) and isinstance(raw.get("args"), list) and "query" in raw:
         return tuple(str(a) for a in raw["args"])
     return None
-
-
-def _untyped(raw: Any) -> PreparedQuery:
-    return PreparedQuery(spec=_query_body(raw))
 
 
 def _prepare(
@@ -536,7 +564,8 @@ def _build_lookup(
         errors.add((*at, "query"), f"source {source.id!r} has no query named {name!r}")
         return None
     elif source.connector_cls is None:
-        prepared, args = _untyped(spec.query), tuple(spec.args or ())
+        prepared = _unbuilt_prepare(source.type_name, spec.query, (*at, "query"), errors)
+        args = tuple(spec.args or ())
     else:
         prepared = _prepare(source.connector_cls, spec.query, (*at, "query"), errors)
         args = tuple(spec.args) if spec.args is not None else None

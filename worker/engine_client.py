@@ -52,6 +52,19 @@ async def with_retries(
             await asyncio.sleep(delay)
 
 
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, reading at most ``limit`` bytes (``read(n)`` may return fewer)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class EngineClient:
     """One pooled HTTP session to the engine."""
 
@@ -103,7 +116,7 @@ class EngineClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
-                raw = await response.content.read(_MAX_BODY + 1)
+                raw = await _read_capped(response.content, _MAX_BODY + 1)
                 return self._answer(response.status, raw, method, path)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise EngineUnavailable(

@@ -120,6 +120,8 @@ class WorkerApp:
         payload.setdefault("job_type", JOB_TYPE)
         payload.setdefault("tenant_id", self.pipeline.tenant.tenant_id)
         lookup = normalise_query_type(request.match_info["lookup"])
+        if not payload.get("query_type") and not payload.get("query"):
+            payload["query_type"] = lookup
         try:
             answer = await self.pipeline.answer(payload, lookup_name=lookup)
         except UnknownLookup as exc:

@@ -109,7 +109,7 @@ def read_payload(payload: Any, tenant_id: str) -> JobRequest:
     if isinstance(payload, str | bytes):
         try:
             payload = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise NotOurs("the job payload is not valid JSON") from None
     if not isinstance(payload, Mapping):
         raise NotOurs("the job payload is not a JSON object")
@@ -131,13 +131,17 @@ def read_payload(payload: Any, tenant_id: str) -> JobRequest:
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise InvalidInput(problems, reply_to) from None
-    query_type = job.query_type or (normalise_query_type(job.query) if job.query else None)
+    query_type = normalise_query_type(job.query_type or job.query or "")
     if not query_type:
         raise InvalidInput(["the job names no query_type"], reply_to)
-    source = job.data_source or (config.get("id") if isinstance(config, Mapping) else None)
+    source = job.data_source
+    if source is None and isinstance(config, Mapping) and "id" in config:
+        if not isinstance(config["id"], str) or not config["id"].strip():
+            raise InvalidInput(["data_source_config.id must name a configured source"], reply_to)
+        source = config["id"]
     return JobRequest(
         tenant_id=job.tenant_id,
-        query_type=normalise_query_type(query_type),
+        query_type=query_type,
         parameters=job.parameters,
         data_source=str(source) if source else None,
         customer=job.customer_context,

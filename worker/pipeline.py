@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import Template
+
 from connectors.base import Bound, ReadResult
 from worker.config import Lookup, Tenant
 from worker.errors import SourceError
 from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
 from worker.metrics import Metrics
-from jinja2 import Template
-
 from worker.render import RenderError
 from worker.sources import Sources
 

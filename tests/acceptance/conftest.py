@@ -138,7 +138,9 @@ class Engine:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WORKER_", "QUEUE_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WORKER_", "QUEUE_"))
+    }
     env.update(extra)
     env["PYTHONPATH"] = str(REPO)
     return env
@@ -148,9 +150,24 @@ def _env(**extra: str) -> dict[str, str]:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     port = free_port()
     db = tmp_path / "engine.db"
-    cmd = [*WORKER, "engine", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db),
-           "--token", TOKEN, "--lease-s", "2", "--config-dir", str(REPO / "config" / "tenants")]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        *WORKER,
+        "engine",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--db",
+        str(db),
+        "--token",
+        TOKEN,
+        "--lease-s",
+        "2",
+        "--config-dir",
+        str(REPO / "config" / "tenants"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -195,13 +212,23 @@ class WorkerProcs:
         """``worker run`` on the test tenant; its HTTP port is ``proc.http``."""
         log = self.log_dir / f"worker-{len(self.started)}.log"
         port = free_port()
-        cmd = [*WORKER, "--log-json", "run", "--config", str(self.config),
-               "--listen", f"127.0.0.1:{port}", *args]  # fmt: skip
+        cmd = [
+            *WORKER,
+            "--log-json",
+            "run",
+            "--config",
+            str(self.config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+        ]
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 cmd,
                 cwd=REPO,
-                env=_env(**{"ENGINE_URL": self.engine.url, "ENGINE_TOKEN": self.engine.token, **env}),
+                env=_env(
+                    **{"ENGINE_URL": self.engine.url, "ENGINE_TOKEN": self.engine.token, **env}
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=sink,
             )

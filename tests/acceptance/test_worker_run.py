@@ -21,9 +21,7 @@ from tests.acceptance.conftest import (
 pytestmark = pytest.mark.slow
 
 SHIPPED = (
-    "Your order #12345 has been shipped! 📦\n"
-    "Tracking: UPS123456\n"
-    "Expected delivery: September 12th"
+    "Your order #12345 has been shipped! 📦\nTracking: UPS123456\nExpected delivery: September 12th"
 )
 
 
@@ -31,16 +29,19 @@ def _running(engine: Engine, ids: list[str]) -> bool:
     return all(engine.job(i)["status"] == "running" for i in ids)
 
 
-def test_run_once__answers_each_outcome_with_its_exact_reply(engine: Engine, workers: WorkerProcs) -> None:
+def test_run_once__answers_each_outcome_with_its_exact_reply(
+    engine: Engine, workers: WorkerProcs
+) -> None:
     ids = {
         "ok": engine.enqueue(job("order_status", order_id="12345")),
-        "alias": engine.enqueue({**job("ignored", order_id="12345"), "query_type": None,
-                                 "query": "Order Status"}),
+        "alias": engine.enqueue(
+            {**job("ignored", order_id="12345"), "query_type": None, "query": "Order Status"}
+        ),
         "not_found": engine.enqueue(job("order_status", order_id="99999")),
         "invalid_input": engine.enqueue(job("order_status", order_id="1' OR '1'='1")),
         "fallback": engine.enqueue(job("broken_order", order_id="12345")),
         "seed_insert": engine.insert(json.dumps(job("order_status", order_id="12347"))),
-    }  # fmt: skip
+    }
     proc = workers.start("--once")
     assert proc.wait(timeout=60) == 0, workers.log_of(proc)
 
@@ -54,16 +55,23 @@ def test_run_once__answers_each_outcome_with_its_exact_reply(engine: Engine, wor
     assert replies[ids["fallback"]] == ["Orders are offline; we'll write back about #12345."]
     assert replies[ids["seed_insert"]][0].startswith("Your order #12347 has been delivered!")
     outcomes = {name: engine.job(i)["outcome"] for name, i in ids.items()}
-    assert outcomes == {"ok": "ok", "alias": "ok", "not_found": "not_found",
-                        "invalid_input": "invalid_input", "fallback": "fallback",
-                        "seed_insert": "ok"}  # fmt: skip
+    assert outcomes == {
+        "ok": "ok",
+        "alias": "ok",
+        "not_found": "not_found",
+        "invalid_input": "invalid_input",
+        "fallback": "fallback",
+        "seed_insert": "ok",
+    }
     assert engine.job(ids["ok"])["result"] == [
         {"status": "shipped", "tracking": "UPS123456", "estimated_delivery": "2025-09-12"}
     ]
     assert "nowhere.db" in engine.job(ids["fallback"])["result"]
 
 
-def test_run__leaves_other_tenants_and_job_types_alone(engine: Engine, workers: WorkerProcs) -> None:
+def test_run__leaves_other_tenants_and_job_types_alone(
+    engine: Engine, workers: WorkerProcs
+) -> None:
     other_tenant = engine.enqueue(job("order_status", tenant="someone_else", order_id="12345"))
     other_type = engine.enqueue({**job("order_status", order_id="12345"), "job_type": "send_email"})
     mine = engine.enqueue(job("order_status", order_id="12345"))
@@ -119,7 +127,9 @@ def test_run__sigterm_hands_back_what_outlasts_the_grace_period(
     assert engine.replies() == {}
 
 
-def test_run__hanging_source_gives_fallback_within_deadline(engine: Engine, workers: WorkerProcs) -> None:
+def test_run__hanging_source_gives_fallback_within_deadline(
+    engine: Engine, workers: WorkerProcs
+) -> None:
     proc = workers.start()
     job_id = engine.enqueue(job("hang_order", order_id="12345", loops=ENDLESS_LOOPS))
     started = time.monotonic()
@@ -159,7 +169,9 @@ def test_run__config_error_exits_with_a_clear_message(engine: Engine, workers: W
     assert "Traceback" not in log
 
 
-def test_run__json_log_lines_carry_action_tenant_and_job(engine: Engine, workers: WorkerProcs) -> None:
+def test_run__json_log_lines_carry_action_tenant_and_job(
+    engine: Engine, workers: WorkerProcs
+) -> None:
     job_id = engine.enqueue(job("order_status", order_id="12345"))
     proc = workers.start("--once")
     assert proc.wait(timeout=60) == 0
