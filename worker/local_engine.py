@@ -281,16 +281,18 @@ async def serve_engine(
 ) -> None:
     """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0)."""
     runner = web.AppRunner(
-        engine.app(), access_log=None, handle_signals=False, handler_cancellation=True
+        engine.app(),
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=2,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=2)
-    await site.start()
-    addresses = runner.addresses
-    bound = int(addresses[0][1]) if addresses else port
-    if ready is not None:
-        ready(bound)
     try:
+        await web.TCPSite(runner, host, port).start()
+        addresses = runner.addresses
+        if ready is not None:
+            ready(int(addresses[0][1]) if addresses else port)
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from worker.engine_client import EngineClient, with_retries
+from worker.errors import LeaseLost
 from worker.jobs import JOB_TYPE, ClaimedJob
 from worker.pipeline import Answer
 from worker.stores.base import Claim, Reply, Store
@@ -146,8 +147,6 @@ class StoreQueue(JobQueue):
         return jobs
 
     async def heartbeat(self, job: ClaimedJob) -> None:
-        from worker.errors import LeaseLost
-
         if not await self.store.heartbeat(int(job.id), lease_s=self.lease_s, attempt=job.attempt):
             raise LeaseLost(f"job {job.id}: the lease was lost")
 
@@ -163,11 +162,7 @@ class StoreQueue(JobQueue):
             reply=reply,
         )
         if not done:
-            log.warning(
-                "job %s was taken over before it finished; its answer is dropped",
-                job.id,
-                extra={"action": "complete", "tenant": self.tenant_id, "job_id": job.id},
-            )
+            raise LeaseLost(f"job {job.id}: the lease was lost before it completed")
 
     async def reject(
         self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0

@@ -109,10 +109,10 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     host, port = parse_listen(listen)
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
     app = WorkerApp(worker.pipeline, worker.queue, token=token)
-    runner = web.AppRunner(app.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, shutdown_timeout=2).start()
+        await web.TCPSite(runner, host, port).start()
         log.info(
             "listening on %s:%d",
             host,

@@ -78,6 +78,7 @@ class Store(abc.ABC):
 
     async def claim_or_release(self, claim: Claim) -> list[ClaimedJob]:
         """`claim`, but if the caller is cancelled meanwhile, the jobs go back untouched."""
+        await self.mark_seen()  # in the caller's context: the claim runs in a task of its own
         task = asyncio.ensure_future(self.claim(claim))
         try:
             return await asyncio.shield(task)
@@ -86,9 +87,12 @@ class Store(abc.ABC):
             await asyncio.shield(self.release(jobs))
             raise
 
+    async def mark_seen(self) -> None:  # noqa: B027 - stores that poll override it
+        """Remember, for this task, what the queue looked like (see `wait_for_jobs`)."""
+
     @abc.abstractmethod
     async def wait_for_jobs(self, timeout_s: float) -> None:
-        """Return when new jobs may be ready, or after ``timeout_s``."""
+        """Return when jobs may have come since this task's last claim, or after ``timeout_s``."""
 
     @abc.abstractmethod
     async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:

@@ -11,9 +11,11 @@ inserts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,16 @@ CREATE TABLE IF NOT EXISTS outbound_messages (
 
 _TICK_S = 0.05
 
+# What the current task saw at its last claim: (store, change event, data_version).
+# `wait_for_jobs` compares against it, so a job that arrives between an empty
+# claim and the wait is not missed.
+_SEEN: ContextVar[tuple[object, asyncio.Event, int] | None] = ContextVar("seen", default=None)
+
+# Only the task's own tenant and job types; rows that are not JSON objects match nothing.
+_MINE = """json_valid(payload) AND json_type(payload) = 'object'
+           AND json_extract(payload, '$.tenant_id') = ?
+           AND json_extract(payload, '$.job_type') IN ({marks})"""
+
 
 def _stamp(offset_s: float = 0.0) -> str:
     moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)
@@ -78,7 +90,7 @@ class SQLiteStore(Store):
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -120,7 +132,7 @@ class SQLiteStore(Store):
             )
             row = await cursor.fetchone()
             await cursor.close()
-        self._wake.set()
+        self._notify()
         if row is None:
             raise RuntimeError("INSERT … RETURNING gave no row")
         return int(row[0])
@@ -128,11 +140,12 @@ class SQLiteStore(Store):
     async def claim(self, claim: Claim) -> list[ClaimedJob]:
         now, until = _stamp(), _stamp(claim.lease_s)
         types = list(claim.job_types)
-        marks = ",".join("?" for _ in types)
+        mine = _MINE.format(marks=",".join("?" for _ in types))
+        await self.mark_seen()
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                await self._fail_unclaimable(now)
+                await self._fail_unclaimable(now, mine, (claim.tenant_id, *types))
                 cursor = await self.db.execute(
                     f"""
                     UPDATE jobs SET status = 'running', attempt = attempt + 1,
@@ -141,9 +154,7 @@ class SQLiteStore(Store):
                         SELECT id FROM jobs
                         WHERE ((status = 'pending' AND run_at <= ?)
                                OR (status = 'running' AND locked_until < ?))
-                          AND json_valid(payload)
-                          AND json_extract(payload, '$.tenant_id') = ?
-                          AND json_extract(payload, '$.job_type') IN ({marks})
+                          AND {mine}
                         ORDER BY run_at, id LIMIT ?)
                     RETURNING id, payload, attempt
                     """,  # noqa: S608 - only "?" marks are formatted in
@@ -167,10 +178,18 @@ class SQLiteStore(Store):
                 (int(job.id), job.attempt),
             )
         if jobs:
-            self._wake.set()
+            self._notify()
 
-    async def _fail_unclaimable(self, now: str) -> None:
-        """Rows no claimant can ever take: not JSON objects, or out of attempts."""
+    async def mark_seen(self) -> None:
+        _SEEN.set((self, self._changed, await self._data_version()))
+
+    def _notify(self) -> None:
+        """Wake every waiter of this process; later waiters get a fresh event."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _fail_unclaimable(self, now: str, mine: str, params: tuple[Any, ...]) -> None:
+        """Rows no claimant can take: not JSON objects (anyone's), or our own out of attempts."""
         await self.db.execute(
             f"""UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object',
                    finished_at = {_NOW}
@@ -181,24 +200,28 @@ class SQLiteStore(Store):
             f"""UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL,
                    error = 'the lease ran out ' || attempt || ' times; giving up',
                    finished_at = {_NOW}
-               WHERE status = 'running' AND locked_until < ? AND attempt >= ?""",  # noqa: S608
-            (now, MAX_ATTEMPTS),
+               WHERE status = 'running' AND locked_until < ? AND attempt >= ?
+                     AND {mine}""",  # noqa: S608
+            (now, MAX_ATTEMPTS, *params),
         )
 
     async def wait_for_jobs(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        version = await self._data_version()
-        self._wake.clear()
-        while (left := deadline - loop.time()) > 0:
-            try:
+        seen = _SEEN.get()
+        if seen is not None and seen[0] is self:
+            _, changed, version = seen
+        else:
+            changed, version = self._changed, await self._data_version()
+        while True:
+            if changed.is_set() or await self._data_version() != version:
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(_TICK_S, left)):
-                    await self._wake.wait()
-                return
-            except TimeoutError:
-                pass
-            if await self._data_version() != version:
-                return
+                    await changed.wait()
 
     async def _data_version(self) -> int:
         cursor = await self.db.execute("PRAGMA data_version")
@@ -266,7 +289,7 @@ class SQLiteStore(Store):
             params = (error,)
         count = await self._write(sql, (*params, job_id, *extra))
         if retry and count:
-            self._wake.set()
+            self._notify()
         return count == 1
 
     async def _insert_message(self, key: str, reply: Reply) -> bool:
