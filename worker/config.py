@@ -33,8 +33,14 @@ from worker.render import Renderer
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "AuditConfig",
+    "Defaults",
+    "EngineConfig",
     "Lookup",
     "LookupConfig",
+    "NamedQuery",
+    "QueueConfig",
+    "StoreConfig",
     "ParamRule",
     "Source",
     "SourceConfig",

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["FIELDS", "JsonFormatter", "setup"]
+__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "setup"]
 
 FIELDS = ("action", "tenant", "job_id", "source", "lookup", "outcome", "ms", "attempt")
 

@@ -24,7 +24,15 @@ from worker.runtime import RunSettings, Runtime, stop_on_signals
 from worker.sources import Sources
 from worker.stores import open_store
 
-__all__ = ["Worker", "engine_settings", "load", "open_worker", "serve"]
+__all__ = [
+    "Worker",
+    "engine_settings",
+    "http_endpoints",
+    "load",
+    "make_queue",
+    "open_worker",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,213 @@
+"""The run loop against an in-memory queue: what it does with whatever an engine hands out."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.config import load_tenant
+from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost
+from worker.jobs import ClaimedJob
+from worker.metrics import Metrics
+from worker.pipeline import Answer, Pipeline
+from worker.queues import JobQueue
+from worker.runtime import RunSettings, Runtime
+from worker.sources import Sources
+
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+tenant_id: shop
+data_sources:
+  - id: db
+    type: sqlite
+    connection: {path: shop.db}
+    queries:
+      order_status: SELECT status FROM orders WHERE order_id = $1
+      slow: >-
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1)
+        SELECT max(x) AS n FROM c
+lookups:
+  order_status:
+    args: [order_id]
+    template: "{{ row.status }}"
+  slow:
+    query: slow
+    args: [loops]
+    params: {loops: {type: integer}}
+    template: "{{ row.n }}"
+    timeout_s: 30
+"""
+
+
+class ListQueue(JobQueue):
+    """An in-memory queue that records what the run loop did with each job."""
+
+    def __init__(self, payloads: list[Any], *, lease_s: float = 30) -> None:
+        super().__init__("shop", "test")
+        self.ready = deque(
+            ClaimedJob(str(i), p, 1, lease_s) for i, p in enumerate(payloads, start=1)
+        )
+        self.finished: dict[str, Answer] = {}
+        self.rejected: dict[str, tuple[str, bool]] = {}
+        self.heartbeats: list[str] = []
+        self.claims: list[tuple[int, int]] = []
+        self.claim_errors: list[Exception] = []
+        self.finish_error: Exception | None = None
+        self.runtime: Runtime | None = None
+
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+        if self.claim_errors:
+            raise self.claim_errors.pop(0)
+        in_flight = self.runtime.in_flight if self.runtime else 0
+        self.claims.append((max_jobs, in_flight))
+        if not self.ready:
+            await asyncio.sleep(min(wait_s, 0.05))
+        taken = [self.ready.popleft() for _ in range(min(max_jobs, len(self.ready)))]
+        return taken
+
+    async def heartbeat(self, job: ClaimedJob) -> None:
+        self.heartbeats.append(job.id)
+
+    async def finish(self, job: ClaimedJob, answer: Answer) -> None:
+        if self.finish_error is not None:
+            raise self.finish_error
+        self.finished[job.id] = answer
+
+    async def reject(
+        self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
+    ) -> None:
+        self.rejected[job.id] = (error, retry)
+
+    async def send(self, key: str, to: str, message: str) -> None:
+        raise AssertionError("the run loop never sends outside finish")
+
+    async def ping(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    shutil.copy(REPO / "config" / "demo" / "shop.db", tmp_path / "shop.db")
+    (tmp_path / "shop.yaml").write_text(CONFIG, encoding="utf-8")
+    tenant = load_tenant(tmp_path / "shop.yaml")
+    sources = Sources(tenant)
+    try:
+        yield Pipeline(tenant, sources, Metrics())
+    finally:
+        await sources.close()
+
+
+def job(query_type: str = "order_status", **overrides: Any) -> dict[str, Any]:
+    payload = {
+        "job_type": "data_lookup",
+        "tenant_id": "shop",
+        "query_type": query_type,
+        "parameters": {"order_id": "12345"},
+        "reply_to": "+15550001",
+    }
+    payload.update(overrides)
+    return payload
+
+
+async def drain(queue: ListQueue, pipeline: Pipeline, **settings: Any) -> Runtime:
+    runtime = Runtime(queue, pipeline, RunSettings(once=True, **settings))
+    queue.runtime = runtime
+    async with asyncio.timeout(30):
+        await runtime.run(asyncio.Event())
+    return runtime
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        pytest.param(job(tenant_id="other"), "tenant 'other'", id="other-tenant"),
+        pytest.param(job(job_type="send_email"), "job_type 'send_email'", id="other-job-type"),
+        pytest.param("{broken", "not valid JSON", id="malformed-json-text"),
+        pytest.param(["a", "list"], "not a JSON object", id="not-an-object"),
+        pytest.param(None, "not a JSON object", id="null"),
+        pytest.param(job("teleport"), "no lookup named 'teleport'", id="unknown-lookup"),
+        pytest.param(
+            job(data_source_config={"id": "db", "password": "hunter2"}),
+            "connection settings in a job are refused",
+            id="credentials-in-job",
+        ),
+    ],
+)
+async def test_run__jobs_that_are_not_ours_are_failed_without_retry(
+    pipeline: Pipeline, payload: Any, error: str
+) -> None:
+    queue = ListQueue([payload, job()])
+    await drain(queue, pipeline)
+    message, retry = queue.rejected["1"]
+    assert error in message and retry is False
+    assert "hunter2" not in message
+    assert "1" not in queue.finished
+    assert queue.finished["2"].outcome == "ok"  # and the worker kept serving
+    reads = [
+        s.value
+        for m in pipeline.metrics.latency.collect()
+        for s in m.samples
+        if s.name.endswith("_count") and s.labels.get("source") == "db"
+    ]
+    assert reads == [1.0]  # only the good job touched the source
+
+
+async def test_run__never_claims_more_than_free_slots(pipeline: Pipeline) -> None:
+    queue = ListQueue([job("slow", parameters={"loops": "300000"}) for _ in range(7)])
+    await drain(queue, pipeline, max_in_flight=2, claim_batch=10)
+    assert len(queue.finished) == 7
+    assert all(asked + in_flight <= 2 for asked, in_flight in queue.claims)
+
+
+async def test_run__stop_hands_back_what_outlasts_the_grace_period(pipeline: Pipeline) -> None:
+    queue = ListQueue([job("slow", parameters={"loops": "1000000000000"})])
+    runtime = Runtime(queue, pipeline, RunSettings(grace_s=0.2))
+    queue.runtime = runtime
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    while runtime.in_flight == 0:
+        await asyncio.sleep(0.01)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert queue.rejected == {"1": ("the worker stopped before answering", True)}
+    assert queue.finished == {}
+
+
+async def test_run__heartbeats_long_jobs(pipeline: Pipeline) -> None:
+    queue = ListQueue([job("slow", parameters={"loops": "4000000"})], lease_s=0.9)
+    await drain(queue, pipeline)
+    assert queue.finished["1"].outcome == "ok"
+    assert queue.heartbeats and set(queue.heartbeats) == {"1"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(EngineAuthError("refused the token (401)"), id="auth"),
+        pytest.param(EngineUnavailable("the engine answered 503"), id="unavailable"),
+    ],
+)
+async def test_run__engine_errors_back_off_and_recover(
+    pipeline: Pipeline, error: Exception
+) -> None:
+    queue = ListQueue([job()])
+    queue.claim_errors = [error, error]
+    runtime = await drain(queue, pipeline)
+    assert queue.finished["1"].outcome == "ok"
+    assert runtime.engine_ok
+
+
+async def test_run__lost_lease_on_finish_is_not_a_crash(pipeline: Pipeline) -> None:
+    queue = ListQueue([job(), job()])
+    queue.finish_error = LeaseLost("gone")
+    runtime = await drain(queue, pipeline)
+    assert runtime.answered == 0
+    assert queue.rejected == {}
