@@ -147,10 +147,16 @@ class Connector(abc.ABC):
         base_dir: Path,
         limits: Limits | None = None,
     ) -> None:
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__} settings")
         self.source_id = source_id
         self.settings = settings
         self.base_dir = base_dir
         self.limits = limits or Limits()
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Make per-instance state (locks, empty caches); no I/O — that is `open`'s."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} source={self.source_id!r}>"

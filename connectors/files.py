@@ -27,7 +27,6 @@ import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO, ClassVar, Generic, TypeVar, cast
 
@@ -38,7 +37,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     PreparedQuery,
     ReadResult,
     SourceTimeout,
@@ -146,17 +144,7 @@ class TabularFileConnector(Connector, Generic[QueryT]):
 
     settings: FileSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, self.Settings):
-            raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}")
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._cache: tuple[tuple[int, int], Any] | None = None
         self._cache_lock = threading.Lock()
 

@@ -16,7 +16,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -26,7 +25,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     PreparedQuery,
     ReadResult,
     SourceTimeout,
@@ -134,17 +132,7 @@ class SQLiteConnector(Connector):
 
     settings: SQLiteSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, SQLiteSettings):
-            raise TypeError(f"{type(self).__name__} takes SQLiteSettings, not {type(settings)}")
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._pool: _Pool | None = None
         self._opening = asyncio.Lock()
 
