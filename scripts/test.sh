@@ -11,9 +11,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-# Servers: the spine's tests need none beyond what runs on every machine
-# (PostgreSQL, MariaDB and Redis are started before each session and CI run).
-# Connector issues add their own start-up here.
+# Servers. PostgreSQL, MariaDB and Redis run on every machine (started before
+# each session and CI run); the tests switch TLS on in PostgreSQL themselves.
+# The SSH-tunnel tests start their own OpenSSH server: install it if missing.
+if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q openssh-server >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; }
+fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
