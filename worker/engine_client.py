@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from worker.errors import EngineAuthError, EngineUnavailable, FatalError, LeaseLost
+from worker.errors import (
+    EngineAuthError,
+    EngineUnavailable,
+    FatalError,
+    LeaseLost,
+    RetriableError,
+)
 from worker.jobs import ClaimedJob
 
 __all__ = ["EngineClient", "backoff_delays", "with_retries"]
@@ -37,14 +43,14 @@ def backoff_delays(base_s: float = 0.2, cap_s: float = 10.0) -> Any:
 async def with_retries(
     call: Callable[[], Awaitable[T]], *, deadline_s: float, on_retry: Callable[[Exception], None]
 ) -> T:
-    """Retry ``call`` on `EngineUnavailable` until ``deadline_s`` has passed."""
+    """Retry ``call`` on a `RetriableError` (engine or queue down) until ``deadline_s``."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline_s
     delays = backoff_delays()
     while True:
         try:
             return await call()
-        except EngineUnavailable as exc:
+        except RetriableError as exc:
             delay = next(delays)
             if loop.time() + delay > give_up:
                 raise

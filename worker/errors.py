@@ -6,7 +6,8 @@
     │   ├── NotARead                a configured query would write
     │   └── ConnectorMissing        no connector (or driver extra) for a source type
     ├── RetriableError              try again later (engine down, queue busy)
-    │   └── EngineUnavailable       5xx, timeout, refused connection
+    │   ├── EngineUnavailable       5xx, timeout, refused connection
+    │   └── QueueUnavailable        the queue database did not answer
     ├── FatalError                  stop: nothing a retry can mend
     │   └── EngineAuthError         401/403 from the engine: a configuration problem
     ├── LeaseLost                   another worker owns the job now; drop it quietly
@@ -34,6 +35,7 @@ __all__ = [
     "FatalError",
     "LeaseLost",
     "NotARead",
+    "QueueUnavailable",
     "RetriableError",
     "SourceAuthError",
     "SourceError",
@@ -71,6 +73,10 @@ class RetriableError(WorkerError):
 
 class EngineUnavailable(RetriableError):
     """The engine answered 5xx, timed out or refused the connection."""
+
+
+class QueueUnavailable(RetriableError):
+    """The queue database did not answer (restarting, unreachable)."""
 
 
 class FatalError(WorkerError):

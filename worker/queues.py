@@ -154,12 +154,16 @@ class StoreQueue(JobQueue):
         reply = None
         if answer.message and answer.reply_to:
             reply = Reply(self.tenant_id, answer.reply_to, answer.message)
-        done = await self.store.complete(
-            int(job.id),
-            outcome=answer.outcome,
-            result=answer.result,
-            attempt=job.attempt,
-            reply=reply,
+        done = await with_retries(
+            lambda: self.store.complete(
+                int(job.id),
+                outcome=answer.outcome,
+                result=answer.result,
+                attempt=job.attempt,
+                reply=reply,
+            ),
+            deadline_s=job.lease_s,
+            on_retry=self._retry_log(job, "complete"),
         )
         if not done:
             raise LeaseLost(f"job {job.id}: the lease was lost before it completed")
@@ -167,8 +171,16 @@ class StoreQueue(JobQueue):
     async def reject(
         self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
     ) -> None:
-        await self.store.fail(
-            int(job.id), error=error, retry=retry, retry_after_s=retry_after_s, attempt=job.attempt
+        await with_retries(
+            lambda: self.store.fail(
+                int(job.id),
+                error=error,
+                retry=retry,
+                retry_after_s=retry_after_s,
+                attempt=job.attempt,
+            ),
+            deadline_s=job.lease_s,
+            on_retry=self._retry_log(job, "fail"),
         )
 
     async def send(self, key: str, to: str, message: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.engine_client import backoff_delays
-from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost, WorkerError
+from worker.errors import EngineAuthError, LeaseLost, RetriableError, WorkerError
 from worker.jobs import ClaimedJob, NotOurs
 from worker.pipeline import Pipeline
 from worker.queues import JobQueue
@@ -79,7 +79,7 @@ class Runtime:
                 break
             try:
                 jobs = await self._claim(stop, min(free, self.settings.claim_batch))
-            except (EngineUnavailable, EngineAuthError) as exc:
+            except (RetriableError, EngineAuthError) as exc:
                 self.engine_ok = False
                 await self._back_off(stop, exc, next(delays))
                 continue

@@ -11,8 +11,10 @@ __all__ = ["Claim", "JobRow", "Reply", "SQLiteStore", "Store", "open_store"]
 
 
 def open_store(target: str) -> Store:
-    """A store from ``sqlite:///path``, a plain file path, or (later) a PostgreSQL DSN."""
+    """A store from a PostgreSQL DSN, ``sqlite:///path``, or a plain file path."""
     if target.startswith(("postgres://", "postgresql://")):
-        raise NotImplementedError("the PostgreSQL queue store is not built yet")
+        from worker.stores.postgres import PostgresStore
+
+        return PostgresStore(target)
     path = target.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SQLiteStore(Path(path))

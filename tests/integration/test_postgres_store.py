@@ -1,0 +1,191 @@
+"""The PostgreSQL queue store on the running server: a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
+from worker.stores.postgres import PostgresStore
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    name = f"lookup_queue_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        await admin.execute(f'DROP DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresStore]:
+    async with PostgresStore(dsn) as opened:
+        yield opened
+
+
+def payload(
+    tenant: str = "acme", job_type: str = "data_lookup", **more: object
+) -> dict[str, object]:
+    return {"job_type": job_type, "tenant_id": tenant, "query_type": "order_status", **more}
+
+
+def claim(n: int = 10, tenant: str = "acme", lease_s: float = 30, worker: str = "w1") -> Claim:
+    return Claim(tenant, ["data_lookup"], n, lease_s, worker)
+
+
+async def test_open__migrations_are_versioned_and_idempotent(dsn: str) -> None:
+    async with PostgresStore(dsn), PostgresStore(dsn):
+        pass
+    conn = await asyncpg.connect(dsn)
+    try:
+        versions = await conn.fetch("SELECT version FROM worker_schema_migrations")
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"
+        )
+    finally:
+        await conn.close()
+    assert [v["version"] for v in versions] == [1]
+    assert {c["column_name"] for c in columns} >= {
+        "id", "payload", "status", "attempt", "run_at", "locked_by", "locked_until",
+        "outcome", "result", "error", "created_at", "finished_at",
+    }  # fmt: skip
+
+
+async def test_claim__takes_the_seeds_insert_and_only_its_own_rows(
+    store: PostgresStore, dsn: str
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """INSERT INTO jobs (payload) VALUES ('{"job_type": "data_lookup", "tenant_id": "acme",
+               "query_type": "order_status", "customer_context": {}}')"""
+        )
+        await conn.execute(
+            "INSERT INTO jobs (payload) VALUES ($1::jsonb)", json.dumps(payload("other"))
+        )
+        await conn.execute(
+            "INSERT INTO jobs (payload) VALUES ($1::jsonb)", json.dumps(payload(job_type="email"))
+        )
+        await conn.execute("""INSERT INTO jobs (payload) VALUES ('"just a string"')""")
+        before = await conn.fetch("SELECT * FROM jobs WHERE id IN (2, 3) ORDER BY id")
+        jobs = await store.claim(claim())
+        after = await conn.fetch("SELECT * FROM jobs WHERE id IN (2, 3) ORDER BY id")
+        odd = await conn.fetchrow("SELECT status, error FROM jobs WHERE id = 4")
+    finally:
+        await conn.close()
+    assert [(j.id, j.attempt) for j in jobs] == [("1", 1)]
+    assert before == after
+    assert (odd["status"], odd["error"]) == ("failed", "the job payload is not a JSON object")
+
+
+async def test_claim__concurrent_claimants_never_share_a_job(dsn: str) -> None:
+    async with PostgresStore(dsn) as one, PostgresStore(dsn) as two:
+        ids = [await one.enqueue(payload()) for _ in range(200)]
+        rounds = await asyncio.gather(
+            *(s.claim(claim(7, worker=f"w{i}")) for i in range(20) for s in (one, two))
+        )
+    taken = [j.id for batch in rounds for j in batch]
+    assert len(taken) == len(set(taken)) == 200
+    assert set(taken) == {str(i) for i in ids}
+
+
+async def test_claim__expired_lease_is_handed_out_again_then_given_up(store: PostgresStore) -> None:
+    job_id = await store.enqueue(payload())
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        (job,) = await store.claim(claim(lease_s=0.05))
+        assert (job.id, job.attempt) == (str(job_id), attempt)
+        await asyncio.sleep(0.1)
+    assert await store.claim(claim()) == []
+    row = await store.job(job_id)
+    assert row is not None and row.status == "failed" and "5 times" in (row.error or "")
+
+
+async def test_complete__writes_the_reply_once_in_the_same_transaction(
+    store: PostgresStore,
+) -> None:
+    job_id = await store.enqueue(payload())
+    await store.claim(claim())
+    reply = Reply("acme", "+1555", "Your order has shipped")
+    assert await store.complete(job_id, outcome="ok", result=[{"a": 1}], attempt=1, reply=reply)
+    assert not await store.complete(job_id, outcome="ok", result=[], attempt=1, reply=reply)
+    messages = await store.messages("acme")
+    assert [(m["job_id"], m["message"]) for m in messages] == [(job_id, "Your order has shipped")]
+    row = await store.job(job_id)
+    assert row is not None and (row.status, row.outcome, row.result) == ("done", "ok", [{"a": 1}])
+
+
+async def test_complete__an_older_attempt_has_lost_its_lease(store: PostgresStore) -> None:
+    job_id = await store.enqueue(payload())
+    await store.claim(claim(lease_s=0.05))
+    await asyncio.sleep(0.1)
+    await store.claim(claim())
+    assert not await store.heartbeat(job_id, lease_s=30, attempt=1)
+    assert not await store.complete(job_id, outcome="ok", result=None, attempt=1)
+    assert await store.heartbeat(job_id, lease_s=30, attempt=2)
+
+
+async def test_fail__retry_later_or_for_good(store: PostgresStore) -> None:
+    later = await store.enqueue(payload())
+    never = await store.enqueue(payload())
+    await store.claim(claim())
+    assert await store.fail(later, error="busy", retry=True, retry_after_s=60, attempt=1)
+    assert await store.fail(never, error="not ours", retry=False, retry_after_s=0, attempt=1)
+    assert await store.claim(claim()) == []
+    rows = [await store.job(i) for i in (later, never)]
+    assert [(r.status, r.error) for r in rows if r] == [("pending", "busy"), ("failed", "not ours")]
+
+
+async def test_release__puts_a_claim_back_untouched(store: PostgresStore) -> None:
+    await store.enqueue(payload())
+    jobs = await store.claim(claim())
+    await store.release(jobs)
+    (again,) = await store.claim(claim())
+    assert again.attempt == 1
+
+
+async def test_send_message__is_idempotent_per_key(store: PostgresStore) -> None:
+    reply = Reply("acme", "+1555", "hello")
+    assert await store.send_message(key="push-1", reply=reply)
+    assert not await store.send_message(key="push-1", reply=reply)
+    assert len(await store.messages()) == 1
+
+
+async def test_wait_for_jobs__an_insert_wakes_an_idle_claimant_at_once(
+    store: PostgresStore, dsn: str
+) -> None:
+    assert await store.claim(claim()) == []
+    await store.wait_for_jobs(0.01)  # LISTEN is up from here on
+    loop = asyncio.get_running_loop()
+
+    async def insert_later() -> None:
+        await asyncio.sleep(0.2)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO jobs (payload) VALUES ($1::jsonb)", json.dumps(payload())
+            )
+        finally:
+            await conn.close()
+
+    await store.claim(claim())
+    inserter = asyncio.create_task(insert_later())
+    started = loop.time()
+    await store.wait_for_jobs(30)
+    waited = loop.time() - started
+    await inserter
+    assert 0.15 < waited < 0.9
+    assert len(await store.claim(claim())) == 1

@@ -1,0 +1,349 @@
+"""The PostgreSQL queue store (contract §4): SKIP LOCKED claims, leases, LISTEN/NOTIFY.
+
+Many worker processes — of one tenant or many — share one queue. A claim is
+one statement (``FOR UPDATE SKIP LOCKED`` inside an ``UPDATE … RETURNING``),
+so two claimants never lease the same row and never wait on each other. An
+insert fires ``NOTIFY worker_jobs`` with the tenant id, which wakes idle
+claimants at once; a slow tick still looks for expired leases and delayed
+``run_at``, which no insert announces. Completing a job and writing its reply
+share one transaction. The schema is versioned (``worker_schema_migrations``)
+and migrated under an advisory lock, so concurrent ``queue init`` calls are safe.
+Connection trouble surfaces as `QueueUnavailable`, which the run loop retries
+with back-off: a restarted database is reconnected to, not fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from worker.errors import QueueUnavailable
+from worker.jobs import ClaimedJob
+from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "worker_jobs"
+# Expired leases and delayed jobs announce nothing: look for them this often.
+_TICK_S = 1.0
+
+MIGRATIONS: list[str] = [
+    # 1: the contract's tables, the indexes claims use, and the insert notification.
+    f"""
+    CREATE TABLE IF NOT EXISTS jobs (
+        id bigserial PRIMARY KEY,
+        payload jsonb NOT NULL,
+        status text NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        attempt int NOT NULL DEFAULT 0,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        locked_by text,
+        locked_until timestamptz,
+        outcome text,
+        result jsonb,
+        error text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    );
+    CREATE INDEX IF NOT EXISTS jobs_pending
+        ON jobs ((payload->>'tenant_id'), (payload->>'job_type'), run_at, id)
+        WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS jobs_leased
+        ON jobs (locked_until) WHERE status = 'running';
+    CREATE TABLE IF NOT EXISTS outbound_messages (
+        id bigserial PRIMARY KEY,
+        job_id bigint UNIQUE,
+        tenant_id text NOT NULL,
+        "to" text NOT NULL,
+        message text NOT NULL,
+        idempotency_key text UNIQUE,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE OR REPLACE FUNCTION worker_jobs_notify() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{CHANNEL}', coalesce(NEW.payload->>'tenant_id', ''));
+            RETURN NULL;
+        END $$;
+    DROP TRIGGER IF EXISTS worker_jobs_notify ON jobs;
+    CREATE TRIGGER worker_jobs_notify AFTER INSERT OR UPDATE OF status ON jobs
+        FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION worker_jobs_notify();
+    """,
+]
+
+# The claimant's own rows: its tenant and job types; anything not an object matches nothing.
+_MINE = """jsonb_typeof(payload) = 'object' AND payload->>'tenant_id' = $1
+           AND payload->>'job_type' = ANY($2::text[])"""
+
+_CLAIM = f"""
+WITH ready AS (
+    SELECT id FROM jobs
+    WHERE {_MINE}
+      AND ((status = 'pending' AND run_at <= now())
+           OR (status = 'running' AND locked_until < now() AND attempt < $6))
+    ORDER BY run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+   SET status = 'running', attempt = j.attempt + 1, locked_by = $4,
+       locked_until = now() + make_interval(secs => $5)
+  FROM ready WHERE j.id = ready.id
+RETURNING j.id, j.payload::text, j.attempt
+"""  # noqa: S608 - constant SQL, parameters are $n
+
+_GIVE_UP = f"""
+UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL, finished_at = now(),
+       error = 'the lease ran out ' || attempt || ' times; giving up'
+ WHERE id IN (SELECT id FROM jobs WHERE {_MINE} AND status = 'running'
+              AND locked_until < now() AND attempt >= $3 FOR UPDATE SKIP LOCKED)
+"""  # noqa: S608 - constant SQL, parameters are $n
+
+_NOT_OBJECTS = """
+UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object',
+       finished_at = now()
+ WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND jsonb_typeof(payload) <> 'object'
+              LIMIT 100 FOR UPDATE SKIP LOCKED)
+"""
+
+_OWNED = "id = $1 AND status = 'running' AND ($2::int IS NULL OR attempt = $2)"
+
+_CONNECTION_TROUBLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class PostgresStore(Store):
+    """Contract §4 on PostgreSQL."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._changed = asyncio.Event()
+        self._seen: dict[int, asyncio.Event] = {}
+
+    def __repr__(self) -> str:
+        return "<PostgresStore>"  # the DSN may hold a password
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; connection trouble becomes `QueueUnavailable`."""
+        try:
+            if self._pool is None:
+                await self.open()
+            if self._pool is None:
+                raise QueueUnavailable("the queue database is not open")
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _CONNECTION_TROUBLE as exc:
+            raise QueueUnavailable(
+                f"the queue database did not answer ({type(exc).__name__})"
+            ) from exc
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, command_timeout=30,
+                server_settings={"application_name": "data-lookup-worker queue"},
+            )  # fmt: skip
+        except _CONNECTION_TROUBLE as exc:
+            raise QueueUnavailable(
+                f"cannot reach the queue database ({type(exc).__name__})"
+            ) from exc
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('worker_schema_migrations'))")
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS worker_schema_migrations (
+                       version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM worker_schema_migrations"
+            )
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version > done:
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO worker_schema_migrations (version) VALUES ($1)", version
+                    )
+        self._pool = pool
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            with contextlib.suppress(*_CONNECTION_TROUBLE):
+                await listener.close(timeout=5)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        async with self._conn() as conn:
+            job_id = await conn.fetchval(
+                """INSERT INTO jobs (payload, run_at)
+                   VALUES ($1::jsonb, now() + make_interval(secs => $2)) RETURNING id""",
+                text,
+                float(delay_s),
+            )
+        return int(job_id)
+
+    async def claim(self, claim: Claim) -> list[ClaimedJob]:
+        await self.mark_seen()
+        types = list(claim.job_types)
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(_NOT_OBJECTS)
+            await conn.execute(_GIVE_UP, claim.tenant_id, types, MAX_ATTEMPTS)
+            rows = await conn.fetch(
+                _CLAIM, claim.tenant_id, types, claim.max_jobs, claim.worker_id,
+                float(claim.lease_s), MAX_ATTEMPTS,
+            )  # fmt: skip
+        jobs = [ClaimedJob(str(r[0]), json.loads(r[1]), int(r[2]), claim.lease_s) for r in rows]
+        return sorted(jobs, key=lambda j: int(j.id))
+
+    async def release(self, jobs: Sequence[ClaimedJob]) -> None:
+        if not jobs:
+            return
+        async with self._conn() as conn:
+            await conn.executemany(
+                """UPDATE jobs SET status = 'pending', attempt = attempt - 1,
+                       locked_by = NULL, locked_until = NULL
+                   WHERE id = $1 AND status = 'running' AND attempt = $2""",
+                [(int(j.id), j.attempt) for j in jobs],
+            )
+
+    # -- waking up -----------------------------------------------------------
+
+    async def mark_seen(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._seen[id(task)] = self._changed
+            task.add_done_callback(lambda t: self._seen.pop(id(t), None))
+
+    def _notified(self, *_: object) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener(CHANNEL, self._notified)
+            self._listener.add_termination_listener(lambda _conn: self._notified())
+        except _CONNECTION_TROUBLE as exc:
+            self._listener = None
+            raise QueueUnavailable(
+                f"cannot LISTEN on the queue database ({type(exc).__name__})"
+            ) from exc
+
+    async def wait_for_jobs(self, timeout_s: float) -> None:
+        task = asyncio.current_task()
+        changed = self._seen.get(id(task)) if task is not None else None
+        changed = changed or self._changed
+        await self._listen()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(timeout_s, _TICK_S)):
+                await changed.wait()
+
+    # -- settling jobs -------------------------------------------------------
+
+    async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                f"""UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+                    WHERE {_OWNED}""",  # noqa: S608
+                job_id, attempt, float(lease_s),
+            )  # fmt: skip
+        return bool(status.endswith(" 1"))
+
+    async def complete(
+        self,
+        job_id: int,
+        *,
+        outcome: str,
+        result: Any,
+        attempt: int | None,
+        reply: Reply | None = None,
+    ) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            status = await conn.execute(
+                f"""UPDATE jobs SET status = 'done', outcome = $3, result = $4::jsonb, error = NULL,
+                        locked_by = NULL, locked_until = NULL, finished_at = now()
+                    WHERE {_OWNED}""",  # noqa: S608
+                job_id, attempt, outcome, json.dumps(result),
+            )  # fmt: skip
+            done = status.endswith(" 1")
+            if done and reply is not None:
+                await self._insert_message(conn, str(job_id), reply)
+        return bool(done)
+
+    async def fail(
+        self, job_id: int, *, error: str, retry: bool, retry_after_s: float, attempt: int | None
+    ) -> bool:
+        if retry:
+            sql = f"""UPDATE jobs
+                      SET status = CASE WHEN attempt >= $5 THEN 'failed' ELSE 'pending' END,
+                          finished_at = CASE WHEN attempt >= $5 THEN now() END,
+                          error = $3, run_at = now() + make_interval(secs => $4),
+                          locked_by = NULL, locked_until = NULL
+                      WHERE {_OWNED}"""  # noqa: S608
+            args: tuple[Any, ...] = (error, float(retry_after_s), MAX_ATTEMPTS)
+        else:
+            sql = f"""UPDATE jobs SET status = 'failed', error = $3, finished_at = now(),
+                          locked_by = NULL, locked_until = NULL
+                      WHERE {_OWNED}"""  # noqa: S608
+            args = (error,)
+        async with self._conn() as conn:
+            status = await conn.execute(sql, job_id, attempt, *args)
+        return bool(status.endswith(" 1"))
+
+    @staticmethod
+    async def _insert_message(conn: asyncpg.Connection, key: str, reply: Reply) -> bool:
+        status = await conn.execute(
+            """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+            int(key) if key.isdigit() else None, reply.tenant_id, reply.to, reply.message, key,
+        )  # fmt: skip
+        return bool(status.endswith(" 1"))
+
+    async def send_message(self, *, key: str, reply: Reply) -> bool:
+        async with self._conn() as conn:
+            return await self._insert_message(conn, key, reply)
+
+    async def job(self, job_id: int) -> JobRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                """SELECT id, payload::text, status, attempt, outcome, result::text, error
+                   FROM jobs WHERE id = $1""",
+                job_id,
+            )
+        if row is None:
+            return None
+        result = json.loads(row[5]) if row[5] is not None else None
+        return JobRow(int(row[0]), json.loads(row[1]), row[2], int(row[3]), row[4], result, row[6])
+
+    async def messages(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                """SELECT id, job_id, tenant_id, "to", message, created_at FROM outbound_messages
+                   WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY id""",
+                tenant_id,
+            )
+        return [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]
