@@ -34,6 +34,7 @@ from worker.render import Renderer
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "AuditConfig",
+    "CircuitConfig",
     "Defaults",
     "EngineConfig",
     "Lookup",
@@ -108,6 +109,13 @@ class LookupConfig(_Model):
     description: str | None = None
 
 
+class CircuitConfig(_Model):
+    """After ``failures`` failed reads in a row, skip the source for ``reset_s`` seconds."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    reset_s: float = Field(default=10.0, gt=0, le=3600)
+
+
 class SourceConfig(_Model):
     """One data source as the seed writes it: ``id``, ``type``, ``connection``, reads."""
 
@@ -120,6 +128,7 @@ class SourceConfig(_Model):
     endpoints: dict[str, Any] = Field(default_factory=dict)
     max_rows: int = Field(default=100, ge=1, le=100_000)
     max_bytes: int = Field(default=5_000_000, ge=1_000, le=500_000_000)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
 
 
 class EngineConfig(_Model):
@@ -186,6 +195,7 @@ class Source:
     queries: dict[str, NamedQuery]
     limits: Limits
     problem: str | None = None
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
 
     def make_connector(self, base_dir: Path) -> Connector:
         if self.connector_cls is None or self.settings is None:
@@ -451,7 +461,7 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
             args = _args_of(raw)
             _check_args(prepared, args, (*at, key, qname), errors, required=False)
             queries[qname] = NamedQuery(qname, prepared, args)
-    return Source(source.id, source.type, cls, settings, queries, limits)
+    return Source(source.id, source.type, cls, settings, queries, limits, circuit=source.circuit)
 
 
 _SQL_TYPES = {"postgresql", "mysql", "sqlserver", "sqlite"}

@@ -152,9 +152,10 @@ async def _demo(tenant: Tenant, store: SQLiteStore) -> int:
         queue = _Recording(
             EngineClient(f"http://127.0.0.1:{port}", token), tenant.tenant_id, "demo"
         )
-        sources = Sources(tenant)
+        metrics = Metrics()
+        sources = Sources(tenant, metrics)
         try:
-            runtime = Runtime(queue, Pipeline(tenant, sources, Metrics()), RunSettings(once=True))
+            runtime = Runtime(queue, Pipeline(tenant, sources, metrics), RunSettings(once=True))
             await runtime.run(asyncio.Event())
         finally:
             await sources.close()

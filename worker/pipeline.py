@@ -158,7 +158,8 @@ class Pipeline:
     async def _read(self, lookup: Lookup, bound: Bound) -> ReadResult:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(lookup.timeout_s):
+            # The circuit sits outside the deadline so that a timeout counts as a failure.
+            async with self.sources.guarded(lookup.source_id), asyncio.timeout(lookup.timeout_s):
                 connector = await self.sources.get(lookup.source_id)
                 return await connector.run(lookup.query, bound, timeout_s=lookup.timeout_s)
         finally:

@@ -96,8 +96,9 @@ class Worker:
 @contextlib.asynccontextmanager
 async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterator[Worker]:
     """Everything one tenant's worker holds open, closed on the way out."""
-    sources = Sources(tenant)
-    pipeline = Pipeline(tenant, sources, Metrics())
+    metrics = Metrics()
+    sources = Sources(tenant, metrics)
+    pipeline = Pipeline(tenant, sources, metrics)
     queue = make_queue(tenant) if with_queue else None
     try:
         if isinstance(queue, StoreQueue):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from connectors.base import Connector
+from worker.circuit import Circuit, CircuitOpen
 from worker.config import Tenant
 from worker.errors import ConfigError, SourceError, SourceUnavailable
+from worker.metrics import Metrics
 
 __all__ = ["HealthReport", "Sources"]
 
@@ -25,12 +29,45 @@ class HealthReport:
 
 
 class Sources:
-    """One connector per configured source, opened on first use."""
+    """One connector per configured source, opened on first use, each behind a circuit."""
 
-    def __init__(self, tenant: Tenant) -> None:
+    def __init__(self, tenant: Tenant, metrics: Metrics | None = None) -> None:
         self.tenant = tenant
+        self.metrics = metrics
         self._live: dict[str, Connector] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._circuits: dict[str, Circuit] = {}
+
+    def circuit(self, source_id: str) -> Circuit:
+        circuit = self._circuits.get(source_id)
+        if circuit is None:
+            source = self.tenant.sources.get(source_id)
+            settings = source.circuit if source else None
+            circuit = Circuit(settings.failures, settings.reset_s) if settings else Circuit()
+            self._circuits[source_id] = circuit
+        return circuit
+
+    @contextlib.asynccontextmanager
+    async def guarded(self, source_id: str) -> AsyncIterator[None]:
+        """Let a read through if the source's circuit allows it, and count how it went."""
+        circuit = self.circuit(source_id)
+        try:
+            circuit.before()
+        except CircuitOpen:
+            raise SourceUnavailable(
+                source_id,
+                f"skipped: the source failed repeatedly (circuit open for {circuit.reset_s:g} s)",
+            ) from None
+        try:
+            yield
+        except (SourceError, TimeoutError):
+            circuit.failed()
+            raise
+        else:
+            circuit.succeeded()
+        finally:
+            if self.metrics is not None:
+                self.metrics.circuit_open.labels(source_id).set(1 if circuit.state == "open" else 0)
 
     async def get(self, source_id: str) -> Connector:
         live = self._live.get(source_id)

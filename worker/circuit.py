@@ -1,0 +1,59 @@
+"""A circuit breaker per data source: a source that keeps failing is skipped for a while.
+
+Closed: reads go through; ``failures`` failures in a row open it. Open: reads
+fail at once (the job gets its fallback in milliseconds instead of waiting for
+the deadline) until ``reset_s`` has passed. Half-open: one trial read goes
+through; success closes the circuit, failure opens it again. No restart needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Circuit", "CircuitOpen"]
+
+
+class CircuitOpen(Exception):
+    """The source's circuit is open: do not call it."""
+
+
+@dataclass
+class Circuit:
+    failures: int = 5
+    reset_s: float = 10.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _failed: int = 0
+    _opened_at: float | None = None
+    _trial: bool = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self.clock() - self._opened_at >= self.reset_s:
+            return "half-open"
+        return "open"
+
+    def before(self) -> None:
+        """Call before a read; raises `CircuitOpen` when the read must not happen."""
+        state = self.state
+        if state == "open" or (state == "half-open" and self._trial):
+            raise CircuitOpen
+        if state == "half-open":
+            self._trial = True
+
+    def succeeded(self) -> None:
+        self._failed = 0
+        self._opened_at = None
+        self._trial = False
+
+    def failed(self) -> None:
+        self._trial = False
+        if self._opened_at is not None:
+            self._opened_at = self.clock()  # the trial failed: open again
+            return
+        self._failed += 1
+        if self._failed >= self.failures:
+            self._opened_at = self.clock()
