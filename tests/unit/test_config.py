@@ -441,7 +441,7 @@ def test_load__missing_env_var_is_an_error(tmp_path: Path, monkeypatch: pytest.M
 
     error = _only_error(path)
 
-    assert error.where == f"{path}:13: data_sources[1].connection.password"
+    assert error.where == f"{path}:15: data_sources[1].connection.password"
     assert "ACME_NOT_SET" in error.message
 
 
@@ -481,7 +481,7 @@ def test_load__wrong_key_names_the_path_never_the_value(
         load_tenant(path)
 
     [error] = info.value.errors
-    assert error.where == f"{path}:13: data_sources[1].connection.password"
+    assert error.where == f"{path}:15: data_sources[1].connection.password"
     text = str(info.value)
     assert "s3cr3t-Pa55" not in text
     assert token not in text
@@ -497,7 +497,7 @@ def test_load__encrypted_value_without_keys_is_an_error(
 
     error = _only_error(path)
 
-    assert error.where == f"{path}:13: data_sources[1].connection.password"
+    assert error.where == f"{path}:15: data_sources[1].connection.password"
     assert KEYS_ENV in error.message
     assert token not in str(error)
 
