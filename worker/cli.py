@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import re
 import secrets as pysecrets
 import sys
 from collections.abc import Coroutine
@@ -394,6 +396,44 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
                 )
 
     _run(main())
+
+
+def _since(value: str) -> dt.timedelta:
+    match = re.fullmatch(r"(\d+)\s*([smhdw])", value.strip())
+    if not match:
+        raise click.BadParameter("use a number and a unit: 30m, 24h, 7d", param_hint="--since")
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return dt.timedelta(seconds=int(match.group(1)) * seconds)
+
+
+@cli.command()
+@tenant_option
+@config_option
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
+@json_option
+def stats(tenant_id: str | None, config_path: Path | None, since: str, as_json: bool) -> None:
+    """Average response time and lookups per data source per hour, from the audit log."""
+    from worker.audit import hourly_stats
+    from worker.service import audit_target
+
+    window = _since(since)
+
+    async def main() -> list[dict[str, Any]]:
+        tenant = await _tenant(tenant_id, config_path)
+        return await hourly_stats(audit_target(tenant), tenant.tenant_id, window)
+
+    rows = _run(main())
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no data access in the last {since}")
+        return
+    click.echo(f"{'hour (UTC)':<26} {'data source':<24} {'lookups':>8} {'avg ms':>8}")
+    for row in rows:
+        avg = row["avg_response_time"]
+        source = row["data_source_id"] or "-"
+        click.echo(f"{row['hour']:<26} {source:<24} {row['query_count']:>8} {avg:>8.1f}")
 
 
 @cli.command()

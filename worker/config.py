@@ -147,7 +147,10 @@ class QueueConfig(_Model):
 
 
 class AuditConfig(_Model):
+    """Where the audit log goes and how customers are recorded in it."""
+
     dsn: str | None = None
+    identifier: Literal["masked", "hashed"] = "masked"
 
 
 class Defaults(_Model):

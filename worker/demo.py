@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
 from worker.jobs import ClaimedJob
@@ -154,12 +155,17 @@ async def _demo(tenant: Tenant, store: SQLiteStore) -> int:
         )
         metrics = Metrics()
         sources = Sources(tenant, metrics)
+        audit = AuditLog(str(store.path))  # the demo's audit rows sit beside its queue
+        await audit.open()
         try:
-            runtime = Runtime(queue, Pipeline(tenant, sources, metrics), RunSettings(once=True))
+            runtime = Runtime(
+                queue, Pipeline(tenant, sources, metrics, audit), RunSettings(once=True)
+            )
             await runtime.run(asyncio.Event())
         finally:
             await sources.close()
             await queue.close()
+            await audit.close()
         sent = {str(m["job_id"]): m for m in await store.messages(tenant.tenant_id)}
         for (question, _), job_id in zip(SAMPLE_JOBS, ids, strict=True):
             _show(question, queue.answers.get(job_id), sent.get(job_id))

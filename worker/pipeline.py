@@ -9,7 +9,9 @@ trouble escape: a failure, a timeout or a broken template becomes the
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 from jinja2 import Template
 
 from connectors.base import Bound, ReadResult
+from worker.audit import AuditLog, AuditRow, mask_identifier
 from worker.config import Lookup, Tenant
 from worker.errors import SourceError
 from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
@@ -28,6 +31,9 @@ from worker.sources import Sources
 __all__ = ["Answer", "Outcome", "Pipeline", "UnknownLookup"]
 
 log = logging.getLogger(__name__)
+
+#: The reply address of `worker lookup` runs: nobody is messaged, nobody is masked.
+CLI_ADDRESS = "cli"
 
 
 class Outcome:
@@ -67,10 +73,20 @@ class Answer:
 class Pipeline:
     """Answers jobs for one tenant."""
 
-    def __init__(self, tenant: Tenant, sources: Sources, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        tenant: Tenant,
+        sources: Sources,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.tenant = tenant
         self.sources = sources
         self.metrics = metrics or Metrics()
+        self.audit = audit
+        audit_config = tenant.config.audit
+        self._identifier = audit_config.identifier if audit_config else "masked"
+        self._audit_key = os.environ.get("WORKER_AUDIT_KEY", "").encode()
 
     async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:
         """Answer one job payload; ``lookup_name`` overrides its query_type (push webhook)."""
@@ -96,14 +112,32 @@ class Pipeline:
             "query_type": name,
             "parameters": dict(values),
             "customer_context": dict(customer or {}),
-            "reply_to": (customer or {}).get("phone") or "cli",
+            "reply_to": (customer or {}).get("phone") or CLI_ADDRESS,
         }
         return await self.answer(payload)
 
     def _finish(self, answer: Answer, started: float) -> Answer:
         answer.response_time_ms = round((time.perf_counter() - started) * 1000)
         self.metrics.jobs.labels(answer.outcome).inc()
+        if self.audit is not None:
+            self.audit.record(self._audit_row(answer))
         return answer
+
+    def _audit_row(self, answer: Answer) -> AuditRow:
+        who = (
+            CLI_ADDRESS
+            if answer.reply_to == CLI_ADDRESS
+            else mask_identifier(answer.reply_to, mode=self._identifier, key=self._audit_key)
+        )
+        return AuditRow(
+            tenant_id=self.tenant.tenant_id,
+            data_source_id=answer.source_id,
+            query_type=answer.lookup,
+            customer_identifier=who,
+            accessed_at=dt.datetime.now(dt.UTC),
+            response_time_ms=answer.response_time_ms,
+            outcome=answer.outcome,
+        )
 
     def _resolve(self, query_type: str, request: JobRequest) -> Lookup | None:
         lookup = self.tenant.lookups.get(query_type)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
 from worker.errors import ConfigError
@@ -26,11 +27,13 @@ from worker.stores import open_store
 
 __all__ = [
     "Worker",
+    "audit_target",
     "engine_settings",
     "http_endpoints",
     "load",
     "make_queue",
     "open_worker",
+    "queue_target",
     "serve",
 ]
 
@@ -67,14 +70,7 @@ async def load(tenant_id: str | None, config: Path | None) -> Tenant:
 def make_queue(tenant: Tenant) -> JobQueue | None:
     """The direct queue if one is configured (``queue`` / ``QUEUE_DSN``), else the engine."""
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    queue = tenant.config.queue
-    target = os.environ.get("QUEUE_DSN")
-    if not target and queue is not None:
-        store = queue.postgres or queue.sqlite
-        raw = (store.dsn or store.path) if store else None
-        if raw and queue.sqlite is not None and not Path(raw).is_absolute():
-            raw = str(tenant.base_dir / raw)
-        target = raw
+    target = queue_target(tenant)
     if target:
         return StoreQueue(open_store(target), tenant.tenant_id, worker_id)
     url, token = engine_settings(tenant)
@@ -93,14 +89,42 @@ class Worker:
     queue: JobQueue | None
 
 
+def queue_target(tenant: Tenant) -> str | None:
+    """The queue database: ``QUEUE_DSN``, else the config's ``queue`` block."""
+    target = os.environ.get("QUEUE_DSN")
+    queue = tenant.config.queue
+    if not target and queue is not None:
+        if queue.postgres is not None:
+            target = queue.postgres.dsn
+        elif queue.sqlite is not None and queue.sqlite.path:
+            raw = Path(queue.sqlite.path)
+            target = str(raw if raw.is_absolute() else tenant.base_dir / raw)
+    return target or None
+
+
+def audit_target(tenant: Tenant) -> str:
+    """``AUDIT_DSN``, the config's ``audit.dsn``, the queue's database, or a file by the config."""
+    audit = tenant.config.audit
+    explicit = os.environ.get("AUDIT_DSN") or (audit.dsn if audit else None)
+    if explicit:
+        return explicit
+    queue = queue_target(tenant)
+    if queue:
+        return queue.removeprefix("sqlite:///").removeprefix("sqlite://")
+    folder = tenant.path.parent if tenant.path else Path.cwd()
+    return str(folder / f"{tenant.tenant_id}.audit.db")
+
+
 @contextlib.asynccontextmanager
 async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterator[Worker]:
     """Everything one tenant's worker holds open, closed on the way out."""
     metrics = Metrics()
     sources = Sources(tenant, metrics)
-    pipeline = Pipeline(tenant, sources, metrics)
+    audit = AuditLog(audit_target(tenant))
+    pipeline = Pipeline(tenant, sources, metrics, audit)
     queue = make_queue(tenant) if with_queue else None
     try:
+        await audit.open()
         if isinstance(queue, StoreQueue):
             await queue.store.open()
         yield Worker(tenant, sources, pipeline, queue)
@@ -108,6 +132,7 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
         if queue is not None:
             await queue.close()
         await sources.close()
+        await audit.close()
 
 
 @contextlib.asynccontextmanager

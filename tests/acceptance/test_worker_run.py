@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -67,6 +69,14 @@ def test_run_once__answers_each_outcome_with_its_exact_reply(
         {"status": "shipped", "tracking": "UPS123456", "estimated_delivery": "2025-09-12"}
     ]
     assert "nowhere.db" in engine.job(ids["fallback"])["result"]
+    audit = workers.config.parent / "shop.audit.db"
+    with contextlib.closing(sqlite3.connect(audit)) as db:
+        logged = db.execute(
+            "SELECT data_source_id, query_type, customer_identifier, outcome FROM data_access_logs"
+        ).fetchall()
+    assert len(logged) == len(ids)
+    assert {r[3] for r in logged} == {"ok", "not_found", "invalid_input", "fallback"}
+    assert {r[2] for r in logged} == {"+******7890"}
 
 
 def test_run__leaves_other_tenants_and_job_types_alone(
