@@ -313,6 +313,56 @@ def secrets_encrypt() -> None:
         raise SystemExit(2) from None
 
 
+@secrets_group.command("rotate")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+def secrets_rotate(config_path: Path) -> None:
+    """Re-encrypt every enc:v1: value in a config with the first key (keeps PATH.bak)."""
+    text = config_path.read_text(encoding="utf-8")
+    try:
+        rotated, count = worker_secrets.rotate_text(text)
+    except ConfigError as exc:
+        click.secho(f"error: {exc}; nothing was changed", fg="red", err=True)
+        raise SystemExit(2) from None
+    backup = config_path.with_name(config_path.name + ".bak")
+    backup.write_text(text, encoding="utf-8")
+    temporary = config_path.with_name(f".{config_path.name}.rotating")
+    temporary.write_text(rotated, encoding="utf-8")
+    temporary.replace(config_path)  # atomic on one file system
+    click.echo(
+        f"{config_path}: {count} secret(s) re-encrypted with the first key; backup in {backup}"
+    )
+
+
+@secrets_group.command("check")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+def secrets_check(config_path: Path) -> None:
+    """Check that every enc:v1: value in a config decrypts with WORKER_SECRET_KEYS."""
+    from worker.config import parse_document
+
+    try:
+        document, _ = parse_document(config_path.read_text(encoding="utf-8"), name=str(config_path))
+        failed = list(worker_secrets.undecryptable(document))
+    except ConfigError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
+    total = len(worker_secrets.TOKEN.findall(config_path.read_text(encoding="utf-8")))
+    for where in failed:
+        click.secho(f"{config_path}: {where} does not decrypt with any key", fg="red", err=True)
+    if failed:
+        raise SystemExit(1)
+    click.echo(f"{config_path}: {total} secret(s), all decrypt")
+
+
 @cli.group("queue")
 def queue_group() -> None:
     """Create the queue tables."""

@@ -29,6 +29,7 @@ from connectors.registry import KNOWN_TYPES, load
 from connectors.sql import prepare_sql
 from worker import secrets
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
+from worker.redact import secrets_in
 from worker.render import Renderer
 
 __all__ = [
@@ -234,6 +235,8 @@ class Tenant:
     renderer: Renderer
     defaults: dict[str, Template]
     warnings: list[str] = field(default_factory=list)
+    #: every credential this config resolved, for the redaction layer
+    secrets: set[str] = field(default_factory=set, repr=False)
 
     @property
     def tenant_id(self) -> str:
@@ -380,6 +383,7 @@ def load_tenant(
     if errors.items:
         raise ConfigErrors(errors.items)
     tenant.warnings.extend(secrets.plaintext_warnings(data, label))
+    tenant.secrets.update(secrets_in(resolved))
     return tenant
 
 

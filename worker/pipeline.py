@@ -25,6 +25,7 @@ from worker.config import Lookup, Tenant
 from worker.errors import SourceError
 from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
 from worker.metrics import Metrics
+from worker.redact import Redactor
 from worker.render import RenderError
 from worker.sources import Sources
 
@@ -84,6 +85,7 @@ class Pipeline:
         self.sources = sources
         self.metrics = metrics or Metrics()
         self.audit = audit
+        self.redactor = Redactor(tenant.secrets)
         audit_config = tenant.config.audit
         self._identifier = audit_config.identifier if audit_config else "masked"
         self._audit_key = os.environ.get("WORKER_AUDIT_KEY", "").encode()
@@ -118,6 +120,8 @@ class Pipeline:
 
     def _finish(self, answer: Answer, started: float) -> Answer:
         answer.response_time_ms = round((time.perf_counter() - started) * 1000)
+        if answer.outcome != Outcome.OK:  # error texts must not carry a credential out
+            answer.result = self.redactor.scrub_any(answer.result)
         self.metrics.jobs.labels(answer.outcome).inc()
         if self.audit is not None:
             self.audit.record(self._audit_row(answer))

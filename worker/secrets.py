@@ -16,7 +16,15 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.errors import ConfigError
 
-__all__ = ["PREFIX", "decrypt", "encrypt", "keygen", "plaintext_warnings"]
+__all__ = [
+    "PREFIX",
+    "decrypt",
+    "encrypt",
+    "keygen",
+    "plaintext_warnings",
+    "rotate_text",
+    "undecryptable",
+]
 
 PREFIX = "enc:v1:"
 ENV_KEYS = "WORKER_SECRET_KEYS"
@@ -59,6 +67,47 @@ def decrypt(value: str, *, keys: str | None = None) -> str:
         raise ConfigError(
             f"an encrypted value does not decrypt with any key in {ENV_KEYS}"
         ) from exc
+
+
+TOKEN = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_=-]+")
+
+
+def rotate_text(text: str, *, keys: str | None = None) -> tuple[str, int]:
+    """Every ``enc:v1:`` value in ``text`` re-encrypted with the first key; the rest untouched."""
+    fernet = _fernet(keys)
+    count = 0
+
+    def again(match: re.Match[str]) -> str:
+        nonlocal count
+        try:
+            token = fernet.rotate(match.group(0)[len(PREFIX) :].encode("ascii"))
+        except InvalidToken as exc:
+            raise ConfigError(
+                f"an encrypted value does not decrypt with any key in {ENV_KEYS}"
+            ) from exc
+        count += 1
+        return PREFIX + token.decode("ascii")
+
+    return TOKEN.sub(again, text), count
+
+
+def undecryptable(document: Any, *, keys: str | None = None) -> Iterator[str]:
+    """The path of every ``enc:v1:`` value that no key decrypts (never the value)."""
+
+    def walk(node: Any, path: str) -> Iterator[str]:
+        if isinstance(node, str) and node.startswith(PREFIX):
+            try:
+                decrypt(node, keys=keys)
+            except ConfigError:
+                yield path or "(top)"
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                yield from walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{path}[{i}]")
+
+    yield from walk(document, "")
 
 
 def _plain_secrets(node: Any, path: str) -> Iterator[str]:

@@ -122,6 +122,8 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
     sources = Sources(tenant, metrics)
     audit = AuditLog(audit_target(tenant))
     pipeline = Pipeline(tenant, sources, metrics, audit)
+    pipeline.redactor.add([engine_settings(tenant)[1] or "", os.environ.get("WORKER_TOKEN", "")])
+    pipeline.redactor.install()
     queue = make_queue(tenant) if with_queue else None
     try:
         await audit.open()
