@@ -237,6 +237,8 @@ class Tenant:
     warnings: list[str] = field(default_factory=list)
     #: every credential this config resolved, for the redaction layer
     secrets: set[str] = field(default_factory=set, repr=False)
+    #: the engine's ETag for a config fetched from it (None for a file)
+    etag: str | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -348,8 +350,14 @@ def load_tenant(
     tenant_id: str | None = None,
     name: str | None = None,
     templates_dir: Path | None = None,
+    decrypt: bool = True,
 ) -> Tenant:
-    """Load and check one tenant config from a file, or from an already parsed document."""
+    """Load and check one tenant config from a file, or from an already parsed document.
+
+    With ``decrypt=False`` (the engine checking a config it cannot read the
+    secrets of) ``enc:v1:`` values and ``${env:…}`` references are checked as
+    they are, not resolved.
+    """
     lines: dict[tuple[str | int, ...], int] = {}
     if path is not None:
         label = name or str(path)
@@ -369,7 +377,7 @@ def load_tenant(
     data = dict(data)
     if "tenant_id" not in data:
         data["tenant_id"] = tenant_id or (path.stem if path else "")
-    resolved = _resolve_values(data, (), errors)
+    resolved = _resolve_values(data, (), errors) if decrypt else data
     try:
         config = TenantConfig.model_validate(resolved)
     except ValidationError as exc:

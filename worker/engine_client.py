@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -113,6 +113,20 @@ class EngineClient:
         timeout_s: float = 15.0,
         headers: dict[str, str] | None = None,
     ) -> Any:
+        status, _, raw = await self._exchange(
+            method, path, body, timeout_s=timeout_s, headers=headers
+        )
+        return self._answer(status, raw, method, path)
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float = 15.0,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         url = self.base_url + path
         try:
             async with self._http().request(
@@ -123,7 +137,7 @@ class EngineClient:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 raw = await _read_capped(response.content, _MAX_BODY + 1)
-                return self._answer(response.status, raw, method, path)
+                return response.status, dict(response.headers), raw
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise EngineUnavailable(
                 f"{method} {path}: the engine did not answer ({type(exc).__name__})"
@@ -209,3 +223,14 @@ class EngineClient:
 
     async def tenant_config(self, tenant_id: str) -> Any:
         return await self._call("GET", f"/routes/tenants/{tenant_id}/data-sources")
+
+    async def tenant_config_if_changed(
+        self, tenant_id: str, etag: str | None
+    ) -> tuple[Any | None, str | None]:
+        """The config if it changed since ``etag`` (None if not), and its new ETag."""
+        path = f"/routes/tenants/{tenant_id}/data-sources"
+        headers = {"If-None-Match": etag} if etag else None
+        status, answer_headers, raw = await self._exchange("GET", path, headers=headers)
+        if status == 304:
+            return None, etag
+        return self._answer(status, raw, "GET", path), answer_headers.get("ETag")

@@ -16,6 +16,7 @@ values stay encrypted: the engine never holds a usable credential).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -29,8 +30,8 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.config import find_config
-from worker.errors import ConfigError
+from worker.config import find_config, load_tenant
+from worker.errors import ConfigError, ConfigErrors
 from worker.stores.base import Claim, Reply, Store
 
 __all__ = ["LocalEngine", "serve_engine"]
@@ -136,6 +137,7 @@ class LocalEngine:
                 web.post("/messages/send", self.send),
                 web.get("/messages", self.list_messages),
                 web.get("/routes/tenants/{tenant_id}/data-sources", self.tenant_config),
+                web.put("/routes/tenants/{tenant_id}/data-sources", self.put_tenant_config),
             ]
         )
         return app
@@ -256,19 +258,81 @@ class LocalEngine:
     async def list_messages(self, request: web.Request) -> web.Response:
         return web.json_response(await self.store.messages(request.query.get("tenant_id")))
 
-    async def tenant_config(self, request: web.Request) -> web.Response:
+    def _config_path(self, request: web.Request) -> Path:
         tenant_id = request.match_info["tenant_id"]
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", tenant_id) or ".." in tenant_id:
-            return _error(404, "no such tenant")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "no such tenant"}), content_type="application/json"
+            )
         if self.config_dir is None:
-            return _error(404, "this engine serves no tenant configs (start it with --config-dir)")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "this engine serves no tenant configs (--config-dir)"}),
+                content_type="application/json",
+            )
         try:
-            path = find_config(tenant_id, self.config_dir)
+            return find_config(tenant_id, self.config_dir)
         except ConfigError:
-            return _error(404, f"no config for tenant {tenant_id!r}")
+            return self.config_dir / f"{tenant_id}.json"
+
+    async def tenant_config(self, request: web.Request) -> web.Response:
+        path = self._config_path(request)
+        if not path.is_file():
+            return _error(404, f"no config for tenant {request.match_info['tenant_id']!r}")
         text = path.read_text(encoding="utf-8")
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        return web.json_response(document)
+        etag = _etag(document)
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.json_response(document, headers={"ETag": etag})
+
+    async def put_tenant_config(self, request: web.Request) -> web.Response:
+        """The seed's settings call: validate, then replace; an invalid body keeps the old one."""
+        path = self._config_path(request)
+        tenant_id = request.match_info["tenant_id"]
+        try:
+            document = await request.json()
+        except ValueError:
+            return _error(400, "the body is not valid JSON")
+        if not isinstance(document, dict):
+            return _error(422, "a tenant config must be a JSON object")
+        if document.get("tenant_id", tenant_id) != tenant_id:
+            return _error(
+                422, f"the body is for tenant {document.get('tenant_id')!r}, not {tenant_id!r}"
+            )
+        try:
+            load_tenant(
+                document=document, tenant_id=tenant_id, name=f"PUT {tenant_id}", decrypt=False
+            )
+        except ConfigErrors as exc:
+            return web.json_response(
+                {
+                    "error": "the config is not valid; the old one is kept",
+                    "problems": [str(e) for e in exc.errors],
+                },
+                status=422,
+            )
+        except ConfigError as exc:
+            return web.json_response(
+                {"error": "the config is not valid; the old one is kept", "problems": [str(exc)]},
+                status=422,
+            )
+        text = (
+            json.dumps(document, indent=2)
+            if path.suffix == ".json"
+            else yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+        )
+        staging = path.with_name(f".{path.name}.new")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(path)
+        log.info(
+            "config of %s replaced", tenant_id, extra={"action": "config", "tenant": tenant_id}
+        )
+        return web.json_response({"status": "updated", "etag": _etag(document)})
+
+
+def _etag(document: Any) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return '"' + hashlib.sha256(canonical).hexdigest()[:32] + '"'
 
 
 async def serve_engine(

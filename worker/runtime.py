@@ -51,6 +51,20 @@ class Runtime:
         self._idle.set()
         self.engine_ok = False
         self.answered = 0
+        self._using: dict[int, int] = {}  # id(pipeline) -> jobs running on it
+        self._released = asyncio.Event()
+
+    def use(self, pipeline: Pipeline) -> Pipeline:
+        """New jobs run on ``pipeline`` from now on; returns the one it replaces."""
+        old, self.pipeline = self.pipeline, pipeline
+        return old
+
+    async def retire(self, old: Pipeline) -> None:
+        """Close ``old``'s sources once no job runs on it any more."""
+        while self._using.get(id(old), 0):
+            self._released.clear()
+            await self._released.wait()
+        await old.sources.close()
 
     @property
     def in_flight(self) -> int:
@@ -152,13 +166,24 @@ class Runtime:
             )
 
     async def _handle(self, job: ClaimedJob) -> None:
+        pipeline = self.pipeline  # a config reload mid-job leaves this job on its pipeline
+        self._using[id(pipeline)] = self._using.get(id(pipeline), 0) + 1
+        try:
+            await self._answer(job, pipeline)
+        finally:
+            self._using[id(pipeline)] -= 1
+            if not self._using[id(pipeline)]:
+                del self._using[id(pipeline)]
+            self._released.set()
+
+    async def _answer(self, job: ClaimedJob, pipeline: Pipeline) -> None:
         extra = {"tenant": self.tenant_id, "job_id": job.id, "attempt": job.attempt}
         try:
             async with self._heartbeats(job):
-                answer = await self.pipeline.answer(job.payload)
+                answer = await pipeline.answer(job.payload)
         except NotOurs as exc:
             log.warning("refused job %s: %s", job.id, exc, extra={"action": "reject", **extra})
-            self.pipeline.metrics.rejected.inc()
+            pipeline.metrics.rejected.inc()
             await asyncio.shield(self.queue.reject(job, str(exc), retry=False))
             return
         except asyncio.CancelledError:

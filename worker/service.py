@@ -10,13 +10,14 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WorkerError
 from worker.http import WorkerApp, parse_listen
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -61,7 +62,13 @@ async def load(tenant_id: str | None, config: Path | None) -> Tenant:
         if not url:
             raise
     async with EngineClient(url, token or "") as client:
-        document = await client.tenant_config(tenant_id)
+        document, etag = await client.tenant_config_if_changed(tenant_id, None)
+    tenant = _from_engine(document, tenant_id, url)
+    tenant.etag = etag
+    return tenant
+
+
+def _from_engine(document: Any, tenant_id: str, url: str) -> Tenant:
     if not isinstance(document, dict):
         raise ConfigError(f"the engine's config for {tenant_id!r} is not a JSON object")
     return load_tenant(document=document, tenant_id=tenant_id, name=f"{url} config of {tenant_id}")
@@ -87,6 +94,26 @@ class Worker:
     sources: Sources
     pipeline: Pipeline
     queue: JobQueue | None
+    app: WorkerApp | None = None
+
+    def switch_to(self, tenant: Tenant) -> Pipeline:
+        """A pipeline on a new config, sharing metrics and audit; becomes the current one."""
+        old = self.pipeline
+        self.tenant = tenant
+        self.sources = Sources(tenant, old.metrics)
+        self.pipeline = _pipeline(tenant, self.sources, old.metrics, old.audit)
+        if self.app is not None:
+            self.app.pipeline = self.pipeline
+        return self.pipeline
+
+
+def _pipeline(
+    tenant: Tenant, sources: Sources, metrics: Metrics, audit: AuditLog | None
+) -> Pipeline:
+    pipeline = Pipeline(tenant, sources, metrics, audit)
+    pipeline.redactor.add([engine_settings(tenant)[1] or "", os.environ.get("WORKER_TOKEN", "")])
+    pipeline.redactor.install()
+    return pipeline
 
 
 def queue_target(tenant: Tenant) -> str | None:
@@ -121,19 +148,18 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
     metrics = Metrics()
     sources = Sources(tenant, metrics)
     audit = AuditLog(audit_target(tenant))
-    pipeline = Pipeline(tenant, sources, metrics, audit)
-    pipeline.redactor.add([engine_settings(tenant)[1] or "", os.environ.get("WORKER_TOKEN", "")])
-    pipeline.redactor.install()
+    pipeline = _pipeline(tenant, sources, metrics, audit)
     queue = make_queue(tenant) if with_queue else None
+    worker = Worker(tenant, sources, pipeline, queue)
     try:
         await audit.open()
         if isinstance(queue, StoreQueue):
             await queue.store.open()
-        yield Worker(tenant, sources, pipeline, queue)
+        yield worker
     finally:
         if queue is not None:
             await queue.close()
-        await sources.close()
+        await worker.sources.close()
         await audit.close()
 
 
@@ -145,6 +171,7 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     host, port = parse_listen(listen)
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
     app = WorkerApp(worker.pipeline, worker.queue, token=token)
+    worker.app = app
     runner = web.AppRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     try:
@@ -187,5 +214,60 @@ async def serve(
                 await stop.wait()
                 return 0
             runtime = Runtime(worker.queue, worker.pipeline, settings)
-            await runtime.run(stop)
+            if tenant.path is None and engine_settings(tenant)[0]:
+                async with asyncio.TaskGroup() as group:
+                    follower = group.create_task(
+                        follow_config(worker, runtime, stop), name="config-follower"
+                    )
+                    await runtime.run(stop)
+                    follower.cancel()
+            else:
+                await runtime.run(stop)
     return 0
+
+
+async def follow_config(worker: Worker, runtime: Runtime, stop: asyncio.Event) -> None:
+    """Poll the engine for a new config (ETag); switch to it without a restart.
+
+    Jobs already running finish on the old pipeline, whose pools close after
+    them; new jobs run on the new one. A config that does not load is logged
+    and ignored: the worker keeps the one it has.
+    """
+    url, token = engine_settings(worker.tenant)
+    interval = float(os.environ.get("WORKER_CONFIG_POLL_S", "5"))
+    tenant_id = worker.tenant.tenant_id
+    etag = worker.tenant.etag
+    extra = {"action": "config", "tenant": tenant_id}
+    retiring: set[asyncio.Task[None]] = set()
+    try:
+        async with EngineClient(url or "", token or "") as client:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+                try:
+                    document, fresh = await client.tenant_config_if_changed(tenant_id, etag)
+                except WorkerError as exc:
+                    log.warning("config poll failed: %s", exc, extra=extra)
+                    continue
+                if document is None:
+                    continue
+                etag = fresh
+                try:
+                    tenant = _from_engine(document, tenant_id, url or "")
+                except ConfigError as exc:
+                    log.error(
+                        "the engine's new config does not load; keeping the old one: %s",
+                        exc,
+                        extra=extra,
+                    )
+                    continue
+                tenant.etag = fresh
+                old = runtime.use(worker.switch_to(tenant))
+                log.info("config changed (%s): new jobs use it", fresh, extra=extra)
+                task = asyncio.create_task(runtime.retire(old), name="retire-pipeline")
+                retiring.add(task)
+                task.add_done_callback(retiring.discard)
+    finally:
+        if retiring:
+            await asyncio.gather(*retiring, return_exceptions=True)

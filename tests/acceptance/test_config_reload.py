@@ -1,0 +1,157 @@
+"""Tenant settings through the engine: PUT a new config, the worker follows without a restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acceptance.conftest import (
+    REPO,
+    TOKEN,
+    WORKER,
+    Engine,
+    _env,
+    _request,
+    free_port,
+    job,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def shop_config(folder: Path, template: str) -> dict[str, Any]:
+    return {
+        "tenant_id": "shop",
+        "data_sources": [
+            {
+                "id": "db",
+                "type": "sqlite",
+                "connection": {"path": str(folder / "shop.db")},
+                "queries": {"order_status": "SELECT status FROM orders WHERE order_id = $1"},
+            }
+        ],
+        "lookups": {"order_status": {"args": ["order_id"], "template": template}},
+    }
+
+
+def put(engine: Engine, document: Any) -> tuple[int, Any]:
+    url = f"{engine.url}/routes/tenants/shop/data-sources"
+    req = urllib.request.Request(url, data=json.dumps(document).encode(), method="PUT")  # noqa: S310
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def engine_configs(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
+    """A local engine serving tenant configs from a folder of its own."""
+    configs = tmp_path / "engine-configs"
+    configs.mkdir()
+    (tmp_path / "shop.db").write_bytes((REPO / "config" / "demo" / "shop.db").read_bytes())
+    (configs / "shop.json").write_text(json.dumps(shop_config(tmp_path, "v1: {{ row.status }}")))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *WORKER,
+            "engine",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(tmp_path / "engine.db"),
+            "--token",
+            TOKEN,
+            "--config-dir",
+            str(configs),
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    engine = Engine(f"http://127.0.0.1:{port}", TOKEN, tmp_path / "engine.db", proc)
+    try:
+        wait_until(lambda: _ok(lambda: _request(f"{engine.url}/healthz", None)), what="engine")
+        yield engine, tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def _ok(call: Any) -> bool:
+    try:
+        call()
+    except OSError:
+        return False
+    return True
+
+
+def test_put__invalid_config_is_refused_and_the_old_one_kept(
+    engine_configs: tuple[Engine, Path],
+) -> None:
+    engine, folder = engine_configs
+    bad = shop_config(folder, "{{ row.status")  # a template that does not compile
+    bad["data_sources"][0]["queries"]["order_status"] = "DELETE FROM orders"
+    status, answer = put(engine, bad)
+    assert status == 422
+    problems = " ".join(answer["problems"])
+    assert "only reads are allowed" in problems
+    served = _request(f"{engine.url}/routes/tenants/shop/data-sources", TOKEN)
+    assert served["lookups"]["order_status"]["template"] == "v1: {{ row.status }}"
+    assert put(engine, {**bad, "tenant_id": "other"})[0] == 422
+
+
+def test_worker__follows_a_new_config_without_restarting(
+    engine_configs: tuple[Engine, Path], tmp_path: Path
+) -> None:
+    engine, folder = engine_configs
+    empty = tmp_path / "no-local-configs"
+    empty.mkdir()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=_env(
+                ENGINE_URL=engine.url,
+                ENGINE_TOKEN=TOKEN,
+                WORKER_CONFIG_DIR=str(empty),
+                WORKER_CONFIG_POLL_S="0.3",
+            ),
+        )
+    try:
+        first = engine.enqueue(job("order_status", order_id="12345"))
+        wait_until(lambda: first in engine.replies(), what="the first reply")
+        assert engine.replies()[first] == ["v1: shipped"]
+
+        status, _ = put(engine, shop_config(folder, "v2: your order is {{ row.status }}"))
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while True:
+            probe = engine.enqueue(job("order_status", order_id="12345"))
+            wait_until(lambda: probe in engine.replies(), what="a reply")  # noqa: B023
+            if engine.replies()[probe] == ["v2: your order is shipped"]:
+                break
+            assert time.monotonic() < deadline, "the worker did not pick up the new config"
+        assert proc.poll() is None  # no restart
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    text = log.read_text()
+    assert "config changed" in text
