@@ -41,12 +41,20 @@ data_sources:
         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $2)
         SELECT o.status, o.tracking, o.estimated_delivery, (SELECT max(x) FROM c) AS counted
         FROM orders o WHERE o.order_id = $1
+  - id: faq
+    type: json
+    connection: {{path: faq.json}}
+    queries:
+      faq: {{items: faqs, filter: {{topic: "{{topic}}"}}}}
   - id: broken_db
     type: sqlite
     connection: {{path: missing/nowhere.db}}
     queries:
       order_status: SELECT status FROM orders WHERE order_id = $1
 lookups:
+  faq:
+    source: faq
+    template: "{{{{ row.answer }}}}"
   order_status:
     source: shop_db
     args: [order_id]
@@ -196,6 +204,7 @@ def tenant_config(tmp_path: Path) -> Path:
     folder = tmp_path / "tenant"
     folder.mkdir()
     shutil.copy(REPO / "config" / "demo" / "shop.db", folder / "shop.db")
+    shutil.copy(REPO / "config" / "demo" / "faq.json", folder / "faq.json")
     path = folder / "shop.yaml"
     path.write_text(TENANT_YAML.format(templates=REPO / "templates"), encoding="utf-8")
     return path
