@@ -47,12 +47,10 @@ def test_demo__answers_every_sample_question() -> None:
     assert re.search(r"(\d+) of \1 jobs answered", out)
 
 
-def test_seed_config__loads_and_reports_unbuilt_sources_without_crashing() -> None:
+def test_seed_config__loads_and_reports_unreachable_sources_without_crashing() -> None:
     config = str(REPO / "config" / "tenants" / "whappstream.json")
     check = worker("config", "check", "--config", config)
-    assert check.returncode == 1
-    assert "primary_crm" in check.stderr and "postgresql" in check.stderr
-    assert "inventory_api" in check.stderr and "rest_api" in check.stderr
+    assert check.returncode in (0, 1), check.stderr  # 1 only while a connector is missing
     assert "plaintext secret" in check.stderr
     assert "Traceback" not in check.stderr
     probe = worker("test-connection", "--config", config)
@@ -60,6 +58,7 @@ def test_seed_config__loads_and_reports_unbuilt_sources_without_crashing() -> No
     assert re.search(r"FAIL\s+primary_crm", probe.stdout)
     assert re.search(r"FAIL\s+inventory_api", probe.stdout)
     assert "encrypted_password" not in probe.stdout + probe.stderr
+    assert "Traceback" not in probe.stderr
 
 
 def test_seed_job__query_alias_runs_the_sources_query_by_name(tmp_path: object) -> None:
@@ -73,9 +72,10 @@ def test_connectors__json_lists_all_seventeen_types() -> None:
     done = worker("connectors", "--json")
     types = {row["type"]: row for row in json.loads(done.stdout)}
     assert len(types) >= 17
-    for built in ("sqlite", "csv", "excel", "json"):
+    for built in ("sqlite", "csv", "excel", "json", "postgresql", "mysql", "redis"):
         assert types[built]["installed"], types[built]
-    assert "not installed" in types["postgresql"]["origin"]
+    for row in types.values():
+        assert row["installed"] or row["problem"], row
 
 
 def test_dockerfile__non_root_healthcheck_and_run_command() -> None:
