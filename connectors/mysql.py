@@ -64,6 +64,7 @@ from connectors.base import (
     SourceUnavailable,
     jsonable,
 )
+from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 from connectors.sql import SQLSpec, prepare_sql
 
 __all__ = ["MySQLConnector", "MySQLSettings"]
@@ -135,6 +136,9 @@ class MySQLSettings(ConnectionSettings):
     #: connections kept open at most; one read uses one at a time
     pool_size: int = Field(default=10, ge=1, le=100)
     charset: str = "utf8mb4"
+    #: TLS to the server, and an SSH bastion in front of it (connectors.network)
+    ssl: TLSSettings | None = None
+    ssh: SSHSettings | None = None
 
     @field_validator("charset")
     @classmethod
@@ -456,6 +460,10 @@ class MySQLConnector(Connector):
         self._login = self.settings.login()
         self._pool: _Pool | None = None
         self._opening = asyncio.Lock()
+        self._network = NetworkAccess(
+            self.source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=self.base_dir
+        )
+        self._route = (self._login.host, self._login.port)
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -480,6 +488,7 @@ class MySQLConnector(Connector):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+        await self._network.close()
 
     async def health_check(self) -> None:
         await self._read("SELECT 1", (), timeout_s=_HEALTH_TIMEOUT_S)
@@ -509,17 +518,16 @@ class MySQLConnector(Connector):
             return self._pool
         async with self._opening:
             if self._pool is None:
+                self._route = await self._network.route(self._login.host, self._login.port)
                 self._pool = await _Pool.create(
                     self.source_id, self._connect_kwargs(), self.settings.pool_size
                 )
             return self._pool
 
     def _connect_target(self) -> tuple[str, int, ssl.SSLContext | None]:
-        """Where the driver connects, and with what TLS: the one place for both.
-
-        (TLS settings and an SSH tunnel's local end will come from here.)
-        """
-        return self._login.host, self._login.port, None
+        """Where the driver connects (an SSH tunnel's local end, if any), and with what TLS."""
+        host, port = self._route
+        return host, port, self._network.tls()
 
     def _connect_kwargs(self) -> dict[str, Any]:
         host, port, tls = self._connect_target()

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from worker.errors import ConfigError, ConnectorMissing, SourceAuthError, SourceUnavailable
 
-__all__ = ["NetworkSettings", "SSHSettings", "SSHTunnel", "TLSSettings"]
+__all__ = ["NetworkAccess", "NetworkSettings", "SSHSettings", "SSHTunnel", "TLSSettings"]
 
 
 class _Frozen(BaseModel):
@@ -197,3 +197,44 @@ class SSHTunnel:
         if conn is not None:
             conn.close()
             await conn.wait_closed()
+
+
+class NetworkAccess:
+    """How one source is reached: straight, or through its SSH tunnel; with its TLS context.
+
+    A connector makes one in `setup`, awaits `route` before it opens its pool
+    (the tunnel, if any, opens then), and awaits `close` after closing the pool.
+    """
+
+    def __init__(
+        self,
+        source_id: str,
+        *,
+        ssl: TLSSettings | None,
+        ssh: SSHSettings | None,
+        base_dir: Path,
+    ) -> None:
+        self.source_id = source_id
+        self.ssl = ssl
+        self.ssh = ssh
+        self.base_dir = base_dir
+        self._tunnel: SSHTunnel | None = None
+        self._local: tuple[str, int] | None = None
+
+    def tls(self) -> ssl.SSLContext | None:
+        return self.ssl.context(self.base_dir) if self.ssl else None
+
+    async def route(self, host: str, port: int) -> tuple[str, int]:
+        """The address to connect to for ``host:port`` (a tunnel's local end with ``ssh``)."""
+        if self.ssh is None:
+            return host, port
+        if self._local is None:
+            tunnel = SSHTunnel(self.ssh, source_id=self.source_id, base_dir=self.base_dir)
+            self._local = await tunnel.open(host, port)
+            self._tunnel = tunnel
+        return self._local
+
+    async def close(self) -> None:
+        tunnel, self._tunnel, self._local = self._tunnel, None, None
+        if tunnel is not None:
+            await tunnel.close()

@@ -77,7 +77,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     NotARead,
     PreparedQuery,
     ReadResult,
@@ -88,6 +87,7 @@ from connectors.base import (
     jsonable,
     placeholder_names,
 )
+from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
 __all__ = [
     "READ_COMMANDS",
@@ -123,6 +123,9 @@ class RedisSettings(ConnectionSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     #: shown by CLIENT LIST; the ACL user needs ``+client|setname`` for it
     client_name: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$")
+    #: TLS to the server, and an SSH bastion in front of it (connectors.network)
+    ssl: TLSSettings | None = None
+    ssh: SSHSettings | None = None
 
     @model_validator(mode="after")
     def _url_or_host(self) -> RedisSettings:
@@ -566,6 +569,28 @@ def _json_result(reply: Any, cap: int) -> ReadResult:
 
 
 _Connection = redis.asyncio.Connection
+_TLSConnection = redis.asyncio.SSLConnection
+
+
+def _tls_options(tls: TLSSettings | None, base_dir: Path) -> dict[str, Any]:
+    """redis-py's TLS keywords from the ``ssl`` block (verified unless told not)."""
+    if tls is None:  # a rediss:// URL without an ssl block: verify against the system store
+        return {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+    def path(raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        p = Path(raw).expanduser()
+        return str(p if p.is_absolute() else base_dir / p)
+
+    return {
+        "ssl_cert_reqs": "none" if tls.mode == "require" else "required",
+        "ssl_check_hostname": tls.mode == "verify-full",
+        "ssl_ca_certs": path(tls.ca_file),
+        "ssl_certfile": path(tls.cert_file),
+        "ssl_keyfile": path(tls.key_file),
+        "ssl_password": tls.key_password.get_secret_value() if tls.key_password else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -663,18 +688,12 @@ class RedisConnector(Connector):
 
     settings: RedisSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, RedisSettings):
-            raise TypeError(f"{type(self).__name__} takes RedisSettings, not {type(settings)}")
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._pool: _Pool | None = None
+        self._network = NetworkAccess(
+            self.source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=self.base_dir
+        )
+        self._route: tuple[str, int] | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -691,13 +710,18 @@ class RedisConnector(Connector):
         return PreparedQuery(spec=spec, names=spec.names)
 
     async def open(self) -> None:
-        # Only the pool object: connections open on the first reads, within their deadline.
+        # Only the pool object (and the SSH tunnel, if any): connections open on the
+        # first reads, within their deadline.
+        target = self._target()
+        self._route = await self._network.route(target.host, target.port)
         self._ensure_pool()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+        await self._network.close()
+        self._route = None
 
     def pool_stats(self) -> PoolStats:
         """How many connections the source holds now (all zero before `open`)."""
@@ -747,10 +771,14 @@ class RedisConnector(Connector):
     def _ensure_pool(self) -> _Pool:
         if self._pool is None:
             target = self._target()
-            connection_class = redis.asyncio.SSLConnection if target.tls else _Connection
+            if self.settings.ssh is not None and self._route is None:
+                raise SourceUnavailable(self.source_id, "the SSH tunnel is not open (call open())")
+            host, port = self._route or (target.host, target.port)
+            tls = target.tls or self.settings.ssl is not None
+            connection_class = _TLSConnection if tls else _Connection
             options: dict[str, Any] = {
-                "host": target.host,
-                "port": target.port,
+                "host": host,
+                "port": port,
                 "db": target.db,
                 "username": target.username,
                 "password": target.password,
@@ -762,6 +790,8 @@ class RedisConnector(Connector):
                 "socket_connect_timeout": self.settings.connect_timeout_s,
                 "retry": Retry(NoBackoff(), 0),  # `_call` decides what is worth a retry
             }
+            if tls:
+                options.update(_tls_options(self.settings.ssl, self.base_dir))
             self._pool = _Pool(
                 self.source_id, self.settings.pool_size, lambda: connection_class(**options)
             )

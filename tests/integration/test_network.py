@@ -150,3 +150,54 @@ async def test_ssh__an_unreachable_bastion_fails_fast(sshd: SSHD) -> None:
 def test_ssh__host_key_check_cannot_be_left_out() -> None:
     with pytest.raises(ValidationError, match="host key is always checked"):
         SSHSettings(host="b", username="u", password="p")  # type: ignore[arg-type]
+
+
+# -- connectors through the tunnel --------------------------------------------
+
+
+def ssh_block(sshd: SSHD) -> dict[str, object]:
+    return {
+        "host": sshd.host,
+        "port": sshd.port,
+        "username": sshd.username,
+        "private_key": sshd.private_key,
+        "known_host_key": sshd.host_key_line,
+    }
+
+
+async def test_mysql_connector__reads_through_the_bastion(sshd: SSHD) -> None:
+    from connectors.base import Bound
+    from connectors.mysql import MySQLConnector
+
+    settings = MySQLConnector.Settings.model_validate(
+        {"host": "127.0.0.1", "database": "mysql", "username": "root", "ssh": ssh_block(sshd)}
+    )
+    connector = MySQLConnector("crm", settings, base_dir=Path("/"))
+    try:
+        await connector.open()
+        host, port, _ = connector._connect_target()
+        assert (host, port != 3306) == ("127.0.0.1", True)  # the tunnel's local end
+        result = await connector.run(
+            MySQLConnector.prepare("SELECT $1 + 1 AS n"), Bound(args=(41,)), timeout_s=5
+        )
+        assert result.rows == [{"n": 42}]
+    finally:
+        await connector.close()
+
+
+async def test_redis_connector__reads_through_the_bastion(sshd: SSHD) -> None:
+    from connectors.base import Bound
+    from connectors.redis import RedisConnector
+
+    settings = RedisConnector.Settings.model_validate(
+        {"host": "127.0.0.1", "port": 6379, "ssh": ssh_block(sshd)}
+    )
+    connector = RedisConnector("cache", settings, base_dir=Path("/"))
+    try:
+        await connector.open()
+        await connector.health_check()
+        query = RedisConnector.prepare({"command": "EXISTS", "key": "lookup:{k}"})
+        result = await connector.run(query, Bound(params={"k": "nothing-here"}), timeout_s=5)
+        assert result.data in (0, None)
+    finally:
+        await connector.close()
