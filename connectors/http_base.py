@@ -35,15 +35,17 @@ from pydantic import Field, SecretStr, field_validator
 
 from connectors.base import (
     ConnectionSettings,
+    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
     SourceUnavailable,
     bind_placeholders,
+    jsonable,
 )
 from connectors.network import TLSSettings
 
-__all__ = ["HTTPResponse", "HTTPSettings", "SafeHTTP", "dig"]
+__all__ = ["HTTPResponse", "HTTPSettings", "SafeHTTP", "dig", "result_of", "safe_message"]
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MAX_REDIRECTS = 3
@@ -179,8 +181,13 @@ class SafeHTTP:
         json_body: Any = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        rate_limit_pause_s: float | None = None,
     ) -> HTTPResponse:
-        """Send one request (with same-origin redirects and safe retries) under the deadline."""
+        """Send one request (with same-origin redirects and safe retries) under the deadline.
+
+        ``rate_limit_pause_s`` is the wait after a 429 without ``Retry-After`` when
+        the service documents one (Airtable: 30 s); by default a short exponential one.
+        """
         deadline = time.monotonic() + timeout_s
         attempts = self.settings.retries + 1 if idempotent else 1
         for attempt in range(attempts):
@@ -197,7 +204,11 @@ class SafeHTTP:
                 await self._pause(0.2 * 2**attempt, deadline)
                 continue
             if response.status in (429, 503) and attempt + 1 < attempts:
-                pause = _retry_after(response.headers) or 0.2 * 2**attempt
+                pause = _retry_after(response.headers)
+                if pause is None:  # "Retry-After: 0" means at once, not the default
+                    pause = 0.2 * 2**attempt
+                if response.status == 429 and rate_limit_pause_s is not None:
+                    pause = _retry_after(response.headers) or rate_limit_pause_s
                 if time.monotonic() + pause < deadline:
                     await asyncio.sleep(pause)
                     continue
@@ -319,3 +330,33 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def result_of(value: Any, *, max_rows: int) -> ReadResult:
+    """A decoded answer (JSON, a SOAP object turned into dicts) as rows.
+
+    A list gives a row per item (at most ``max_rows``), an object one row, a
+    scalar the row ``{"value": …}``; None, ``""``, ``[]`` and ``{}`` are not found.
+    """
+    plain = jsonable(value)
+    if plain in (None, "", [], {}):
+        return ReadResult(rows=[])
+    if isinstance(plain, list):
+        items = plain[:max_rows]
+        return ReadResult([i if isinstance(i, dict) else {"value": i} for i in items], items)
+    if isinstance(plain, dict):
+        return ReadResult(rows=[plain], data=plain)
+    return ReadResult(rows=[{"value": plain}], data=plain)
+
+
+def safe_message(text: str, hide: Any = (), *, limit: int = 200) -> str:
+    """A source's own error text fit for our errors: one line, trimmed, ``hide`` values masked.
+
+    Sources echo what they were sent ("invalid value 'ABC-1'"): every value in
+    ``hide`` (parameters, secrets), standing as a token of its own, becomes ``…``.
+    """
+    line = " ".join(str(text).split())
+    forms = {form for v in hide if v is not None for form in (str(v), json.dumps(str(v))[1:-1])}
+    for value in sorted(forms - {""}, key=len, reverse=True):
+        line = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "…", line)
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
