@@ -30,6 +30,7 @@ __all__ = [
     "Worker",
     "audit_target",
     "engine_settings",
+    "follow_config",
     "http_endpoints",
     "load",
     "make_queue",

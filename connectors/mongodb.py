@@ -1,0 +1,615 @@
+"""MongoDB sources through PyMongo's native asyncio client (`AsyncMongoClient`).
+
+A query is a small document: ``find`` with a filter, ``aggregate`` with a
+pipeline, or ``count_documents``::
+
+    {"collection": "orders", "filter": {"order_id": "{order_id}"},
+     "projection": {"_id": 0, "status": 1}, "sort": [["created_at", -1]], "limit": 1}
+    {"collection": "orders", "pipeline": [{"$match": {"phone": "{customer_phone}"}}, …]}
+    {"collection": "orders", "filter": {"phone": "{customer_phone}"}, "count": true}
+
+What is enforced, and where:
+
+- Reads only, by allow-list: the connector calls ``find``, ``aggregate`` and
+  ``count_documents`` and nothing else. `prepare` refuses a query that names a
+  write (``insert``, ``update``…), a pipeline with ``$out`` or ``$merge``
+  anywhere in it (both write), and ``$where``, ``$function`` and
+  ``$accumulator`` anywhere (they run JavaScript on the server). MongoDB has no
+  read-only session flag: give the source a user with only the ``read`` role
+  so the server refuses writes too.
+- Parameters are typed values, never operators: a string that is exactly
+  ``{name}`` becomes the parameter's value (``{"$ne": null}`` sent as a
+  parameter is the string ``'{"$ne": null}'``). Where a string would be read
+  as a field path (aggregation expressions: ``$expr``, ``$project``,
+  ``$group``… — anywhere outside a query filter) a parameter starting with
+  ``$`` is bound as ``{"$literal": …}``; inside ``$regex`` a parameter is
+  matched literally (regex metacharacters escaped).
+- The deadline reaches the server: every operation carries
+  ``maxTimeMS = timeout_s``, so MongoDB itself stops the query when it passes
+  (error 50, `SourceTimeout`); the worker stops waiting at the same moment.
+  When the caller gives up earlier than ``timeout_s`` (its own deadline, a
+  cancellation) PyMongo drops that connection, and the server's own
+  ``maxTimeMS`` still bounds the work left behind.
+- An unreachable server fails fast: server selection and connecting wait at
+  most ``connect_timeout_s`` (1 s by default), then `SourceUnavailable`.
+- At most ``max_rows`` documents are fetched (``limit`` / a final ``$limit``
+  stage and a matching batch size), never all then sliced.
+
+The client keeps its own pool (``maxPoolSize = pool_size``), discovers the
+server again after a restart, and retries a read once on a network error
+(``retryReads``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import decimal
+import math
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from bson import DBRef, Decimal128, ObjectId
+from bson.binary import Binary
+from bson.code import Code
+from bson.codec_options import DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+from bson.errors import BSONError
+from bson.int64 import Int64
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
+from bson.regex import Regex
+from bson.timestamp import Timestamp
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pymongo import AsyncMongoClient, errors
+
+from connectors.base import (
+    Bound,
+    ConfigError,
+    ConnectionSettings,
+    Connector,
+    Limits,
+    NotARead,
+    PreparedQuery,
+    ReadResult,
+    SourceAuthError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+    bind_placeholders,
+    jsonable,
+    placeholder_names,
+)
+
+__all__ = [
+    "MongoDBConnector",
+    "MongoDBQuery",
+    "MongoDBSettings",
+    "MongoOperation",
+    "bson_to_plain",
+    "translate_error",
+]
+
+_HEALTH_TIMEOUT_S = 10.0
+_APP_NAME = "data-lookup-worker"
+
+#: operators that write
+_WRITE_STAGES = frozenset({"$out", "$merge"})
+#: operators that run JavaScript on the server
+_JS_OPERATORS = frozenset({"$where", "$function", "$accumulator"})
+#: query keys that name a write operation: refused as `NotARead`
+_WRITE_KEYS = frozenset(
+    {
+        "insert",
+        "insert_one",
+        "insert_many",
+        "insertOne",
+        "insertMany",
+        "update",
+        "update_one",
+        "update_many",
+        "updateOne",
+        "updateMany",
+        "replace",
+        "replace_one",
+        "replaceOne",
+        "delete",
+        "delete_one",
+        "delete_many",
+        "deleteOne",
+        "deleteMany",
+        "find_one_and_update",
+        "find_one_and_replace",
+        "find_one_and_delete",
+        "findAndModify",
+        "upsert",
+        "documents",
+        "document",
+        "bulk_write",
+        "bulkWrite",
+        "drop",
+        "create_index",
+        "createIndex",
+    }
+)
+# Pipeline stages whose value is a query filter (strings there are values, not paths).
+_QUERY_STAGES = frozenset({"$match"})
+# Stages whose values are plain options (numbers, names), never expressions.
+_OPTION_STAGES = frozenset({"$limit", "$skip", "$sort", "$count", "$sample"})
+# Keys whose value is a nested pipeline.
+_NESTED_PIPELINES = {"$lookup": "pipeline", "$unionWith": "pipeline"}
+
+_Context = Literal["query", "expr", "regex"]
+
+
+# -- settings and queries ----------------------------------------------------
+
+
+class MongoDBSettings(ConnectionSettings):
+    """``connection`` of a ``mongodb`` source."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    #: ``mongodb://user:password@host:27017/?authSource=admin`` or ``mongodb+srv://…``
+    uri: SecretStr
+    #: the database the queries' collections live in
+    database: str = Field(min_length=1, max_length=63)
+    #: connections kept per server (``maxPoolSize``)
+    pool_size: int = Field(default=10, ge=1, le=100)
+    #: how long to look for a server, and to open a connection, before giving up
+    connect_timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("uri")
+    @classmethod
+    def _is_mongodb_uri(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value().strip()
+        if not text.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a MongoDB connection string: mongodb://… or mongodb+srv://…")
+        return SecretStr(text)
+
+    @field_validator("database")
+    @classmethod
+    def _is_database_name(cls, value: str) -> str:
+        if re.search(r'[/\\. "$*<>:|?\x00]', value):
+            raise ValueError("is not a MongoDB database name")
+        return value
+
+
+class MongoDBQuery(BaseModel):
+    """A configured read: ``filter`` (find), ``pipeline`` (aggregate) or ``count``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    collection: str = Field(min_length=1, max_length=255)
+    filter: dict[str, Any] | None = None
+    pipeline: list[dict[str, Any]] | None = None
+    projection: dict[str, Any] | list[str] | None = None
+    sort: list[tuple[str, Literal[1, -1]]] | dict[str, Literal[1, -1]] | None = None
+    limit: int | None = Field(default=None, ge=1)
+    skip: int = Field(default=0, ge=0)
+    count: bool = False
+
+    @field_validator("collection")
+    @classmethod
+    def _fixed_collection(cls, value: str) -> str:
+        if placeholder_names(value):
+            raise ValueError("is fixed in the config: parameters go in the filter, not here")
+        if "$" in value or "\x00" in value:
+            raise ValueError("is not a collection name")
+        return value
+
+    def bind(self, params: Mapping[str, Any], *, max_rows: int) -> MongoOperation:
+        """The operation to run, with parameters bound as typed values.
+
+        Raises `ValueError` for a parameter that is not a plain value.
+        """
+        values = {name: _bson_param(name, value) for name, value in params.items()}
+        cap = min(self.limit or max_rows, max_rows)
+        if self.pipeline is not None:
+            stages = _bind_pipeline(self.pipeline, values)
+            if self.skip:
+                stages.append({"$skip": self.skip})
+            return MongoOperation(
+                kind="aggregate",
+                collection=self.collection,
+                pipeline=[*stages, {"$limit": cap}],
+                limit=cap,
+            )
+        query = _bind(self.filter or {}, values, "query")
+        if self.count:
+            return MongoOperation(
+                kind="count", collection=self.collection, filter=query, limit=self.limit or 0
+            )
+        sort = list(self.sort.items()) if isinstance(self.sort, dict) else self.sort
+        return MongoOperation(
+            kind="find",
+            collection=self.collection,
+            filter=query,
+            projection=self.projection,
+            sort=[(field, direction) for field, direction in sort] if sort else None,
+            skip=self.skip,
+            limit=cap,
+        )
+
+
+@dataclass(frozen=True)
+class MongoOperation:
+    """One bound read: what `MongoDBConnector.run` sends to the server."""
+
+    kind: Literal["find", "aggregate", "count"]
+    collection: str
+    filter: dict[str, Any] | None = None
+    pipeline: list[dict[str, Any]] | None = None
+    projection: dict[str, Any] | list[str] | None = None
+    sort: list[tuple[str, int]] | None = None
+    skip: int = 0
+    #: at most this many documents (0 for ``count``: no limit)
+    limit: int = 0
+
+
+# -- the connector -------------------------------------------------------------
+
+
+class MongoDBConnector(Connector):
+    """A MongoDB database, read with ``find``, ``aggregate`` and ``count_documents``."""
+
+    type_name: ClassVar[str] = "mongodb"
+    Settings: ClassVar[type[ConnectionSettings]] = MongoDBSettings
+    query_shape: ClassVar[str] = (
+        '{"collection": "orders", "filter": {"order_id": "{order_id}"}, "projection": {…}, '
+        '"sort": [["field", 1]], "limit": 1}, or "pipeline": […] instead of filter, '
+        'or "count": true'
+    )
+    extra: ClassVar[str | None] = "mongodb"
+
+    settings: MongoDBSettings
+
+    def __init__(
+        self,
+        source_id: str,
+        settings: ConnectionSettings,
+        *,
+        base_dir: Path,
+        limits: Limits | None = None,
+    ) -> None:
+        if not isinstance(settings, MongoDBSettings):
+            raise TypeError(f"{type(self).__name__} takes MongoDBSettings, not {type(settings)}")
+        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+
+    @classmethod
+    def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a mongodb query is a mapping: {cls.query_shape}")
+        writes = sorted(set(raw) & _WRITE_KEYS)
+        if writes:
+            raise NotARead(
+                f"only reads are allowed: {writes[0]!r} writes; a mongodb query is a find "
+                "(filter), an aggregate (pipeline) or a count"
+            )
+        try:
+            spec = MongoDBQuery.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(
+                f"bad mongodb query ({problems}); expected {cls.query_shape}"
+            ) from None
+        _check_shape(spec)
+        for part in (spec.filter, spec.pipeline, spec.projection):
+            _check_operators(part)
+        if placeholder_names([spec.projection, spec.sort]):
+            raise ConfigError("projection and sort are fixed in the config: no {placeholders}")
+        names = placeholder_names(spec.pipeline if spec.pipeline is not None else spec.filter)
+        return PreparedQuery(spec=spec, names=names)
+
+    async def open(self) -> None:
+        self._ensure_open()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def health_check(self) -> None:
+        client = self._ensure_open()
+        with self._translating():
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                await client.admin.command("ping", maxTimeMS=int(_HEALTH_TIMEOUT_S * 1000))
+
+    async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
+        spec = query.spec
+        if not isinstance(spec, MongoDBQuery):
+            raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        try:
+            operation = spec.bind(bound.params, max_rows=self.limits.max_rows)
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+        collection = self._ensure_open()[self.settings.database][operation.collection]
+        max_time_ms = max(1, math.ceil(timeout_s * 1000))
+        with self._translating():
+            async with asyncio.timeout(timeout_s):
+                if operation.kind == "count":
+                    options: dict[str, Any] = {"maxTimeMS": max_time_ms}
+                    if operation.limit:
+                        options["limit"] = operation.limit
+                    counted = await collection.count_documents(operation.filter or {}, **options)
+                    return ReadResult(rows=[{"count": counted}], data=counted)
+                if operation.kind == "aggregate":
+                    cursor: Any = await collection.aggregate(
+                        operation.pipeline or [],
+                        maxTimeMS=max_time_ms,
+                        batchSize=operation.limit,
+                    )
+                else:
+                    cursor = collection.find(
+                        operation.filter,
+                        operation.projection,
+                        sort=operation.sort,
+                        skip=operation.skip,
+                        limit=operation.limit,
+                        batch_size=operation.limit,
+                        max_time_ms=max_time_ms,
+                    )
+                async with cursor:
+                    documents = await cursor.to_list(operation.limit)
+        return ReadResult.of_rows(self.cap_rows([bson_to_plain(d) for d in documents]))
+
+    def _ensure_open(self) -> AsyncMongoClient[dict[str, Any]]:
+        if self._client is None:
+            with self._translating():
+                self._client = AsyncMongoClient(
+                    self.settings.uri.get_secret_value(), **self._client_options()
+                )
+        return self._client
+
+    def _client_options(self) -> dict[str, Any]:
+        """Every option of the client but the URI: the one place pool, timeouts
+        (and, later, TLS and a tunnel's local address) are decided."""
+        timeout_ms = max(1, math.ceil(self.settings.connect_timeout_s * 1000))
+        return {
+            "maxPoolSize": self.settings.pool_size,
+            "serverSelectionTimeoutMS": timeout_ms,
+            "connectTimeoutMS": timeout_ms,
+            "appname": _APP_NAME,
+            "retryReads": True,
+            "retryWrites": False,
+            "tz_aware": True,
+            "tzinfo": dt.UTC,
+            "uuidRepresentation": "standard",
+            "datetime_conversion": DatetimeConversion.DATETIME_AUTO,
+        }
+
+    @contextlib.contextmanager
+    def _translating(self) -> Iterator[None]:
+        """Driver errors into the `SourceError` family, in one place."""
+        try:
+            yield
+        except TimeoutError as exc:
+            message = "the query passed its deadline; the server stops it there too (maxTimeMS)"
+            raise SourceTimeout(self.source_id, message) from exc
+        except (errors.PyMongoError, BSONError) as exc:
+            raise translate_error(self.source_id, exc) from exc
+
+
+def translate_error(source_id: str, exc: Exception) -> SourceError:
+    """A PyMongo or BSON error as a `SourceError` whose text holds no secret or value.
+
+    Server messages can quote the values a query compared with, and connection
+    errors the host list, so only codes and class names are kept.
+    """
+    if isinstance(exc, errors.ExecutionTimeout):
+        return SourceTimeout(source_id, "the server stopped the query at its deadline (maxTimeMS)")
+    if isinstance(exc, errors.OperationFailure):
+        code = exc.code
+        name = (exc.details or {}).get("codeName") or "no code name"
+        if code == 18:
+            return SourceAuthError(source_id, "authentication failed: check the uri's credentials")
+        if code == 13:
+            return SourceAuthError(
+                source_id, "not authorized: the user may not read this database or collection"
+            )
+        return SourceError(source_id, f"mongodb refused the query: error {code} ({name})")
+    if isinstance(exc, errors.ServerSelectionTimeoutError):
+        return SourceUnavailable(
+            source_id,
+            "no MongoDB server answered within connect_timeout_s (refused or unreachable)",
+        )
+    if isinstance(exc, errors.ConnectionFailure):
+        return SourceUnavailable(
+            source_id, f"the connection to MongoDB failed ({type(exc).__name__})"
+        )
+    if isinstance(exc, errors.InvalidURI):
+        return SourceError(source_id, "the uri is not a valid MongoDB connection string")
+    if isinstance(exc, errors.ConfigurationError):
+        # DNS (mongodb+srv) lookups and option checks fail here.
+        return SourceUnavailable(
+            source_id, "the uri cannot be used: its host did not resolve or an option is wrong"
+        )
+    if isinstance(exc, BSONError | errors.InvalidOperation):
+        return SourceError(source_id, f"the query cannot be sent ({type(exc).__name__})")
+    return SourceError(source_id, f"mongodb failed ({type(exc).__name__})")
+
+
+# -- checks at load time ------------------------------------------------------------
+
+
+def _check_shape(spec: MongoDBQuery) -> None:
+    if spec.pipeline is not None:
+        extra = [
+            name
+            for name, used in (
+                ("filter", spec.filter is not None),
+                ("projection", spec.projection is not None),
+                ("sort", spec.sort is not None),
+                ("count", spec.count),
+            )
+            if used
+        ]
+        if extra:
+            raise ConfigError(
+                f"a pipeline query takes no {', '.join(extra)}: use $match, $project, "
+                "$sort or $count stages in the pipeline"
+            )
+        if not spec.pipeline:
+            raise ConfigError("the pipeline is empty")
+        for stage in spec.pipeline:
+            if len(stage) != 1 or not next(iter(stage)).startswith("$"):
+                raise ConfigError("each pipeline stage is one operator, like {'$match': {…}}")
+    if spec.count and (spec.projection is not None or spec.sort is not None or spec.skip):
+        raise ConfigError("a count query takes only filter and limit")
+
+
+def _check_operators(node: Any) -> None:
+    """Refuse writes and server-side JavaScript anywhere in a document."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in _WRITE_STAGES:
+                raise NotARead(f"only reads are allowed: {key} writes to a collection")
+            if key in _JS_OPERATORS:
+                raise ConfigError(f"{key} runs JavaScript on the server and is not allowed")
+            _check_operators(value)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _check_operators(value)
+
+
+# -- binding ------------------------------------------------------------------------
+
+
+def _bson_param(name: str, value: Any) -> Any:
+    """A parameter as a BSON value of its own type."""
+    if value is None or isinstance(value, bool | str | float | dt.datetime):
+        return value
+    if isinstance(value, int):
+        # BSON integers are 64-bit; a larger number is compared as a decimal.
+        return value if -(2**63) <= value < 2**63 else Decimal128(str(value))
+    if isinstance(value, Decimal128):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return Decimal128(value)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, uuid.UUID):
+        return Binary.from_uuid(value)
+    if isinstance(value, Mapping):
+        # Parameters are data: a mapping could carry query operators.
+        raise ValueError(f"parameter {name!r} is a mapping; parameters must be plain values")
+    if isinstance(value, list | tuple):
+        return [_bson_param(name, item) for item in value]
+    return str(value)
+
+
+def _bind(node: Any, params: Mapping[str, Any], context: _Context) -> Any:
+    if isinstance(node, str):
+        if not placeholder_names(node):
+            return node
+        if context == "regex":
+            escaped = {k: re.escape("" if v is None else str(v)) for k, v in params.items()}
+            return bind_placeholders(node, escaped)
+        value = bind_placeholders(node, params)
+        if context == "expr" and isinstance(value, str) and value.startswith("$"):
+            if not node.startswith("$"):
+                # In an expression "$x" is a field path and "$$x" a variable.
+                return {"$literal": value}
+        return value
+    if isinstance(node, Mapping):
+        bound: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "$expr":
+                bound[key] = _bind(value, params, "expr")
+            elif key == "$regex":
+                bound[key] = _bind(value, params, "regex")
+            else:
+                bound[key] = _bind(value, params, context)
+        return bound
+    if isinstance(node, list | tuple):
+        return [_bind(value, params, context) for value in node]
+    return node
+
+
+def _bind_pipeline(stages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> list[Any]:
+    return [_bind_stage(stage, params) for stage in stages]
+
+
+def _bind_stage(stage: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    for name, body in stage.items():
+        if name in _QUERY_STAGES:
+            bound[name] = _bind(body, params, "query")
+        elif name in _OPTION_STAGES:
+            bound[name] = _bind(body, params, "expr")
+        elif name == "$facet" and isinstance(body, Mapping):
+            bound[name] = {
+                key: _bind_pipeline(value, params)
+                if isinstance(value, list)
+                else _bind(value, params, "expr")
+                for key, value in body.items()
+            }
+        elif name in _NESTED_PIPELINES and isinstance(body, Mapping):
+            nested = _NESTED_PIPELINES[name]
+            bound[name] = {
+                key: _bind_pipeline(value, params)
+                if key == nested and isinstance(value, list)
+                else _bind(value, params, "expr")
+                for key, value in body.items()
+            }
+        else:
+            bound[name] = _bind(body, params, "expr")
+    return bound
+
+
+# -- values -------------------------------------------------------------------------
+
+
+def bson_to_plain(value: Any) -> Any:
+    """A BSON value as what a template and JSON take (ObjectId → str, Decimal128 → number…)."""
+    if isinstance(value, Mapping):
+        return {str(k): bson_to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bson_to_plain(v) for v in value]
+    for kind, convert in _CONVERTERS:
+        if isinstance(value, kind):
+            return convert(value)
+    return jsonable(value)
+
+
+def _datetime(value: dt.datetime) -> str:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return aware.isoformat()
+
+
+def _dbref(value: DBRef) -> dict[str, Any]:
+    ref = {"$ref": value.collection, "$id": bson_to_plain(value.id)}
+    return ref if value.database is None else {**ref, "$db": value.database}
+
+
+def _binary(value: Binary) -> Any:
+    if value.subtype in (3, 4) and len(value) == 16:
+        with contextlib.suppress(ValueError):
+            return str(value.as_uuid(value.subtype))
+    return jsonable(bytes(value))
+
+
+# In order: the first matching type converts (Code is a str, Binary bytes, Int64 an int).
+_CONVERTERS: tuple[tuple[type[Any] | tuple[type[Any], ...], Any], ...] = (
+    (ObjectId, str),
+    (Decimal128, lambda v: jsonable(v.to_decimal())),
+    (Int64, int),
+    (float, lambda v: v if math.isfinite(v) else str(v)),
+    # Outside Python's datetime range: milliseconds since the epoch.
+    (DatetimeMS, int),
+    (dt.datetime, _datetime),
+    (Timestamp, lambda v: v.as_datetime().isoformat()),
+    (Binary, _binary),
+    ((Regex, re.Pattern), lambda v: str(v.pattern)),
+    (Code, str),
+    ((MinKey, MaxKey), lambda v: type(v).__name__),
+    (DBRef, _dbref),
+)

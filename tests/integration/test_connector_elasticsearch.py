@@ -1,0 +1,795 @@
+"""The elasticsearch connector: query checks, typed binding, errors, real sockets.
+
+No Elasticsearch-API server runs on this machine, and none can be installed
+here: Debian packages no Elasticsearch or OpenSearch, and the PyPI / npm
+helpers either download the server at run time or drive an install that is
+not there. So everything that needs no server is tested for real here —
+`prepare`, binding (a parameter is a value, never a clause), error
+translation with the client's own exception classes, and real HTTP
+connection attempts to a closed and to a silent port — and the live tests
+(the `ConnectorContract` suite and server-side checks) run only when
+``ELASTICSEARCH_TEST_URL`` names a cluster (Elasticsearch 9 for the 9.x
+client; ``ELASTICSEARCH_TEST_API_KEY`` if it needs one; the key must be able
+to create and delete indices named ``lookup-test-*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig, TlsError
+from elastic_transport import ConnectionError as TransportConnectionError
+from elasticsearch import (
+    ApiError,
+    AsyncElasticsearch,
+    AuthenticationException,
+    AuthorizationException,
+    BadRequestError,
+    ConnectionTimeout,
+    NotFoundError,
+    SerializationError,
+    UnsupportedProductError,
+)
+from pydantic import ValidationError
+
+from connectors.base import (
+    Bound,
+    ConfigError,
+    Limits,
+    NotARead,
+    SourceAuthError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
+from connectors.elasticsearch import (
+    ElasticsearchConnector,
+    ElasticsearchQuery,
+    ElasticsearchSettings,
+    SearchRequest,
+    translate_error,
+)
+from connectors.registry import load
+from connectors.testing import ConnectorContract, RawQuery
+from worker.config import load_tenant
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-Pa55word"
+LIVE_URL = os.environ.get("ELASTICSEARCH_TEST_URL")
+LIVE_API_KEY = os.environ.get("ELASTICSEARCH_TEST_API_KEY")
+NO_SERVER = (
+    "no Elasticsearch server on this machine (none installs from Debian, PyPI or npm here); "
+    "set ELASTICSEARCH_TEST_URL=http://… to run the live tests"
+)
+BY_SKU: dict[str, Any] = {"index": "products", "query": {"term": {"sku": "{sku}"}}, "size": 5}
+
+
+def request(
+    raw: RawQuery, max_rows: int = 100, timeout_s: float = 2.0, **params: Any
+) -> SearchRequest:
+    spec = ElasticsearchConnector.prepare(raw).spec
+    assert isinstance(spec, ElasticsearchQuery)
+    return spec.request(params, max_rows=max_rows, timeout_s=timeout_s)
+
+
+# -- settings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        pytest.param({"url": "https://search.local:9200", "api_key": SECRET}, id="api-key"),
+        pytest.param(
+            {"url": "http://127.0.0.1:9200", "username": "reader", "password": SECRET}, id="basic"
+        ),
+        pytest.param({"url": "http://127.0.0.1:9200"}, id="no-auth"),
+        pytest.param(
+            {"url": "https://h:9200", "api_key": SECRET, "verify_certs": False, "pool_size": 3},
+            id="no-verify",
+        ),
+        pytest.param({"url": "https://h:9200", "ca_certs": "certs/ca.pem"}, id="ca"),
+    ],
+)
+def test_settings__accept_the_contract_fields(connection: dict[str, Any]) -> None:
+    settings = ElasticsearchSettings.model_validate(connection)
+
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("connection", "problem"),
+    [
+        pytest.param({"url": "ftp://h"}, "http", id="scheme"),
+        pytest.param({"url": "search.local:9200"}, "http", id="no-scheme"),
+        pytest.param({"url": f"https://u:{SECRET}@h:9200"}, "credentials", id="creds-in-url"),
+        pytest.param({"url": "https://h:9200/?x=1"}, "query string", id="url-query"),
+        pytest.param(
+            {"url": "https://h", "api_key": SECRET, "username": "u", "password": SECRET},
+            "not both",
+            id="key-and-basic",
+        ),
+        pytest.param({"url": "https://h", "username": "u"}, "go together", id="user-no-pw"),
+        pytest.param({"url": "https://h", "password": SECRET}, "go together", id="pw-no-user"),
+        pytest.param({"url": "http://h", "ca_certs": "ca.pem"}, "https", id="ca-on-http"),
+        pytest.param({"url": "https://h", "pool_size": 0}, "pool_size", id="pool-0"),
+        pytest.param({"url": "https://h", "hosts": ["h"]}, "hosts", id="unknown-key"),
+    ],
+)
+def test_settings__refuse_bad_connections(connection: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem) as caught:
+        ElasticsearchSettings.model_validate(connection)
+
+    assert SECRET not in str(caught.value)
+
+
+def test_connector__is_found_by_its_type_name() -> None:
+    cls = load("elasticsearch")
+
+    assert cls is ElasticsearchConnector
+    assert cls.extra == "elasticsearch"
+
+
+def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ES_API_KEY", SECRET)
+
+    tenant = load_tenant(REPO / "config" / "examples" / "elasticsearch.yaml")
+
+    assert tenant.problems == []
+    assert set(tenant.lookups) == {"check_stock", "find_product", "brand_count"}
+
+
+# -- prepare ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        pytest.param(BY_SKU, ("sku",), id="search"),
+        pytest.param({"index": "products", "id": "{sku}"}, ("sku",), id="get"),
+        pytest.param(
+            {"index": "products", "id": "sku-{sku}", "_source": ["name"]}, ("sku",), id="get-source"
+        ),
+        pytest.param(
+            {"index": "products", "count": True, "query": {"term": {"b": "{brand}"}}},
+            ("brand",),
+            id="count",
+        ),
+        pytest.param({"index": "products"}, (), id="match-all"),
+        pytest.param(
+            {
+                "index": "products,archive-*",
+                "query": {
+                    "bool": {
+                        "must": [{"match": {"name": "{name}"}}],
+                        "filter": [{"range": {"p": {"lte": "{max}"}}}],
+                    }
+                },
+                "sort": [{"price": "asc"}, "_score"],
+                "_source": {"includes": ["name"], "excludes": ["secret"]},
+                "size": 3,
+            },
+            ("name", "max"),
+            id="full-search",
+        ),
+    ],
+)
+def test_prepare__accepts_the_query_shapes(raw: RawQuery, names: tuple[str, ...]) -> None:
+    assert ElasticsearchConnector.prepare(raw).names == names
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param({"index": "products", "document": {"sku": "x"}}, id="index-document"),
+        pytest.param({"index": "products", "id": "1", "doc": {"a": 1}}, id="update-doc"),
+        pytest.param({"index": "products", "operations": []}, id="bulk"),
+        pytest.param(
+            {"index": "products", "script": {"source": "ctx._source.a = 1"}}, id="update-script"
+        ),
+        pytest.param({"index": "products", "dest": {"index": "copy"}}, id="reindex"),
+        pytest.param({"index": "products", "op": "delete_by_query", "query": {}}, id="op-delete"),
+        pytest.param({"index": "products", "method": "DELETE"}, id="method-delete"),
+    ],
+)
+def test_prepare__refuses_writes(raw: RawQuery) -> None:
+    with pytest.raises(NotARead):
+        ElasticsearchConnector.prepare(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        pytest.param(
+            {"index": "p", "query": {"script": {"script": "1"}}}, "script", id="script-query"
+        ),
+        pytest.param(
+            {
+                "index": "p",
+                "query": {"function_score": {"query": {}, "script_score": {"script": "x"}}},
+            },
+            "script_score",
+            id="function-score",
+        ),
+        pytest.param(
+            {"index": "p", "query": {"script_score": {"query": {}, "script": {}}}},
+            "script_score",
+            id="script-score",
+        ),
+        pytest.param(
+            {"index": "p", "query": {"bool": {"filter": [{"script": {"script": "x"}}]}}},
+            "script",
+            id="nested",
+        ),
+        pytest.param(
+            {"index": "p", "sort": [{"_script": {"type": "number"}}]}, "_script", id="sort-script"
+        ),
+        pytest.param(
+            {"index": "p", "runtime_mappings": {"x": {}}}, "runtime_mappings", id="runtime-mappings"
+        ),
+        pytest.param(
+            {"index": "p", "script_fields": {"x": {}}}, "script_fields", id="script-fields"
+        ),
+    ],
+)
+def test_prepare__refuses_scripts(raw: RawQuery, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        ElasticsearchConnector.prepare(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        pytest.param('{"query": {}}', "is a mapping", id="text"),
+        pytest.param({"query": {}}, "index", id="no-index"),
+        pytest.param({"index": "p", "aggs": {}}, "aggs", id="aggregations"),
+        pytest.param({"index": "p", "from": 10}, "from", id="unknown-from"),
+        pytest.param({"index": "p", "source": ["a"]}, "source", id="source-without-underscore"),
+        pytest.param({"index": "p", "op": "search"}, "drop 'op'", id="op-search"),
+        pytest.param({"index": "{tenant}-orders"}, "fixed in the config", id="index-placeholder"),
+        pytest.param({"index": "p", "id": "{x}", "query": {}}, "get", id="get-with-query"),
+        pytest.param({"index": "p", "id": "{x}", "count": True}, "get", id="get-with-count"),
+        pytest.param(
+            {"index": "p", "id": "{x}", "_source": {"includes": []}},
+            "list of fields",
+            id="get-source-map",
+        ),
+        pytest.param({"index": "p", "count": True, "size": 1}, "count", id="count-with-size"),
+        pytest.param({"index": "p", "size": 0}, "size", id="size-0"),
+        pytest.param({"index": "p", "size": 10_001}, "size", id="size-huge"),
+        pytest.param(
+            {"index": "p", "sort": [{"{field}": "asc"}], "_source": ["{f}"]},
+            "placeholders",
+            id="source-ph",
+        ),
+    ],
+)
+def test_prepare__refuses_bad_shapes(raw: RawQuery, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        ElasticsearchConnector.prepare(raw)
+
+
+# -- binding --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        pytest.param("*", id="star"),
+        pytest.param('{"match_all": {}}', id="match-all-json"),
+        pytest.param("{'match_all': {}}", id="match-all-python"),
+        pytest.param("sku:* OR 1", id="query-syntax"),
+        pytest.param("{sku}", id="placeholder-text"),
+    ],
+)
+def test_bind__a_parameter_is_a_typed_value_never_a_clause(evil: str) -> None:
+    bound = request(BY_SKU, sku=evil)
+
+    assert bound.kwargs["query"] == {"term": {"sku": evil}}
+
+
+def test_bind__keeps_the_parameter_type_inside_the_query() -> None:
+    raw = {
+        "index": "p",
+        "query": {
+            "bool": {
+                "filter": [
+                    {"term": {"qty": "{qty}"}},
+                    {"term": {"active": "{active}"}},
+                    {"range": {"price": {"lte": "{price}", "gte": "{low}"}}},
+                    {"terms": {"sku": "{skus}"}},
+                    {"term": {"day": "{day}"}},
+                    {"match": {"name": "name: {name}"}},
+                ]
+            }
+        },
+    }
+
+    bound = request(
+        raw,
+        qty=3,
+        active=True,
+        price=decimal.Decimal("9.50"),
+        low=None,
+        skus=["A-1", "B-2"],
+        day=dt.date(2025, 9, 12),
+        name="*",
+    )
+
+    assert bound.kwargs["query"]["bool"]["filter"] == [
+        {"term": {"qty": 3}},
+        {"term": {"active": True}},
+        {"range": {"price": {"lte": 9.5, "gte": None}}},
+        {"terms": {"sku": ["A-1", "B-2"]}},
+        {"term": {"day": "2025-09-12"}},
+        {"match": {"name": "name: *"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("clause", "value", "expected"),
+    [
+        pytest.param(
+            {"wildcard": {"sku": "{v}*"}}, "*", {"wildcard": {"sku": "\\**"}}, id="wildcard-star"
+        ),
+        pytest.param(
+            {"wildcard": {"sku": {"value": "*{v}?"}}},
+            "a?b\\",
+            {"wildcard": {"sku": {"value": "*a\\?b\\\\?"}}},
+            id="wildcard-long-form",
+        ),
+        pytest.param(
+            {"regexp": {"sku": "{v}.*"}}, ".*|x", {"regexp": {"sku": "\\.\\*\\|x.*"}}, id="regexp"
+        ),
+        pytest.param(
+            {"query_string": {"query": "sku:{v} AND active:true", "default_field": "name"}},
+            '* OR "x',
+            {"query_string": {"query": 'sku:"* OR \\"x" AND active:true', "default_field": "name"}},
+            id="query-string-phrase",
+        ),
+        pytest.param(
+            {"simple_query_string": {"query": "{v}"}},
+            "-secret | *",
+            {"simple_query_string": {"query": '"-secret | *"'}},
+            id="simple-query-string",
+        ),
+        pytest.param(
+            {"prefix": {"sku": "{v}"}}, "*", {"prefix": {"sku": "*"}}, id="prefix-literal"
+        ),
+        pytest.param(
+            {"match": {"name": {"query": "{v}"}}},
+            '"x" OR *',
+            {"match": {"name": {"query": '"x" OR *'}}},
+            id="match-query-key",
+        ),
+    ],
+)
+def test_bind__pattern_queries_take_a_parameter_literally(
+    clause: dict[str, Any], value: str, expected: dict[str, Any]
+) -> None:
+    bound = request({"index": "p", "query": clause}, v=value)
+
+    assert bound.kwargs["query"] == expected
+
+
+def test_bind__refuses_a_mapping_parameter() -> None:
+    with pytest.raises(ValueError, match="'sku' is a mapping"):
+        request(BY_SKU, sku={"match_all": {}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "max_rows", "expected"),
+    [
+        pytest.param(
+            BY_SKU,
+            100,
+            SearchRequest(
+                "search",
+                {
+                    "index": "products",
+                    "query": {"term": {"sku": "A-1"}},
+                    "size": 5,
+                    "timeout": "1500ms",
+                    "allow_partial_search_results": False,
+                    "track_total_hits": False,
+                },
+            ),
+            id="search",
+        ),
+        pytest.param(
+            {"index": "p", "sort": [{"n": "desc"}], "_source": ["n"], "size": 50},
+            3,
+            SearchRequest(
+                "search",
+                {
+                    "index": "p",
+                    "query": {"match_all": {}},
+                    "size": 3,
+                    "timeout": "1500ms",
+                    "allow_partial_search_results": False,
+                    "track_total_hits": False,
+                    "sort": [{"n": "desc"}],
+                    "source": ["n"],
+                },
+            ),
+            id="search-capped-by-max-rows",
+        ),
+        pytest.param(
+            {"index": "p", "id": "{sku}", "_source": ["n"]},
+            3,
+            SearchRequest("get", {"index": "p", "id": "A-1", "source": ["n"]}),
+            id="get",
+        ),
+        pytest.param(
+            {"index": "p", "count": True, "query": {"term": {"s": "{sku}"}}},
+            3,
+            SearchRequest("count", {"index": "p", "query": {"term": {"s": "A-1"}}}),
+            id="count",
+        ),
+    ],
+)
+def test_bind__builds_the_request(raw: RawQuery, max_rows: int, expected: SearchRequest) -> None:
+    assert request(raw, max_rows=max_rows, timeout_s=1.5, sku="A-1") == expected
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def meta(status: int) -> ApiResponseMeta:
+    node = NodeConfig("https", "search.local", 9200)
+    return ApiResponseMeta(
+        status=status, http_version="1.1", headers=HttpHeaders(), duration=0.01, node=node
+    )
+
+
+def api_error(
+    cls: type[ApiError], status: int, kind: str, reason: str, root: str | None = None
+) -> ApiError:
+    error: dict[str, Any] = {
+        "type": kind,
+        "reason": reason,
+        "root_cause": [{"type": root or kind, "reason": reason}],
+    }
+    return cls(message=kind, meta=meta(status), body={"error": error, "status": status})
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        pytest.param(
+            api_error(
+                AuthenticationException,
+                401,
+                "security_exception",
+                f"unable to authenticate {SECRET}",
+            ),
+            SourceAuthError,
+            "authentication failed",
+            id="401",
+        ),
+        pytest.param(
+            api_error(AuthorizationException, 403, "security_exception", "action unauthorized"),
+            SourceAuthError,
+            "not authorized",
+            id="403",
+        ),
+        pytest.param(
+            ConnectionTimeout("Connection timed out"), SourceTimeout, "deadline", id="timeout"
+        ),
+        pytest.param(
+            TransportConnectionError(f"refused https://u:{SECRET}@h"),
+            SourceUnavailable,
+            "cannot connect",
+            id="refused",
+        ),
+        pytest.param(TlsError("certificate verify failed"), SourceUnavailable, "TLS", id="tls"),
+        pytest.param(
+            api_error(NotFoundError, 404, "index_not_found_exception", "no such index [products]"),
+            SourceError,
+            "does the index exist",
+            id="index-404",
+        ),
+        pytest.param(
+            api_error(
+                BadRequestError,
+                400,
+                "search_phase_execution_exception",
+                f"failed to create query: For input string: {SECRET}",
+                root="query_shard_exception",
+            ),
+            SourceError,
+            r"400: search_phase_execution_exception, caused by query_shard_exception",
+            id="400-no-reason",
+        ),
+        pytest.param(
+            UnsupportedProductError("not elasticsearch", meta(200), {}),
+            SourceError,
+            "not Elasticsearch",
+            id="product",
+        ),
+        pytest.param(SerializationError("bad json"), SourceError, "decoded", id="serialization"),
+        pytest.param(
+            ApiError("teapot", meta(418), "I'm a teapot"),
+            SourceError,
+            r"418: no error type",
+            id="odd-body",
+        ),
+    ],
+)
+def test_translate_error__maps_client_errors_without_secrets(
+    exc: Exception, kind: type[SourceError], text: str
+) -> None:
+    error = translate_error("catalogue", exc)
+
+    assert type(error) is kind
+    assert re.search(text, str(error)), str(error)
+    assert "catalogue" in str(error)
+    assert SECRET not in str(error) and SECRET not in repr(error)
+
+
+# -- real connection attempts (no server needed) -----------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.fixture
+async def make_connector() -> AsyncIterator[Any]:
+    made: list[ElasticsearchConnector] = []
+
+    def make(url: str, *, limits: Limits | None = None, **more: Any) -> ElasticsearchConnector:
+        settings = ElasticsearchSettings(url=url, **more)
+        connector = ElasticsearchConnector("catalogue", settings, base_dir=REPO, limits=limits)
+        made.append(connector)
+        return connector
+
+    yield make
+    for connector in made:
+        await connector.close()
+
+
+READS = [
+    pytest.param(BY_SKU, id="search"),
+    pytest.param({"index": "products", "id": "{sku}"}, id="get"),
+    pytest.param(
+        {"index": "products", "count": True, "query": {"term": {"sku": "{sku}"}}}, id="count"
+    ),
+]
+
+
+@pytest.mark.parametrize("raw", READS)
+async def test_run__closed_port_is_unavailable_at_once(
+    make_connector: Any, closed_port: int, raw: RawQuery
+) -> None:
+    connector = make_connector(
+        f"http://127.0.0.1:{closed_port}", username="reader", password=SECRET
+    )
+    started = time.monotonic()
+
+    with pytest.raises(SourceUnavailable, match="cannot connect") as caught:
+        await connector.run(
+            ElasticsearchConnector.prepare(raw), Bound(params={"sku": "A-1"}), timeout_s=10
+        )
+
+    assert time.monotonic() - started < 1.0
+    assert "catalogue" in str(caught.value)
+    assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
+
+
+async def test_health_check__closed_port_is_unavailable(
+    make_connector: Any, closed_port: int
+) -> None:
+    connector = make_connector(f"https://127.0.0.1:{closed_port}", api_key=SECRET)
+
+    with pytest.raises(SourceUnavailable):
+        await connector.health_check()
+
+
+@pytest.mark.parametrize("raw", READS)
+async def test_run__silent_host_times_out_at_timeout_s(
+    make_connector: Any, silent_port: int, raw: RawQuery
+) -> None:
+    connector = make_connector(f"http://127.0.0.1:{silent_port}")
+    started = time.monotonic()
+
+    with pytest.raises(SourceTimeout):
+        await connector.run(
+            ElasticsearchConnector.prepare(raw), Bound(params={"sku": "A-1"}), timeout_s=0.5
+        )
+
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 0.5 + 0.5, f"took {elapsed:.2f} s"
+
+
+async def test_run__cancelled_request_leaves_the_connector_usable_and_closable(
+    make_connector: Any, silent_port: int
+) -> None:
+    connector = make_connector(f"http://127.0.0.1:{silent_port}")
+    query = ElasticsearchConnector.prepare(BY_SKU)
+    task = asyncio.create_task(connector.run(query, Bound(params={"sku": "A-1"}), timeout_s=10))
+    await asyncio.sleep(0.2)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    with pytest.raises(SourceTimeout):
+        await connector.run(query, Bound(params={"sku": "A-1"}), timeout_s=0.3)
+    await connector.close()
+    await connector.close()
+
+
+@pytest.mark.parametrize("doc_id", ["", ".", "..", None])
+async def test_run__an_id_that_is_no_document_is_not_found_without_a_request(
+    make_connector: Any, closed_port: int, doc_id: str | None
+) -> None:
+    connector = make_connector(f"http://127.0.0.1:{closed_port}")
+
+    result = await connector.run(
+        ElasticsearchConnector.prepare({"index": "products", "id": "{sku}"}),
+        Bound(params={"sku": doc_id}),
+        timeout_s=5,
+    )
+
+    assert not result.found
+
+
+async def test_run__refuses_a_mapping_parameter_before_any_request(
+    make_connector: Any, closed_port: int
+) -> None:
+    connector = make_connector(f"http://127.0.0.1:{closed_port}")
+
+    with pytest.raises(SourceError, match="'sku' is a mapping"):
+        await connector.run(
+            ElasticsearchConnector.prepare(BY_SKU),
+            Bound(params={"sku": {"match_all": {}}}),
+            timeout_s=5,
+        )
+
+
+async def test_close__without_open_and_twice_is_harmless(make_connector: Any) -> None:
+    connector = make_connector("http://127.0.0.1:9")
+
+    await connector.close()
+    await connector.open()
+    await connector.close()
+    await connector.close()
+
+
+# -- live server (only with ELASTICSEARCH_TEST_URL) ------------------------------------------
+
+live = pytest.mark.skipif(LIVE_URL is None, reason=NO_SERVER)
+
+PRODUCTS = [
+    {"sku": "A-1", "name": "Blue mug", "quantity": 12, "price": 9.5, "active": True},
+    {"sku": "B-2", "name": "Red mug", "quantity": 0, "price": 11.0, "active": True},
+    {"sku": "C-3", "name": "Old mug", "quantity": 3, "price": 4.0, "active": False},
+]
+
+
+@pytest.fixture
+async def live_index() -> AsyncIterator[str]:
+    """A fresh index holding PRODUCTS (ids = skus) and filler documents, deleted afterwards."""
+    assert LIVE_URL is not None
+    name = f"lookup-test-{uuid.uuid4().hex[:8]}"
+    async with AsyncElasticsearch(LIVE_URL, api_key=LIVE_API_KEY) as client:
+        operations: list[dict[str, Any]] = []
+        for product in PRODUCTS:
+            operations += [{"index": {"_index": name, "_id": product["sku"]}}, product]
+        for n in range(50):
+            operations += [
+                {"index": {"_index": name}},
+                {"sku": f"F-{n}", "name": "filler", "active": True},
+            ]
+        await client.bulk(operations=operations, refresh=True)
+        try:
+            yield name
+        finally:
+            await client.indices.delete(index=name)
+
+
+@pytest.fixture
+async def live_connector(live_index: str, make_connector: Any) -> ElasticsearchConnector:
+    assert LIVE_URL is not None
+    auth = {"api_key": LIVE_API_KEY} if LIVE_API_KEY else {}
+    connector: ElasticsearchConnector = make_connector(LIVE_URL, pool_size=4, **auth)
+    return connector
+
+
+@live
+class TestElasticsearchContract(ConnectorContract):
+    @pytest.fixture
+    def connector(self, live_connector: ElasticsearchConnector) -> ElasticsearchConnector:
+        return live_connector
+
+    @pytest.fixture
+    def found_query(self, live_index: str) -> RawQuery:
+        return {**BY_SKU, "index": live_index}
+
+    @pytest.fixture
+    def found_params(self) -> Bound:
+        return Bound(params={"sku": "A-1"})
+
+    @pytest.fixture
+    def missing_params(self) -> Bound:
+        return Bound(params={"sku": "*"})
+
+    @pytest.fixture
+    def write_query(self, live_index: str) -> RawQuery | None:
+        return {"index": live_index, "document": {"sku": "X"}}
+
+
+async def live_read(
+    connector: ElasticsearchConnector, raw: RawQuery, **params: Any
+) -> list[dict[str, Any]]:
+    result = await connector.run(
+        ElasticsearchConnector.prepare(raw), Bound(params=params), timeout_s=10
+    )
+    return result.rows
+
+
+@live
+async def test_live_run__search_get_and_count(
+    live_connector: ElasticsearchConnector, live_index: str
+) -> None:
+    assert await live_read(live_connector, {"index": live_index, "id": "{sku}"}, sku="A-1") == [
+        {"_id": "A-1", **PRODUCTS[0]}
+    ]
+    assert await live_read(live_connector, {"index": live_index, "id": "{sku}"}, sku="nope") == []
+    count = {"index": live_index, "count": True, "query": {"term": {"active": "{a}"}}}
+    assert await live_read(live_connector, count, a=False) == [{"count": 1}]
+
+
+@live
+@pytest.mark.parametrize("evil", ["*", '{"match_all": {}}', "A-1 OR *"])
+async def test_live_run__injection_text_finds_nothing(
+    live_connector: ElasticsearchConnector, live_index: str, evil: str
+) -> None:
+    assert await live_read(live_connector, {**BY_SKU, "index": live_index}, sku=evil) == []
+    wildcard = {"index": live_index, "query": {"wildcard": {"sku.keyword": "{sku}"}}}
+    assert await live_read(live_connector, wildcard, sku=evil) == []
+
+
+@live
+async def test_live_run__caps_rows_at_max_rows(live_index: str, make_connector: Any) -> None:
+    auth = {"api_key": LIVE_API_KEY} if LIVE_API_KEY else {}
+    connector = make_connector(LIVE_URL, limits=Limits(max_rows=7), **auth)
+
+    assert len(await live_read(connector, {"index": live_index, "size": 100})) == 7
+
+
+@live
+async def test_live_run__bad_credentials_name_the_source_without_the_secret(
+    make_connector: Any, live_index: str
+) -> None:
+    connector = make_connector(LIVE_URL, username="nobody", password=SECRET)
+
+    with pytest.raises(SourceAuthError) as caught:
+        await live_read(connector, {**BY_SKU, "index": live_index}, sku="A-1")
+
+    assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
