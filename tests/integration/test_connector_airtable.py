@@ -1,0 +1,383 @@
+"""The airtable connector: httpx through SafeHTTP against the Airtable stand-in."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from connectors.airtable import AirtableConnector, AirtableSettings, formula, literal
+from connectors.base import (
+    Bound,
+    ConfigError,
+    Limits,
+    SourceAuthError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
+from connectors.testing import ConnectorContract, RawQuery
+from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
+from tests.standins.airtable import AirtableStandIn, Record
+from worker.config import load_tenant
+
+BASE = "appTESTbase000001"
+TOKEN = "patTEST.stand-in-token-0123456789"
+ORDERS = [
+    Record("rec0000000000001", {"Order ID": "12345", "Status": "shipped", "Qty": 2}),
+    Record("rec0000000000002", {"Order ID": "12346", "Status": "processing", "Qty": 1}),
+    Record("rec0000000000003", {"Order ID": "A'B\\C", "Status": "odd", "Gift": True}),
+    Record("rec0000000000004", {"Order ID": "12347", "Status": "", "Qty": 3}),
+]
+ORDER_QUERY = {"table": "Orders", "filter": {"Order ID": "{order_id}"}}
+
+REPO = Path(__file__).resolve().parents[2]
+MakeConnector = Callable[..., AirtableConnector]
+
+
+@pytest.fixture
+async def stand() -> AsyncIterator[AirtableStandIn]:
+    bulk = [Record(f"rec{i:013d}", {"Order ID": str(i), "Status": "open"}) for i in range(250)]
+    standin = AirtableStandIn(
+        base_id=BASE,
+        token=TOKEN,
+        tables={"Orders": ORDERS, "Slow": ORDERS, "Bulk": bulk},
+    )
+    async with serve(standin.app()) as url:
+        standin.base_url = url
+        yield standin
+
+
+@pytest.fixture
+async def make(stand: AirtableStandIn, tmp_path: Path) -> AsyncIterator[MakeConnector]:
+    made: list[AirtableConnector] = []
+
+    def make(limits: Limits | None = None, **connection: Any) -> AirtableConnector:
+        document = {
+            "base_url": f"{stand.base_url}/v0",
+            "token": TOKEN,
+            "base_id": BASE,
+            **connection,
+        }
+        settings = AirtableSettings.model_validate(document)
+        connector = AirtableConnector("orders", settings, base_dir=tmp_path, limits=limits)
+        made.append(connector)
+        return connector
+
+    yield make
+    for connector in made:
+        await connector.close()
+
+
+async def read(
+    connector: AirtableConnector, raw: RawQuery, timeout_s: float = 10, **params: Any
+) -> list[dict[str, Any]]:
+    result = await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
+    return result.rows
+
+
+def list_requests(stand: AirtableStandIn, table: str = "Orders") -> list[dict[str, list[str]]]:
+    """The query parameters of each List records request on ``table``."""
+    seen = stand.seen_at(f"/v0/{BASE}/{table}")
+    return [parse_qs(urlsplit(s.raw_path).query) for s in seen]
+
+
+class TestAirtableContract(ConnectorContract):
+    @pytest.fixture
+    def connector(self, make: MakeConnector) -> AirtableConnector:
+        return make()
+
+    @pytest.fixture
+    def found_query(self) -> RawQuery:
+        return ORDER_QUERY
+
+    @pytest.fixture
+    def found_params(self) -> Bound:
+        return Bound(params={"order_id": "12345"})
+
+    @pytest.fixture
+    def missing_params(self) -> Bound:
+        return Bound(params={"order_id": "99999"})
+
+    @pytest.fixture
+    def slow_query(self) -> RawQuery:
+        return {"table": "Slow", "filter": {"Order ID": "{order_id}"}}
+
+    @pytest.fixture
+    def slow_params(self) -> Bound:
+        return Bound(params={"order_id": "12345"})
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+async def test_run__lists_records_with_a_formula_and_a_bearer_token(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    rows = await read(make(), ORDER_QUERY, order_id="12345")
+
+    assert rows == [{"Order ID": "12345", "Status": "shipped", "Qty": 2, "id": "rec0000000000001"}]
+    (request,) = stand.seen_at(f"/v0/{BASE}/Orders")
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert parse_qs(urlsplit(request.raw_path).query) == {
+        "filterByFormula": ["AND({Order ID}='12345')"],
+        "maxRecords": ["100"],
+        "pageSize": ["100"],
+    }
+
+
+async def test_run__empty_fields_are_left_out_as_airtable_does(make: MakeConnector) -> None:
+    rows = await read(make(), ORDER_QUERY, order_id="12347")
+
+    assert rows == [{"Order ID": "12347", "Qty": 3, "id": "rec0000000000004"}]
+
+
+async def test_run__fields_and_view_are_passed_on(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {**ORDER_QUERY, "fields": ["Status"], "view": "Grid view"}
+
+    rows = await read(make(), query, order_id="12345")
+
+    assert rows == [{"Status": "shipped", "id": "rec0000000000001"}]
+    (params,) = list_requests(stand)
+    assert params["fields[]"] == ["Status"]
+    assert params["view"] == ["Grid view"]
+
+
+async def test_run__several_fields_and_typed_values(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {"table": "Orders", "filter": {"Status": "{status}", "Qty": "{qty}"}}
+
+    rows = await read(make(), query, status="processing", qty=1)
+
+    assert [row["id"] for row in rows] == ["rec0000000000002"]
+    assert stand.formulas == ["AND({Status}='processing',{Qty}=1)"]
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        pytest.param("A'B\\C", "'A\\'B\\\\C'", id="quote-and-backslash"),
+        pytest.param("x') , TRUE(), ('", "'x\\') , TRUE(), (\\''", id="close-and-inject"),
+        pytest.param("x' OR {Status}='shipped", "'x\\' OR {Status}=\\'shipped'", id="or-clause"),
+        pytest.param('say "hi"', "'say \"hi\"'", id="double-quotes"),
+        pytest.param("a\nb\r\tc\x00d", "'a\\nb\\r\\tcd'", id="control-characters"),
+        pytest.param(True, "TRUE()", id="boolean"),
+        pytest.param(None, "BLANK()", id="null"),
+        pytest.param(2.5, "2.5", id="float"),
+        pytest.param(float("inf"), "'inf'", id="non-finite-as-text"),
+    ],
+)
+def test_literal__escapes_as_airtable_reads_it(value: Any, written: str) -> None:
+    assert literal(value) == written
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("x') , TRUE(), ('", id="close-and-inject"),
+        pytest.param("x' OR {Status}='shipped", id="or-clause"),
+        pytest.param("\\", id="lone-backslash"),
+        pytest.param("12345')", id="paren"),
+        pytest.param("{Order ID}", id="field-reference"),
+    ],
+)
+async def test_run__injection_looking_parameters_stay_one_literal(
+    make: MakeConnector, stand: AirtableStandIn, value: str
+) -> None:
+    rows = await read(make(), ORDER_QUERY, order_id=value)
+
+    assert rows == []
+    assert stand.formulas == [formula({"Order ID": value})]
+    assert stand.formulas[0] == "AND({Order ID}=" + literal(value) + ")"
+
+
+async def test_run__escaped_value_still_matches_exactly(make: MakeConnector) -> None:
+    rows = await read(make(), ORDER_QUERY, order_id="A'B\\C")
+
+    assert [row["id"] for row in rows] == ["rec0000000000003"]
+
+
+async def test_run__follows_offset_across_pages_up_to_max_rows(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    connector = make(limits=Limits(max_rows=230))
+
+    rows = await read(connector, {"table": "Bulk", "filter": {"Status": "{s}"}}, s="open")
+
+    assert [row["Order ID"] for row in rows] == [str(i) for i in range(230)]
+    pages = list_requests(stand, "Bulk")
+    assert len(pages) == 3
+    assert "offset" not in pages[0]
+    assert pages[1]["offset"][0].startswith("itr")
+    assert pages[2]["offset"] != pages[1]["offset"]
+    assert all(page["maxRecords"] == ["230"] and page["pageSize"] == ["100"] for page in pages)
+
+
+async def test_run__query_limit_caps_the_request(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    rows = await read(make(), {"table": "Bulk", "limit": 5})
+
+    assert len(rows) == 5
+    (page,) = list_requests(stand, "Bulk")
+    assert page["maxRecords"] == ["5"] and page["pageSize"] == ["5"]
+    assert "filterByFormula" not in page
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pytest.param("Nope", id="unknown-table"),
+        pytest.param("Orders/../Bulk", id="slash-dot-dot"),
+        pytest.param("Orders?x=1#", id="query-and-fragment"),
+    ],
+)
+async def test_run__unknown_table_is_not_found_and_stays_one_segment(
+    make: MakeConnector, stand: AirtableStandIn, table: str
+) -> None:
+    rows = await read(make(), {"table": table, "filter": {"Order ID": "{o}"}}, o="12345")
+
+    assert rows == []
+    (request,) = stand.seen
+    assert request.raw_path.partition("?")[0].count("/") == 3  # /v0/{base}/{one segment}
+    assert stand.seen_at(f"/v0/{BASE}/Bulk") == []
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+async def test_run__wrong_token_is_an_auth_error_without_the_token(
+    make: MakeConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "patWRONG.0123456789abcdef"
+    connector = make(token=wrong)
+
+    with pytest.raises(SourceAuthError, match="401 AUTHENTICATION_REQUIRED") as caught:
+        await read(connector, ORDER_QUERY, order_id="12345")
+    with pytest.raises(SourceAuthError):
+        await connector.health_check()
+
+    for text in (str(caught.value), caplog.text):
+        assert wrong not in text and TOKEN not in text
+
+
+async def test_run__base_the_token_may_not_read_is_an_auth_error(make: MakeConnector) -> None:
+    with pytest.raises(SourceAuthError, match="403 INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND"):
+        await read(make(base_id="appOTHERbase0001"), ORDER_QUERY, order_id="12345")
+
+
+async def test_run__unknown_field_is_a_source_error(make: MakeConnector) -> None:
+    query = {"table": "Orders", "filter": {"Order Number": "{order_id}"}}
+
+    with pytest.raises(SourceError, match=r"422 INVALID_FILTER_BY_FORMULA.*Unknown field names"):
+        await read(make(), query, order_id="12345")
+
+
+async def test_run__429_with_retry_after_is_retried_within_the_deadline(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    stand.throttle(1, retry_after="1")
+    started = time.monotonic()
+
+    rows = await read(make(), ORDER_QUERY, order_id="12345")
+
+    assert [row["id"] for row in rows] == ["rec0000000000001"]
+    assert time.monotonic() - started >= 1.0
+    assert len(list_requests(stand)) == 2
+
+
+async def test_run__429_without_retry_after_waits_30_s_so_gives_up_at_once(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    stand.throttle(1, retry_after=None)
+    started = time.monotonic()
+
+    with pytest.raises(SourceUnavailable, match="429"):
+        await read(make(), ORDER_QUERY, order_id="12345")
+
+    assert time.monotonic() - started < 2
+    assert len(list_requests(stand)) == 1
+
+
+async def test_run__endless_body_is_cut_off(make: MakeConnector, stand: AirtableStandIn) -> None:
+    stand.recorder.misbehave = endless(stand.recorder)
+    started = time.monotonic()
+
+    with pytest.raises(SourceError, match="larger than 1000000 bytes"):
+        await read(make(max_response_bytes=1_000_000), ORDER_QUERY, order_id="1")
+
+    assert time.monotonic() - started < 5
+    assert stand.recorder.streamed < 50_000_000
+
+
+async def test_run__stalled_body_ends_at_the_deadline(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    stand.recorder.misbehave = stall(stand.recorder)
+    started = time.monotonic()
+
+    with pytest.raises(SourceTimeout):
+        await read(make(), ORDER_QUERY, timeout_s=1, order_id="1")
+
+    assert time.monotonic() - started < 2.5
+
+
+async def test_run__redirect_to_another_host_is_not_followed(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    other = Recorder()
+    async with serve(recorded_app(other), host="127.0.0.2") as elsewhere:
+        stand.recorder.misbehave = redirect(f"{elsewhere}/v0/{BASE}/Orders")
+
+        with pytest.raises(SourceError, match="another host"):
+            await read(make(), ORDER_QUERY, order_id="1")
+
+    assert other.seen == []
+
+
+async def test_health_check__asks_whoami(make: MakeConnector, stand: AirtableStandIn) -> None:
+    await make().health_check()
+
+    assert [s.raw_path for s in stand.seen] == ["/v0/meta/whoami"]
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        pytest.param("Orders", "is a mapping", id="text"),
+        pytest.param({"filter": {}}, "table", id="no-table"),
+        pytest.param({"table": "T", "filter": {"a}b": "{x}"}}, "cannot be used", id="brace"),
+        pytest.param({"table": "T", "formula": "TRUE()"}, "formula", id="raw-formula"),
+    ],
+)
+def test_prepare__refuses_what_it_cannot_bind_safely(raw: Any, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        AirtableConnector.prepare(raw)
+
+
+def test_settings__default_to_airtable_and_keep_the_token_secret() -> None:
+    settings = AirtableSettings.model_validate({"token": TOKEN, "base_id": BASE})
+
+    assert settings.base_url == "https://api.airtable.com/v0"
+    assert TOKEN not in repr(settings)
+
+
+def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRTABLE_TOKEN", TOKEN)
+
+    tenant = load_tenant(REPO / "config" / "examples" / "airtable.yaml")
+
+    assert {s.type_name for s in tenant.sources.values()} == {"airtable"}
+    assert set(tenant.lookups) == {"order_status", "open_orders"}
