@@ -24,8 +24,8 @@ error type; 429 is retried after ``Retry-After``, or after the 30 s Airtable ask
 for when there is none, if the deadline leaves room — else `SourceUnavailable`.
 
 The token (a personal access token) is sent as ``Authorization: Bearer``; every
-request goes through `connectors.http_base.SafeHTTP`. ``base_url`` defaults to
-``https://api.airtable.com/v0``.
+request goes through `connectors.http_base.SafeHTTP` (see `connectors.saas`).
+``base_url`` defaults to ``https://api.airtable.com/v0``.
 """
 
 from __future__ import annotations
@@ -33,27 +33,24 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import (
     Bound,
     ConfigError,
     ConnectionSettings,
-    Connector,
     PreparedQuery,
     ReadResult,
-    SourceAuthError,
-    SourceTimeout,
-    SourceUnavailable,
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
-from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, safe_message
+from connectors.saas import SaaSConnector, SaaSSettings, records_with_id
 
 __all__ = ["AirtableConnector", "AirtableQuery", "AirtableSettings", "formula", "literal"]
 
@@ -61,12 +58,11 @@ AIRTABLE_API = "https://api.airtable.com/v0"
 #: Airtable: after a 429, "wait 30 seconds before subsequent requests will succeed"
 RATE_LIMIT_PAUSE_S = 30.0
 _PAGE_MAX = 100
-_HEALTH_TIMEOUT_S = 10.0
 
 Scalar = str | int | float | bool | None
 
 
-class AirtableSettings(HTTPSettings):
+class AirtableSettings(SaaSSettings):
     """``connection`` of an ``airtable`` source."""
 
     base_url: str = AIRTABLE_API
@@ -125,44 +121,24 @@ def formula(wanted: Mapping[str, Any]) -> str | None:
     return "AND(" + ",".join(f"{{{name}}}={literal(v)}" for name, v in wanted.items()) + ")"
 
 
-class AirtableConnector(Connector):
+class AirtableConnector(SaaSConnector):
     """One Airtable base, read with a personal access token; see the module docstring."""
 
     type_name: ClassVar[str] = "airtable"
+    vendor: ClassVar[str] = "Airtable"
+    health_path: ClassVar[str] = "/meta/whoami"
     Settings: ClassVar[type[ConnectionSettings]] = AirtableSettings
     query_shape: ClassVar[str] = '{"table": "Orders", "filter": {"Order ID": "{order_id}"}}'
     extra: ClassVar[str | None] = "rest"
 
     settings: AirtableSettings
 
-    def setup(self) -> None:
-        self._http = SafeHTTP(self.source_id, self.settings, base_dir=self.base_dir)
-
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"an airtable query is a mapping: {cls.query_shape}")
-        try:
-            spec = AirtableQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad airtable query ({problems}); expected {cls.query_shape}"
-            ) from None
+        spec = validate_query(AirtableQuery, raw, cls)
         return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def health_check(self) -> None:
-        url = self._http.url("/meta/whoami", {})
-        response = await self._http.request(
-            "GET", url, timeout_s=_HEALTH_TIMEOUT_S, idempotent=True, headers=self._auth()
-        )
-        if self._document(response, ()) is None:
-            raise self.fail("Airtable answered 404 to /meta/whoami")
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
@@ -187,9 +163,7 @@ class AirtableConnector(Connector):
         rows: list[dict[str, Any]] = []
         offsets: set[str] = set()
         while len(rows) < cap:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceTimeout(self.source_id, f"no answer within {timeout_s:g} s")
+            left = self._time_left(deadline, timeout_s)
             response = await self._http.request(
                 "GET",
                 f"{url}?{urlencode(params, quote_via=quote)}",
@@ -201,9 +175,7 @@ class AirtableConnector(Connector):
             page = self._document(response, hide)
             if page is None:
                 return ReadResult(rows=[])
-            for record in page.get("records") or []:
-                if isinstance(record, Mapping) and isinstance(record.get("fields"), Mapping):
-                    rows.append({**record["fields"], "id": record.get("id")})
+            rows.extend(records_with_id(page.get("records") or [], "fields"))
             offset = page.get("offset")
             if not isinstance(offset, str) or offset in offsets:
                 break
@@ -211,35 +183,12 @@ class AirtableConnector(Connector):
             params = [*(pair for pair in params if pair[0] != "offset"), ("offset", offset)]
         return ReadResult.of_rows(rows[:cap])
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.token.get_secret_value()}"}
-
-    def _document(self, response: HTTPResponse, hide: Sequence[Any]) -> Any:
-        """The JSON page, None for a 404, or Airtable's error as ours."""
-        status = response.status
-        if status == 404:
-            return None
-        if status >= 400:
-            kind, message = _error(response.json())
-            if status in (401, 403):
-                raise SourceAuthError(
-                    self.source_id, f"Airtable refused the token ({status} {kind})".strip()
-                )
-            if status == 429:
-                raise SourceUnavailable(self.source_id, "rate limited (429) past the deadline")
-            text = safe_message(message, [*hide, self.settings.token.get_secret_value()])
-            raise self.fail(f"Airtable answered {status} {kind}: {text}".strip(" :"))
-        document = response.json()
-        if not isinstance(document, Mapping):
-            raise self.fail(f"Airtable answered {status} without a JSON object")
-        return document
-
-
-def _error(document: Any) -> tuple[str, str]:
-    """Airtable's error type and message (``{"error": {"type", "message"}}``, or a bare type)."""
-    error = document.get("error") if isinstance(document, Mapping) else None
-    if isinstance(error, Mapping):
-        return str(error.get("type") or ""), str(error.get("message") or "")
-    if isinstance(error, str):
-        return error, ""
-    return "", ""
+    @staticmethod
+    def error_of(document: Any) -> tuple[str, str]:
+        """Airtable's error type and message: ``{"error": {"type", "message"}}``, or a type."""
+        error = document.get("error") if isinstance(document, Mapping) else None
+        if isinstance(error, Mapping):
+            return str(error.get("type") or ""), str(error.get("message") or "")
+        if isinstance(error, str):
+            return error, ""
+        return "", ""

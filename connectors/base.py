@@ -41,10 +41,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.errors import (
     ConfigError,
@@ -69,9 +69,13 @@ __all__ = [
     "SourceTimeout",
     "SourceUnavailable",
     "bind_placeholders",
+    "first_error",
     "jsonable",
     "placeholder_names",
+    "validate_query",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConnectionSettings(BaseModel):
@@ -190,6 +194,27 @@ class Connector(abc.ABC):
 
     def cap_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return rows[: self.limits.max_rows]
+
+
+def validate_query(model: type[M], raw: Mapping[str, Any], connector: type[Connector]) -> M:
+    """``raw`` as ``model``; every problem in one `ConfigError` naming the expected shape."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"bad {connector.type_name} query ({problems}); expected {connector.query_shape}"
+        ) from None
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first problem in ``exc`` as ``where: message``."""
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 def jsonable(value: Any) -> Any:

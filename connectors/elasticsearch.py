@@ -74,7 +74,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -95,6 +94,7 @@ from connectors.base import (
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
 
 __all__ = [
@@ -277,15 +277,7 @@ class ElasticsearchConnector(Connector):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"an elasticsearch query is a mapping: {cls.query_shape}")
         _check_not_a_write(raw)
-        try:
-            spec = ElasticsearchQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad elasticsearch query ({problems}); expected {cls.query_shape}"
-            ) from None
+        spec = validate_query(ElasticsearchQuery, raw, cls)
         _check_no_scripts(spec.query)
         _check_no_scripts(spec.sort)
         _check_no_scripts(spec.source)

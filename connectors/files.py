@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, BinaryIO, ClassVar, Generic, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import (
     Bound,
@@ -44,6 +44,7 @@ from connectors.base import (
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
 from worker.errors import ConnectorMissing
 
@@ -59,6 +60,7 @@ __all__ = [
     "JSONQuery",
     "Table",
     "TabularFileConnector",
+    "compare_text",
 ]
 
 _HEALTH_TIMEOUT_S = 30.0
@@ -152,15 +154,7 @@ class TabularFileConnector(Connector, Generic[QueryT]):
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a {cls.type_name} query is a mapping: {cls.query_shape}")
-        try:
-            spec = cls.Query.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad {cls.type_name} query ({problems}); expected {cls.query_shape}"
-            ) from None
+        spec = validate_query(cls.Query, raw, cls)
         return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
 
     async def close(self) -> None:
@@ -203,10 +197,10 @@ class TabularFileConnector(Connector, Generic[QueryT]):
                 raise _Unreadable(
                     f"no column {unknown[0]!r} in the header (columns: {', '.join(table.columns)})"
                 )
-        texts = {key: _text(value) for key, value in wanted.items()}
+        texts = {key: compare_text(value) for key, value in wanted.items()}
         found = []
         for row in table.rows:
-            if all(_text(row.get(key)) == text for key, text in texts.items()):
+            if all(compare_text(row.get(key)) == text for key, text in texts.items()):
                 found.append(row)
                 if len(found) >= limit:
                     break
@@ -241,8 +235,9 @@ class TabularFileConnector(Connector, Generic[QueryT]):
             raise self.fail(f"cannot parse {path!r} as {self.type_name}: {exc}") from exc
 
 
-def _text(value: Any) -> str:
-    """A value as the text it is compared by (see the module docstring)."""
+def compare_text(value: Any) -> str:
+    """A cell or parameter as the text it is compared by: trimmed, ``12.0`` as ``12``,
+    booleans as ``true``/``false`` (see the module docstring)."""
     value = jsonable(value)
     if value is None:
         return ""

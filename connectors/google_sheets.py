@@ -20,7 +20,7 @@ names the key file. google-auth trades it for a token at the key's
 ``token_uri`` (the JWT-bearer grant) with the read-only Sheets scope.
 
 gspread and google-auth block, so every call runs in ``asyncio.to_thread``, on
-``requests`` sessions whose adapter (`_BoundedAdapter`) keeps the rules that
+``requests`` sessions whose adapter (`connectors.requests_guard`) keeps the rules that
 `connectors.http_base` keeps for httpx:
 
 - only the configured origins are contacted (``api_base_url`` and the token
@@ -53,12 +53,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
-import random
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -77,11 +73,9 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from requests.adapters import HTTPAdapter
 
 from connectors.base import (
     Bound,
@@ -97,7 +91,10 @@ from connectors.base import (
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
+from connectors.files import compare_text
+from connectors.requests_guard import Guard, OffHost, guard_session, origin, translating
 
 __all__ = [
     "GoogleSheetsConnector",
@@ -112,9 +109,6 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
 READONLY_SCOPE = "https://www.googleapis.com/auth/spreadsheets.readonly"
 
 _HEALTH_TIMEOUT_S = 10.0
-_CONNECT_S = 10.0
-_BACKOFF_S = 0.5  # Google: retry after 1 s, 2 s, 4 s… plus jitter; halved for a 10 s job
-_CHUNK = 64 * 1024
 
 Scalar = str | int | float | bool | None
 T = TypeVar("T")
@@ -245,121 +239,7 @@ def parse_filter(text: str) -> dict[str, Scalar]:
     return wanted
 
 
-# -- bounded HTTP for the blocking libraries --------------------------------------
-
-
-class _Stop(Exception):
-    """Raised inside a request thread; translated in `_translating`."""
-
-
-class _TooLarge(_Stop):
-    pass
-
-
-class _Late(_Stop):
-    pass
-
-
-class _OffHost(_Stop):
-    pass
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
-
-
-class _Guard:
-    """Per-thread deadline, allowed origins and limits shared by one source's sessions."""
-
-    def __init__(self, origins: set[tuple[str, str, int | None]], cap: int, retries: int) -> None:
-        self.origins = origins
-        self.cap = cap
-        self.retries = retries
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def deadline(self, timeout_s: float) -> Iterator[None]:
-        previous = getattr(self._local, "deadline", None)
-        self._local.deadline = time.monotonic() + timeout_s
-        try:
-            yield
-        finally:
-            self._local.deadline = previous
-
-    def left(self) -> float:
-        deadline: float | None = getattr(self._local, "deadline", None)
-        return _HEALTH_TIMEOUT_S if deadline is None else float(deadline - time.monotonic())
-
-
-class _BoundedAdapter(HTTPAdapter):
-    """A requests adapter keeping one origin set, one deadline, one body cap, safe retries."""
-
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__(pool_connections=4, pool_maxsize=32)
-        self.guard = guard
-
-    def send(  # type: ignore[override]
-        self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        if _origin(request.url or "") not in self.guard.origins:
-            raise _OffHost("a request (or a redirect) pointed at another host; refused")
-        idempotent = request.method in ("GET", "HEAD")
-        attempts = self.guard.retries + 1 if idempotent else 1
-        for attempt in range(attempts):
-            left = self.guard.left()
-            if left <= 0:
-                raise _Late("no answer before the deadline")
-            kwargs["timeout"] = (min(left, _CONNECT_S), left)
-            try:
-                response = super().send(request, stream=True, **kwargs)
-            except requests.ConnectionError:
-                if attempt + 1 >= attempts or not self._pause(_backoff(attempt)):
-                    raise
-                continue
-            self._read_body(response)
-            if response.status_code in (429, 503) and attempt + 1 < attempts:
-                if self._pause(_retry_after(response.headers) or _backoff(attempt)):
-                    continue
-            return response
-        raise _Late("no answer before the deadline")  # pragma: no cover - the loop returns
-
-    def _pause(self, seconds: float) -> bool:
-        if seconds >= self.guard.left():
-            return False
-        time.sleep(seconds)
-        return True
-
-    def _read_body(self, response: Any) -> None:
-        body = bytearray()
-        try:
-            for chunk in response.iter_content(_CHUNK):
-                body.extend(chunk)
-                if len(body) > self.guard.cap:
-                    raise _TooLarge(f"the answer is larger than {self.guard.cap} bytes; cut off")
-                if self.guard.left() <= 0:
-                    raise _Late("the answer was still arriving at the deadline")
-        finally:
-            response.close()
-        response._content = bytes(body)
-
-
-def _backoff(attempt: int) -> float:
-    return _BACKOFF_S * 2.0**attempt + random.uniform(0, 0.1)  # noqa: S311 - jitter, not secrecy
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    if raw.strip().isdigit():
-        return float(raw.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+# -- gspread on a guarded session ---------------------------------------------------
 
 
 class _SheetsClient(HTTPClient):
@@ -372,7 +252,7 @@ class _SheetsClient(HTTPClient):
 
     def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> Any:
         if not endpoint.startswith(SPREADSHEETS_API_V4_BASE_URL):
-            raise _OffHost("only the Sheets API is used by this source")
+            raise OffHost("only the Sheets API is used by this source")
         rebased = self._base + endpoint[len(SPREADSHEETS_API_V4_BASE_URL) :]
         return super().request(method, rebased, *args, **kwargs)
 
@@ -381,7 +261,7 @@ class _SheetsClient(HTTPClient):
 class _Live:
     """What `open` builds: the guard, the sessions and gspread's client."""
 
-    guard: _Guard
+    guard: Guard
     api: Any  # AuthorizedSession
     tokens: Any  # requests.Session for the token endpoint
     client: _SheetsClient
@@ -415,15 +295,7 @@ class GoogleSheetsConnector(Connector):
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a google_sheets query is a mapping: {cls.query_shape}")
-        try:
-            query = SheetsQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad google_sheets query ({problems}); expected {cls.query_shape}"
-            ) from None
+        query = validate_query(SheetsQuery, raw, cls)
         wanted = parse_filter(query.filter) if isinstance(query.filter, str) else query.filter
         spec = SheetsSpec(query.range, dict(wanted), query.limit, query.render)
         return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
@@ -492,11 +364,11 @@ class GoogleSheetsConnector(Connector):
                 f"no column {unknown[0]!r} in the header row of {where!r} "
                 f"(columns: {', '.join(columns) or 'none'})"
             )
-        texts = {columns[key]: _text(value) for key, value in wanted.items()}
+        texts = {columns[key]: compare_text(value) for key, value in wanted.items()}
         found: list[dict[str, Any]] = []
         for record in table[1:]:
             cells = list(record) + [None] * (len(table[0]) - len(record))
-            if all(_text(cells[index]) == text for index, text in texts.items()):
+            if all(compare_text(cells[index]) == text for index, text in texts.items()):
                 found.append({name: cells[index] for name, index in columns.items()})
                 if len(found) >= limit:
                     break
@@ -533,19 +405,14 @@ class GoogleSheetsConnector(Connector):
             raise SourceAuthError(
                 self.source_id, f"the service-account key cannot be used ({type(exc).__name__})"
             ) from None
-        guard = _Guard(
-            {_origin(settings.api_base_url), _origin(token_uri)},
+        guard = Guard(
+            {origin(settings.api_base_url), origin(token_uri)},
             settings.max_response_bytes,
             settings.retries,
         )
-        tokens = requests.Session()
-        tokens.trust_env = False
-        tokens.mount("http://", _BoundedAdapter(guard))
-        tokens.mount("https://", _BoundedAdapter(guard))
+        tokens = guard_session(requests.Session(), guard)
         api = AuthorizedSession(credentials, auth_request=AuthRequest(session=tokens))  # type: ignore[no-untyped-call]
-        api.trust_env = False
-        api.mount("http://", _BoundedAdapter(guard))
-        api.mount("https://", _BoundedAdapter(guard))
+        guard_session(api, guard)
         return _Live(guard, api, tokens, _SheetsClient(api, settings.api_base_url))
 
     async def _call(self, fn: Callable[[_Live], T], timeout_s: float) -> T:
@@ -563,15 +430,8 @@ class GoogleSheetsConnector(Connector):
     def _translating(self) -> Iterator[None]:
         """gspread, google-auth and requests errors into the `SourceError` family."""
         try:
-            yield
-        except SourceError:
-            raise
-        except TimeoutError as exc:
-            raise SourceTimeout(self.source_id, "no answer before the deadline") from exc
-        except _Late as exc:
-            raise SourceTimeout(self.source_id, str(exc)) from exc
-        except _Stop as exc:
-            raise self.fail(str(exc)) from exc
+            with translating(self.source_id, "Google Sheets"):
+                yield
         except APIError as exc:
             raise self._api_error(exc) from exc
         except google_errors.RefreshError as exc:
@@ -579,20 +439,12 @@ class GoogleSheetsConnector(Connector):
             raise SourceAuthError(
                 self.source_id, f"Google refused the service account a token: {reason[:160]}"
             ) from exc
-        except (requests.Timeout, google_errors.TransportError) as exc:
-            if isinstance(exc, google_errors.TransportError) and not isinstance(
-                exc.__cause__, requests.Timeout
-            ):
+        except google_errors.TransportError as exc:
+            if not isinstance(exc.__cause__, requests.Timeout):
                 raise SourceUnavailable(
                     self.source_id, "cannot reach the token endpoint (TransportError)"
                 ) from exc
             raise SourceTimeout(self.source_id, "no answer before the deadline") from exc
-        except requests.ConnectionError as exc:
-            raise SourceUnavailable(
-                self.source_id, f"cannot reach Google Sheets ({type(exc).__name__})"
-            ) from exc
-        except requests.RequestException as exc:
-            raise self.fail(f"HTTP error ({type(exc).__name__})") from exc
         except OSError as exc:
             raise SourceUnavailable(
                 self.source_id, f"cannot read the service-account key file: {exc.strerror or exc}"
@@ -610,16 +462,3 @@ class GoogleSheetsConnector(Connector):
         if status == 429:
             return SourceUnavailable(self.source_id, "rate limited (429) past the deadline")
         return self.fail(f"Google Sheets answered {status} {reason}: {message}".strip())
-
-
-def _text(value: Any) -> str:
-    """A cell or parameter as the text it is compared by: trimmed, ``12.0`` as ``12``."""
-    value = jsonable(value)
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value).strip()
-    return text.lower() if text.lower() in ("true", "false") else text

@@ -65,6 +65,7 @@ from connectors.base import (
     PreparedQuery,
     ReadResult,
     bind_placeholders,
+    first_error,
     placeholder_names,
 )
 from connectors.http_base import (
@@ -180,7 +181,7 @@ class GraphQLConnector(Connector):
         try:
             query = GraphQLQuery.model_validate(body)
         except ValidationError as exc:
-            raise ConfigError("graphql query: " + _first_error(exc)) from None
+            raise ConfigError("graphql query: " + first_error(exc)) from None
         operation = _operation(_parse(query.document), query.operation_name)
         _check_variables(operation, query.variables)
         spec = GraphQLSpec(
@@ -322,10 +323,3 @@ def _check_variables(operation: OperationDefinitionNode, variables: Mapping[str,
 def _kind(response: HTTPResponse) -> str:
     media: str = response.headers.get("content-type", "no content type")
     return media.split(";")[0]
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from connectors.base import (
     ConnectionSettings,
@@ -45,7 +45,15 @@ from connectors.base import (
 )
 from connectors.network import TLSSettings
 
-__all__ = ["HTTPResponse", "HTTPSettings", "SafeHTTP", "dig", "result_of", "safe_message"]
+__all__ = [
+    "HTTPResponse",
+    "HTTPSettings",
+    "SafeHTTP",
+    "dig",
+    "result_of",
+    "safe_message",
+    "string_fields",
+]
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MAX_REDIRECTS = 3
@@ -73,14 +81,19 @@ class HTTPSettings(ConnectionSettings):
 
     def secret_fields(self) -> dict[str, str]:
         """Every string connection field, secrets revealed: what ``{field}`` in a header names."""
-        out: dict[str, str] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                out[name] = value.get_secret_value()
-            elif isinstance(value, str):
-                out[name] = value
-        return out
+        return string_fields(self)
+
+
+def string_fields(settings: BaseModel) -> dict[str, str]:
+    """Every string field of ``settings``, secrets revealed (for ``{field}`` in headers)."""
+    out: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            out[name] = value.get_secret_value()
+        elif isinstance(value, str):
+            out[name] = value
+    return out
 
 
 @dataclass(frozen=True)

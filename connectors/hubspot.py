@@ -36,36 +36,32 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from connectors.base import (
     Bound,
     ConfigError,
     ConnectionSettings,
-    Connector,
     PreparedQuery,
     ReadResult,
-    SourceAuthError,
-    SourceTimeout,
-    SourceUnavailable,
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
-from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, safe_message
+from connectors.saas import SaaSConnector, SaaSSettings, records_with_id
 
 __all__ = ["HubSpotConnector", "HubSpotQuery", "HubSpotSettings", "search_body"]
 
 HUBSPOT_API = "https://api.hubapi.com"
 #: HubSpot's CRM search returns at most 200 results a page
 _PAGE_MAX = 200
-_HEALTH_TIMEOUT_S = 10.0
 
 Scalar = str | int | float | bool | None
 _NAME = r"^[A-Za-z0-9_-]{1,100}$"
 
 
-class HubSpotSettings(HTTPSettings):
+class HubSpotSettings(SaaSSettings):
     """``connection`` of a ``hubspot`` source."""
 
     base_url: str = HUBSPOT_API
@@ -114,10 +110,12 @@ def search_body(
     return body
 
 
-class HubSpotConnector(Connector):
+class HubSpotConnector(SaaSConnector):
     """One HubSpot account, read with a private app token; see the module docstring."""
 
     type_name: ClassVar[str] = "hubspot"
+    vendor: ClassVar[str] = "HubSpot"
+    health_path: ClassVar[str] = "/account-info/v3/details"
     Settings: ClassVar[type[ConnectionSettings]] = HubSpotSettings
     query_shape: ClassVar[str] = (
         '{"object": "contacts", "filter": {"phone": "{customer_phone}"}, '
@@ -127,34 +125,12 @@ class HubSpotConnector(Connector):
 
     settings: HubSpotSettings
 
-    def setup(self) -> None:
-        self._http = SafeHTTP(self.source_id, self.settings, base_dir=self.base_dir)
-
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a hubspot query is a mapping: {cls.query_shape}")
-        try:
-            spec = HubSpotQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad hubspot query ({problems}); expected {cls.query_shape}"
-            ) from None
+        spec = validate_query(HubSpotQuery, raw, cls)
         return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def health_check(self) -> None:
-        url = self._http.url("/account-info/v3/details", {})
-        response = await self._http.request(
-            "GET", url, timeout_s=_HEALTH_TIMEOUT_S, idempotent=True, headers=self._auth()
-        )
-        if self._document(response, ()) is None:
-            raise self.fail("HubSpot answered 404 to /account-info/v3/details")
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
@@ -169,9 +145,7 @@ class HubSpotConnector(Connector):
         after: str | None = None
         seen: set[str] = set()
         while len(rows) < cap:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceTimeout(self.source_id, f"no answer within {timeout_s:g} s")
+            left = self._time_left(deadline, timeout_s)
             body = search_body(wanted, spec.properties, min(_PAGE_MAX, cap - len(rows)), after)
             # A search changes nothing: safe to retry (see the module docstring).
             response = await self._http.request(
@@ -180,40 +154,19 @@ class HubSpotConnector(Connector):
             page = self._document(response, hide)
             if page is None:
                 return ReadResult(rows=[])
-            for result in page.get("results") or []:
-                if isinstance(result, Mapping) and isinstance(result.get("properties"), Mapping):
-                    rows.append({**result["properties"], "id": result.get("id")})
+            rows.extend(records_with_id(page.get("results") or [], "properties"))
             after = _next_after(page)
             if after is None or after in seen:
                 break
             seen.add(after)
         return ReadResult.of_rows(rows[:cap])
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.token.get_secret_value()}"}
-
-    def _document(self, response: HTTPResponse, hide: Sequence[Any]) -> Any:
-        """The JSON answer, None for a 404, or HubSpot's error as ours."""
-        status = response.status
-        if status == 404:
-            return None
-        if status >= 400:
-            error = response.json()
-            error = error if isinstance(error, Mapping) else {}
-            kind = str(error.get("category") or error.get("errorType") or "")
-            if status in (401, 403):
-                raise SourceAuthError(
-                    self.source_id, f"HubSpot refused the token ({status} {kind})".strip()
-                )
-            if status == 429:
-                raise SourceUnavailable(self.source_id, "rate limited (429) past the deadline")
-            message = str(error.get("message") or "")
-            text = safe_message(message, [*hide, self.settings.token.get_secret_value()])
-            raise self.fail(f"HubSpot answered {status} {kind}: {text}".strip(" :"))
-        document = response.json()
-        if not isinstance(document, Mapping):
-            raise self.fail(f"HubSpot answered {status} without a JSON object")
-        return document
+    @staticmethod
+    def error_of(document: Any) -> tuple[str, str]:
+        """HubSpot's ``category`` (or ``errorType``) and ``message``."""
+        error = document if isinstance(document, Mapping) else {}
+        kind = str(error.get("category") or error.get("errorType") or "")
+        return kind, str(error.get("message") or "")
 
 
 def _next_after(page: Mapping[str, Any]) -> str | None:

@@ -65,7 +65,7 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.regex import Regex
 from bson.timestamp import Timestamp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pymongo import AsyncMongoClient, errors
 
 from connectors.base import (
@@ -84,6 +84,7 @@ from connectors.base import (
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
 
 __all__ = [
@@ -292,15 +293,7 @@ class MongoDBConnector(Connector):
                 f"only reads are allowed: {writes[0]!r} writes; a mongodb query is a find "
                 "(filter), an aggregate (pipeline) or a count"
             )
-        try:
-            spec = MongoDBQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(
-                f"bad mongodb query ({problems}); expected {cls.query_shape}"
-            ) from None
+        spec = validate_query(MongoDBQuery, raw, cls)
         _check_shape(spec)
         for part in (spec.filter, spec.pipeline, spec.projection):
             _check_operators(part)

@@ -65,7 +65,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -86,6 +85,7 @@ from connectors.base import (
     bind_placeholders,
     jsonable,
     placeholder_names,
+    validate_query,
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
@@ -699,13 +699,7 @@ class RedisConnector(Connector):
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a redis query is a mapping: {cls.query_shape}")
-        try:
-            query = RedisQuery.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"bad redis query ({problems}); expected {cls.query_shape}") from None
+        query = validate_query(RedisQuery, raw, cls)
         spec = _prepare_spec(query)
         return PreparedQuery(spec=spec, names=spec.names)
 

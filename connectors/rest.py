@@ -52,6 +52,7 @@ from connectors.base import (
     PreparedQuery,
     ReadResult,
     bind_placeholders,
+    first_error,
     placeholder_names,
 )
 from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, dig, result_of
@@ -162,7 +163,7 @@ class RESTConnector(Connector):
         try:
             query = RESTQuery.model_validate({**body, "method": method})
         except ValidationError as exc:
-            raise ConfigError("rest_api query: " + _first_error(exc)) from None
+            raise ConfigError("rest_api query: " + first_error(exc)) from None
         return PreparedQuery(
             spec=query, names=placeholder_names([query.path, query.params, query.body])
         )
@@ -239,10 +240,3 @@ def _is_json(media: str) -> bool:
 
 def _is_text(media: str) -> bool:
     return media.startswith("text/") or media in ("application/xml",) or media.endswith("+xml")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message

@@ -29,16 +29,16 @@ on the first read (under its deadline), and again once when a call answers 401
 ``INVALID_SESSION_ID``.
 
 simple-salesforce blocks, so every call runs in ``asyncio.to_thread``, on a
-``requests`` session whose adapter keeps the rules of `connectors.http_base`:
-only the login and instance origins are contacted (a redirect elsewhere is
-refused); every body is streamed and cut off at ``max_response_bytes``; connect
-and read timeouts are what is left of the deadline; GETs are retried after a
-connect error, a 429 or a 503 with ``Retry-After`` (else a short back-off) only
-while the deadline leaves room. A thread cannot be interrupted: when the caller
-gives up before ``timeout_s``, its thread finishes the current request in the
-background, at the latest at ``timeout_s``. ``ca_file`` trusts another CA (a
-TLS-inspecting proxy, or the stand-in's test CA): simple-salesforce only
-speaks https.
+``requests`` session from `connectors.requests_guard`, which keeps the rules of
+`connectors.http_base`: only the login and instance origins are contacted (a
+redirect elsewhere is refused); every body is streamed and cut off at
+``max_response_bytes``; connect and read timeouts are what is left of the deadline;
+GETs are retried after a connect error, a 429 or a 503 with ``Retry-After`` (else a
+short back-off) only while the deadline leaves room. A thread cannot be interrupted:
+when the caller gives up before ``timeout_s``, its thread finishes the current
+request in the background, at the latest at ``timeout_s``. ``ca_file`` trusts
+another CA (a TLS-inspecting proxy, or the stand-in's test CA): simple-salesforce
+only speaks https.
 
 Errors: a refused login or 401 is a `SourceAuthError` (Salesforce's exception
 code only: no username, password or token in the text); 403
@@ -52,11 +52,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import email.utils
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -64,7 +61,6 @@ from urllib.parse import urlsplit
 
 import requests
 from pydantic import ConfigDict, Field, SecretStr, field_validator
-from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
@@ -86,18 +82,15 @@ from connectors.base import (
     ReadResult,
     SourceAuthError,
     SourceError,
-    SourceTimeout,
     SourceUnavailable,
     jsonable,
 )
 from connectors.http_base import safe_message
+from connectors.requests_guard import Guard, guard_session, origin, translating
 
 __all__ = ["SOQLSpec", "SalesforceConnector", "SalesforceSettings", "prepare_soql"]
 
 _HEALTH_TIMEOUT_S = 10.0
-_CONNECT_S = 10.0
-_BACKOFF_S = 0.5
-_CHUNK = 64 * 1024
 
 T = TypeVar("T")
 
@@ -234,122 +227,6 @@ def _plain(record: Any) -> Any:
     return record
 
 
-# -- bounded HTTP for the blocking library (as in connectors.google_sheets) ----------------
-
-
-class _Stop(Exception):
-    """Raised inside a request thread; translated in `_translating`."""
-
-
-class _TooLarge(_Stop):
-    pass
-
-
-class _Late(_Stop):
-    pass
-
-
-class _OffHost(_Stop):
-    pass
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
-
-
-class _Guard:
-    """Per-thread deadline, allowed origins and limits shared by one source's session."""
-
-    def __init__(self, origins: set[tuple[str, str, int | None]], cap: int, retries: int) -> None:
-        self.origins = origins
-        self.cap = cap
-        self.retries = retries
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def deadline(self, timeout_s: float) -> Iterator[None]:
-        previous = getattr(self._local, "deadline", None)
-        self._local.deadline = time.monotonic() + timeout_s
-        try:
-            yield
-        finally:
-            self._local.deadline = previous
-
-    def left(self) -> float:
-        deadline: float | None = getattr(self._local, "deadline", None)
-        return _HEALTH_TIMEOUT_S if deadline is None else float(deadline - time.monotonic())
-
-
-class _BoundedAdapter(HTTPAdapter):
-    """A requests adapter keeping one origin set, one deadline, one body cap, safe retries."""
-
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__(pool_connections=4, pool_maxsize=32)
-        self.guard = guard
-
-    def send(  # type: ignore[override]
-        self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        if _origin(request.url or "") not in self.guard.origins:
-            raise _OffHost("a request (or a redirect) pointed at another host; refused")
-        attempts = self.guard.retries + 1 if request.method in ("GET", "HEAD") else 1
-        for attempt in range(attempts):
-            left = self.guard.left()
-            if left <= 0:
-                raise _Late("no answer before the deadline")
-            kwargs["timeout"] = (min(left, _CONNECT_S), left)
-            try:
-                response = super().send(request, stream=True, **kwargs)
-            except requests.ConnectionError:
-                if attempt + 1 >= attempts or not self._pause(_backoff(attempt)):
-                    raise
-                continue
-            self._read_body(response)
-            if response.status_code in (429, 503) and attempt + 1 < attempts:
-                if self._pause(_retry_after(response.headers) or _backoff(attempt)):
-                    continue
-            return response
-        raise _Late("no answer before the deadline")  # pragma: no cover - the loop returns
-
-    def _pause(self, seconds: float) -> bool:
-        if seconds >= self.guard.left():
-            return False
-        time.sleep(seconds)
-        return True
-
-    def _read_body(self, response: requests.Response) -> None:
-        body = bytearray()
-        try:
-            for chunk in response.iter_content(_CHUNK):
-                body.extend(chunk)
-                if len(body) > self.guard.cap:
-                    raise _TooLarge(f"the answer is larger than {self.guard.cap} bytes; cut off")
-                if self.guard.left() <= 0:
-                    raise _Late("the answer was still arriving at the deadline")
-        finally:
-            response.close()
-        response._content = bytes(body)
-
-
-def _backoff(attempt: int) -> float:
-    return _BACKOFF_S * 2.0**attempt + random.uniform(0, 0.1)  # noqa: S311 - jitter, not secrecy
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    if raw.strip().isdigit():
-        return float(raw.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 # -- the connector --------------------------------------------------------------------
 
 
@@ -357,7 +234,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 class _Live:
     """The session and, once logged in, the simple-salesforce client."""
 
-    guard: _Guard
+    guard: Guard
     session: requests.Session
     client: Salesforce | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -430,15 +307,12 @@ class SalesforceConnector(Connector):
     def _ensure_live(self) -> _Live:
         if self._live is None:
             settings = self.settings
-            guard = _Guard(
-                {_origin(settings.login_url)}, settings.max_response_bytes, settings.retries
+            guard = Guard(
+                {origin(settings.login_url)}, settings.max_response_bytes, settings.retries
             )
-            session = requests.Session()
-            session.trust_env = False
+            session = guard_session(requests.Session(), guard)
             if settings.ca_file:
                 session.verify = str(self.resolve_path(settings.ca_file))
-            session.mount("https://", _BoundedAdapter(guard))
-            session.mount("http://", _BoundedAdapter(guard))
             self._live = _Live(guard, session)
         return self._live
 
@@ -458,7 +332,7 @@ class SalesforceConnector(Connector):
                 domain=None if url else settings.domain,
                 scratch_url=settings.domain if url else None,
             )
-            live.guard.origins.add(_origin(f"https://{instance}"))
+            live.guard.origins.add(origin(f"https://{instance}"))
             live.client = Salesforce(
                 session_id=session_id,
                 instance=instance,
@@ -490,15 +364,8 @@ class SalesforceConnector(Connector):
     def _translating(self, hide: Sequence[Any]) -> Iterator[None]:
         """simple-salesforce and requests errors into the `SourceError` family."""
         try:
-            yield
-        except SourceError:
-            raise
-        except TimeoutError as exc:
-            raise SourceTimeout(self.source_id, "no answer before the deadline") from exc
-        except _Late as exc:
-            raise SourceTimeout(self.source_id, str(exc)) from exc
-        except _Stop as exc:
-            raise self.fail(str(exc)) from exc
+            with translating(self.source_id, "Salesforce"):
+                yield
         except SalesforceAuthenticationFailed as exc:
             code = getattr(exc, "code", None) or "refused"
             raise SourceAuthError(
@@ -506,14 +373,6 @@ class SalesforceConnector(Connector):
             ) from exc
         except SalesforceError as exc:
             raise self._api_error(exc, hide) from exc
-        except requests.Timeout as exc:
-            raise SourceTimeout(self.source_id, "no answer before the deadline") from exc
-        except requests.ConnectionError as exc:
-            raise SourceUnavailable(
-                self.source_id, f"cannot reach Salesforce ({type(exc).__name__})"
-            ) from exc
-        except requests.RequestException as exc:
-            raise self.fail(f"HTTP error ({type(exc).__name__})") from exc
 
     def _api_error(self, exc: SalesforceError, hide: Sequence[Any]) -> SourceError:
         """From the status and Salesforce's ``[{"errorCode", "message"}]``; never the URL."""

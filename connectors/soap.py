@@ -86,9 +86,18 @@ from connectors.base import (
     SourceTimeout,
     SourceUnavailable,
     bind_placeholders,
+    first_error,
     placeholder_names,
 )
-from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, dig, result_of, safe_message
+from connectors.http_base import (
+    HTTPResponse,
+    HTTPSettings,
+    SafeHTTP,
+    dig,
+    result_of,
+    safe_message,
+    string_fields,
+)
 from connectors.network import TLSSettings
 
 __all__ = [
@@ -178,14 +187,7 @@ class SOAPSettings(ConnectionSettings):
 
     def fields(self) -> dict[str, str]:
         """String fields, secrets revealed: what ``{field}`` in a header names."""
-        out: dict[str, str] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                out[name] = value.get_secret_value()
-            elif isinstance(value, str):
-                out[name] = value
-        return out
+        return string_fields(self)
 
     def secrets(self) -> list[str]:
         return [
@@ -364,7 +366,7 @@ class SOAPConnector(Connector):
         try:
             query = SOAPQuery.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError("soap query: " + _first_error(exc)) from None
+            raise ConfigError("soap query: " + first_error(exc)) from None
         verb = re.split(r"(?<=[a-z0-9])(?=[A-Z])|[_.\-]", query.operation)[0].lower()
         if verb in WRITE_VERBS:
             raise NotARead(
@@ -551,10 +553,3 @@ def _is_fault(response: HTTPResponse) -> bool:
 
 def _short(exc: BaseException) -> str:
     return safe_message(str(exc), limit=160)
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
