@@ -87,7 +87,7 @@ async def test_seed_insert__plain_sqlite_row_is_claimable(
     sqlite_store: SQLiteStore, queue_path: Path
 ) -> None:
     with raw(queue_path) as conn:
-        conn.execute(f"INSERT INTO jobs (payload) VALUES ('{SEED_PAYLOAD}')")  # noqa: S608
+        conn.execute(f"INSERT INTO jobs (payload) VALUES ('{SEED_PAYLOAD}')")
     [row] = all_rows(queue_path).values()
     assert row["status"] == "pending"
     assert row["attempt"] == 0
