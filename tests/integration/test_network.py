@@ -201,3 +201,52 @@ async def test_redis_connector__reads_through_the_bastion(sshd: SSHD) -> None:
         assert result.data in (0, None)
     finally:
         await connector.close()
+
+
+async def test_postgresql_connector__tls_verified_and_through_the_bastion(
+    sshd: SSHD, postgres_tls: Certs
+) -> None:
+    from connectors.base import Bound
+    from connectors.postgresql import PostgreSQLConnector
+
+    settings = PostgreSQLConnector.Settings.model_validate(
+        {
+            "host": "127.0.0.1",
+            "database": "postgres",
+            "username": "postgres",
+            "ssl": {"mode": "verify-full", "ca_file": "ca.pem"},
+            "ssh": ssh_block(sshd),
+        }
+    )
+    connector = PostgreSQLConnector("crm", settings, base_dir=postgres_tls.folder)
+    try:
+        await connector.open()
+        query = PostgreSQLConnector.prepare(
+            "SELECT ssl, inet_server_port() AS port FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            " AND $1::int = 1"
+        )
+        result = await connector.run(query, Bound(args=(1,)), timeout_s=5)
+        assert result.rows == [{"ssl": True, "port": 5432}]
+        assert connector._connect_target().port != 5432  # the tunnel's local end
+    finally:
+        await connector.close()
+
+
+async def test_postgresql_connector__wrong_ca_is_a_clear_source_error(postgres_tls: Certs) -> None:
+    from connectors.postgresql import PostgreSQLConnector
+    from worker.errors import SourceError
+
+    settings = PostgreSQLConnector.Settings.model_validate(
+        {
+            "host": "127.0.0.1",
+            "database": "postgres",
+            "username": "postgres",
+            "ssl": {"ca_file": "other-ca.pem"},
+        }
+    )
+    connector = PostgreSQLConnector("crm", settings, base_dir=postgres_tls.folder)
+    try:
+        with pytest.raises(SourceError):
+            await connector.health_check()
+    finally:
+        await connector.close()
