@@ -137,7 +137,8 @@ class EngineClient:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 raw = await _read_capped(response.content, _MAX_BODY + 1)
-                return response.status, dict(response.headers), raw
+                # CIMultiDict: header names stay case-insensitive ("ETag", "Etag")
+                return response.status, response.headers.copy(), raw
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise EngineUnavailable(
                 f"{method} {path}: the engine did not answer ({type(exc).__name__})"
