@@ -235,3 +235,57 @@ def test_queue_database_restart__workers_reconnect_and_carry_on(
         proc.wait(timeout=30)
     text = log.read_text()
     assert "Traceback" not in text
+
+
+def test_sigkill_with_100_in_flight__a_second_worker_answers_each_once(
+    engine: Engine, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    name = f"lookup_kill_{uuid.uuid4().hex[:8]}"
+    admin = ["psql", "postgresql://postgres@127.0.0.1:5432/postgres", "-Atc"]
+    subprocess.run([*admin, f'CREATE DATABASE "{name}"'], check=True, timeout=30)
+    try:
+        config = tmp_path / "slow.yaml"
+        config.write_text(
+            "tenant_id: shop\n"
+            "data_sources:\n"
+            "  - id: crm\n    type: postgresql\n"
+            f"    connection: {{host: 127.0.0.1, database: {name}, username: postgres,"
+            " pool_size: 30}\n"
+            "    queries: {slow: 'SELECT $1::text AS id, pg_sleep(1.5) IS NULL AS slept'}\n"
+            "lookups:\n"
+            "  slow: {source: crm, query: slow, args: [id], template: 'done {{ row.id }}'}\n",
+            encoding="utf-8",
+        )
+        workers.config = config
+        ids = [engine.enqueue(job("slow", id=str(n))) for n in range(100)]
+        first = workers.start("--max-in-flight", "100")
+        wait_until(
+            lambda: sum(engine.job(i)["status"] == "running" for i in ids) == 100,
+            timeout_s=30,
+            what="100 jobs in flight",
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        answered_before = set(engine.replies())
+        second = workers.start("--max-in-flight", "100")
+        wait_until(
+            lambda: all(engine.job(i)["status"] == "done" for i in ids),
+            timeout_s=90,
+            what="every job answered by the second worker",
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+        replies = engine.replies()
+        assert all(replies[i] == [f"done {n}"] for n, i in enumerate(ids))
+        assert len(answered_before) < 100
+        assert {engine.job(i)["attempt"] for i in ids if i not in answered_before} == {2}
+    finally:
+        subprocess.run(
+            [
+                *admin,
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+            ],
+            check=False,
+            timeout=30,
+        )
+        subprocess.run([*admin, f'DROP DATABASE "{name}"'], check=False, timeout=30)
