@@ -27,6 +27,9 @@ __all__ = ["RunSettings", "Runtime", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
+#: The longest pause between two claims while the engine or queue is down.
+CLAIM_BACKOFF_CAP_S = 10.0
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -86,7 +89,7 @@ class Runtime:
         )
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        delays = backoff_delays(cap_s=30.0)
+        delays = backoff_delays(cap_s=CLAIM_BACKOFF_CAP_S)
         while not stop.is_set():
             free = await self._wait_for_slot(stop)
             if free == 0:
@@ -98,7 +101,7 @@ class Runtime:
                 await self._back_off(stop, exc, next(delays))
                 continue
             self.engine_ok = True
-            delays = backoff_delays(cap_s=30.0)
+            delays = backoff_delays(cap_s=CLAIM_BACKOFF_CAP_S)
             for job in jobs:
                 self._start(job)
             if self.settings.once and not jobs:

@@ -94,7 +94,7 @@ def test_engine_outage__backoff_then_every_job_answered_once(
     engine: Engine, workers: WorkerProcs
 ) -> None:
     ids = [engine.enqueue(job("order_status", order_id="12345")) for _ in range(5)]
-    with FlakyFront(engine.url, refuse_s=3, fail_s=3) as front:
+    with FlakyFront(engine.url, refuse_s=15, fail_s=15) as front:  # 30 s of outage
         workers.engine = Engine(front.url, TOKEN, engine.db, engine.proc)
         proc = workers.start()
         more = [engine.enqueue(job("order_status", order_id="12347")) for _ in range(5)]
