@@ -1,6 +1,7 @@
 """End-to-end benchmark of the data-lookup worker on PostgreSQL (issue 6).
 
-Run it from the repository:  ``.venv/bin/python bench/e2e.py [--quick]``
+Run it from the repository:  ``.venv/bin/python bench/e2e.py [--quick] [--profile DIR]``
+(``BENCH_PG_DSN`` names the server; bench/README.md says what each figure means).
 
 It creates its own databases on the local PostgreSQL (``lookup_bench_<random>_shop``,
 ``_queue`` and ``_pgq``, dropped at the end), a tenant config in a temporary folder
@@ -146,14 +147,14 @@ def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[str]
     body = [list(map(str, r)) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
     print(f"\n{title}")
-    print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print(("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))).rstrip())
     print("  " + "  ".join("-" * w for w in widths))
     for r in body:
         cells = [
             c.ljust(w) if i == 0 else c.rjust(w)
             for i, (c, w) in enumerate(zip(r, widths, strict=True))
         ]
-        print("  " + "  ".join(cells))
+        print(("  " + "  ".join(cells)).rstrip())
     sys.stdout.flush()
 
 
@@ -1340,7 +1341,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(Plan.of(args)))
+    try:
+        asyncio.run(run(Plan.of(args)))
+    except KeyboardInterrupt:
+        print("\ninterrupted: the workers were stopped and the databases dropped", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

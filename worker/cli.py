@@ -369,7 +369,7 @@ def queue_group() -> None:
 
 
 @queue_group.command("init")
-@click.option("--dsn", required=True, help="sqlite:///path/to/queue.db (PostgreSQL: coming).")
+@click.option("--dsn", required=True, help="postgresql://… or sqlite:///path/to/queue.db.")
 def queue_init(dsn: str) -> None:
     """Create the jobs and outbound_messages tables (safe to run twice)."""
     from worker.stores import open_store
@@ -397,7 +397,7 @@ def engine_group() -> None:
     "--db",
     default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
     show_default="ENGINE_DB or ./engine.db",
-    help="The queue: a SQLite file.",
+    help="The queue: a SQLite file or a postgresql:// DSN.",
 )
 @click.option(
     "--token",
