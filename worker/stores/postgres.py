@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "worker_jobs"
 # Expired leases and delayed jobs announce nothing: look for them this often.
 _TICK_S = 1.0
+# Failing out-of-attempts and non-object rows: at most this often per tenant.
+_SWEEP_S = 1.0
 
 MIGRATIONS: list[str] = [
     # 1: the contract's tables, the indexes claims use, and the insert notification.
@@ -116,6 +119,20 @@ UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object
 
 _OWNED = "id = $1 AND status = 'running' AND ($2::int IS NULL OR attempt = $2)"
 
+_COMPLETE = f"""
+WITH done AS (
+    UPDATE jobs SET status = 'done', outcome = $3, result = $4::jsonb, error = NULL,
+           locked_by = NULL, locked_until = NULL, finished_at = now()
+     WHERE {_OWNED}
+    RETURNING id
+), reply AS (
+    INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+    SELECT id, $5, $6, $7, $8 FROM done WHERE $9::bool
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM done
+"""  # noqa: S608 - constant SQL, parameters are $n
+
 _CONNECTION_TROUBLE = (
     OSError,
     asyncio.TimeoutError,
@@ -136,6 +153,7 @@ class PostgresStore(Store):
         self._listener: asyncpg.Connection | None = None
         self._changed = asyncio.Event()
         self._seen: dict[int, asyncio.Event] = {}
+        self._swept: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return "<PostgresStore>"  # the DSN may hold a password
@@ -160,9 +178,12 @@ class PostgresStore(Store):
             return
         try:
             pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, command_timeout=30,
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                command_timeout=30,
                 server_settings={"application_name": "data-lookup-worker queue"},
-            )  # fmt: skip
+            )
         except _CONNECTION_TROUBLE as exc:
             raise QueueUnavailable(
                 f"cannot reach the queue database ({type(exc).__name__})"
@@ -207,13 +228,23 @@ class PostgresStore(Store):
     async def claim(self, claim: Claim) -> list[ClaimedJob]:
         await self.mark_seen()
         types = list(claim.job_types)
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(_NOT_OBJECTS)
-            await conn.execute(_GIVE_UP, claim.tenant_id, types, MAX_ATTEMPTS)
+        async with self._conn() as conn:
+            # The sweeps are housekeeping, not per-claim work: once a second is plenty.
+            now = time.monotonic()
+            if now - self._swept.get(claim.tenant_id, 0.0) >= _SWEEP_S:
+                self._swept[claim.tenant_id] = now
+                await conn.execute(_NOT_OBJECTS)
+                await conn.execute(_GIVE_UP, claim.tenant_id, types, MAX_ATTEMPTS)
+            # One statement: atomic without a transaction block, one round trip.
             rows = await conn.fetch(
-                _CLAIM, claim.tenant_id, types, claim.max_jobs, claim.worker_id,
-                float(claim.lease_s), MAX_ATTEMPTS,
-            )  # fmt: skip
+                _CLAIM,
+                claim.tenant_id,
+                types,
+                claim.max_jobs,
+                claim.worker_id,
+                float(claim.lease_s),
+                MAX_ATTEMPTS,
+            )
         jobs = [ClaimedJob(str(r[0]), json.loads(r[1]), int(r[2]), claim.lease_s) for r in rows]
         return sorted(jobs, key=lambda j: int(j.id))
 
@@ -269,8 +300,10 @@ class PostgresStore(Store):
             status = await conn.execute(
                 f"""UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
                     WHERE {_OWNED}""",  # noqa: S608
-                job_id, attempt, float(lease_s),
-            )  # fmt: skip
+                job_id,
+                attempt,
+                float(lease_s),
+            )
         return bool(status.endswith(" 1"))
 
     async def complete(
@@ -282,16 +315,20 @@ class PostgresStore(Store):
         attempt: int | None,
         reply: Reply | None = None,
     ) -> bool:
-        async with self._conn() as conn, conn.transaction():
-            status = await conn.execute(
-                f"""UPDATE jobs SET status = 'done', outcome = $3, result = $4::jsonb, error = NULL,
-                        locked_by = NULL, locked_until = NULL, finished_at = now()
-                    WHERE {_OWNED}""",  # noqa: S608
-                job_id, attempt, outcome, json.dumps(result),
-            )  # fmt: skip
-            done = status.endswith(" 1")
-            if done and reply is not None:
-                await self._insert_message(conn, str(job_id), reply)
+        # One statement marks the job done and writes its reply: atomic, one round trip.
+        async with self._conn() as conn:
+            done = await conn.fetchval(
+                _COMPLETE,
+                job_id,
+                attempt,
+                outcome,
+                json.dumps(result),
+                reply.tenant_id if reply else "",
+                reply.to if reply else "",
+                reply.message if reply else "",
+                str(job_id),
+                reply is not None,
+            )
         return bool(done)
 
     async def fail(
@@ -319,8 +356,12 @@ class PostgresStore(Store):
         status = await conn.execute(
             """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-            int(key) if key.isdigit() else None, reply.tenant_id, reply.to, reply.message, key,
-        )  # fmt: skip
+            int(key) if key.isdigit() else None,
+            reply.tenant_id,
+            reply.to,
+            reply.message,
+            key,
+        )
         return bool(status.endswith(" 1"))
 
     async def send_message(self, *, key: str, reply: Reply) -> bool:
