@@ -96,6 +96,7 @@ from connectors.base import (
     placeholder_names,
     validate_query,
 )
+from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
 __all__ = [
     "ElasticsearchConnector",
@@ -142,6 +143,9 @@ class ElasticsearchSettings(ConnectionSettings):
     verify_certs: bool = True
     #: a CA bundle to check it with, relative to the tenant config's folder
     ca_certs: str | None = Field(default=None, min_length=1)
+    #: TLS (instead of verify_certs/ca_certs) and an SSH bastion (connectors.network)
+    ssl: TLSSettings | None = None
+    ssh: SSHSettings | None = None
     #: HTTP connections kept per node
     pool_size: int = Field(default=10, ge=1, le=100)
 
@@ -271,6 +275,10 @@ class ElasticsearchConnector(Connector):
             )
         super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
         self._client: AsyncElasticsearch | None = None
+        self._network = NetworkAccess(
+            source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=base_dir
+        )
+        self._route: tuple[str, int] | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -286,12 +294,18 @@ class ElasticsearchConnector(Connector):
         return PreparedQuery(spec=spec, names=placeholder_names([spec.id, spec.query]))
 
     async def open(self) -> None:
+        if self.settings.ssh is not None and self._route is None:
+            node = urlsplit(self.settings.url)
+            port = node.port or (443 if node.scheme == "https" else 9200)
+            self._route = await self._network.route(node.hostname or "localhost", port)
         self._ensure_open()
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+        await self._network.close()
+        self._route = None
 
     async def health_check(self) -> None:
         client = self._ensure_open()
@@ -343,8 +357,12 @@ class ElasticsearchConnector(Connector):
         """Every option of the client: the one place the node, TLS, credentials
         and pool are decided (a tunnel, later, changes only this)."""
         settings = self.settings
+        url = settings.url
+        if self._route is not None:  # through the SSH tunnel's local end
+            node = urlsplit(url)
+            url = node._replace(netloc=f"{self._route[0]}:{self._route[1]}").geturl()
         options: dict[str, Any] = {
-            "hosts": [settings.url],
+            "hosts": [url],
             "connections_per_node": settings.pool_size,
             "request_timeout": _HEALTH_TIMEOUT_S,
             # One retry: a pooled connection the server closed (a restart) is
@@ -353,7 +371,10 @@ class ElasticsearchConnector(Connector):
             "retry_on_timeout": False,
             "retry_on_status": (),
         }
-        if settings.url.startswith("https://"):
+        tls = self._network.tls()
+        if tls is not None and settings.url.startswith("https://"):
+            options["ssl_context"] = tls
+        elif settings.url.startswith("https://"):
             options["verify_certs"] = settings.verify_certs
             if settings.ca_certs is not None:
                 options["ca_certs"] = str(self.resolve_path(settings.ca_certs))

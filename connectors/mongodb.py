@@ -86,6 +86,7 @@ from connectors.base import (
     placeholder_names,
     validate_query,
 )
+from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
 __all__ = [
     "MongoDBConnector",
@@ -164,6 +165,10 @@ class MongoDBSettings(ConnectionSettings):
     pool_size: int = Field(default=10, ge=1, le=100)
     #: how long to look for a server, and to open a connection, before giving up
     connect_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    #: TLS options (tls, tlsCAFile, tlsCertificateKeyFile) from an ssl block, and an
+    #: SSH bastion in front of a single server (connectors.network)
+    ssl: TLSSettings | None = None
+    ssh: SSHSettings | None = None
 
     @field_validator("uri")
     @classmethod
@@ -282,6 +287,10 @@ class MongoDBConnector(Connector):
             raise TypeError(f"{type(self).__name__} takes MongoDBSettings, not {type(settings)}")
         super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._network = NetworkAccess(
+            source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=base_dir
+        )
+        self._route: tuple[str, int] | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -303,12 +312,17 @@ class MongoDBConnector(Connector):
         return PreparedQuery(spec=spec, names=names)
 
     async def open(self) -> None:
+        if self.settings.ssh is not None and self._route is None:
+            host, port = _single_server(self.settings.uri.get_secret_value())
+            self._route = await self._network.route(host, port)
         self._ensure_open()
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+        await self._network.close()
+        self._route = None
 
     async def health_check(self) -> None:
         client = self._ensure_open()
@@ -357,16 +371,29 @@ class MongoDBConnector(Connector):
     def _ensure_open(self) -> AsyncMongoClient[dict[str, Any]]:
         if self._client is None:
             with self._translating():
-                self._client = AsyncMongoClient(
-                    self.settings.uri.get_secret_value(), **self._client_options()
-                )
+                uri = self.settings.uri.get_secret_value()
+                if self._route is not None:  # the tunnel's local end, that one server only
+                    uri = _rehost(uri, *self._route)
+                self._client = AsyncMongoClient(uri, **self._client_options())
         return self._client
 
     def _client_options(self) -> dict[str, Any]:
         """Every option of the client but the URI: the one place pool, timeouts
         (and, later, TLS and a tunnel's local address) are decided."""
         timeout_ms = max(1, math.ceil(self.settings.connect_timeout_s * 1000))
-        return {
+        options: dict[str, Any] = {}
+        if self._route is not None:  # the tunnel's local end, straight to that one server
+            options["directConnection"] = True
+        tls = self.settings.ssl
+        if tls is not None and tls.mode != "disable":
+            options["tls"] = True
+            options["tlsAllowInvalidCertificates"] = tls.mode == "require"
+            options["tlsAllowInvalidHostnames"] = tls.mode != "verify-full"
+            if tls.ca_file:
+                options["tlsCAFile"] = str(self.resolve_path(tls.ca_file))
+            if tls.cert_file:
+                options["tlsCertificateKeyFile"] = str(self.resolve_path(tls.cert_file))
+        return options | {
             "maxPoolSize": self.settings.pool_size,
             "serverSelectionTimeoutMS": timeout_ms,
             "connectTimeoutMS": timeout_ms,
@@ -389,6 +416,25 @@ class MongoDBConnector(Connector):
             raise SourceTimeout(self.source_id, message) from exc
         except (errors.PyMongoError, BSONError) as exc:
             raise translate_error(self.source_id, exc) from exc
+
+
+def _single_server(uri: str) -> tuple[str, int]:
+    """The one host of a ``mongodb://`` URI (an SSH tunnel reaches one server, not a set)."""
+    if uri.startswith("mongodb+srv://"):
+        raise ConfigError("an ssh tunnel needs a mongodb:// URI naming one server, not +srv")
+    hosts = uri.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if "," in hosts:
+        raise ConfigError("an ssh tunnel reaches one server: name one host in the URI")
+    host, _, port = hosts.rpartition(":") if hosts.count(":") == 1 else (hosts, "", "")
+    return (host or hosts), int(port or 27017)
+
+
+def _rehost(uri: str, host: str, port: int) -> str:
+    """``uri`` pointed at ``host:port`` instead of its own one server."""
+    scheme, rest = uri.split("://", 1)
+    hosts, slash, tail = rest.partition("/")
+    credentials, at, _ = hosts.rpartition("@")
+    return f"{scheme}://{credentials}{at}{host}:{port}{slash}{tail}"
 
 
 def translate_error(source_id: str, exc: Exception) -> SourceError:

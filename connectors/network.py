@@ -130,15 +130,17 @@ class SSHTunnel:
                 "an ssh tunnel needs asyncssh: pip install 'data-lookup-worker[ssh]'"
             ) from exc
         s = self.settings
+        known_hosts = self._known_hosts(asyncssh)
+        client_keys = self._client_keys(asyncssh)
         try:
             self._conn = await asyncssh.connect(
                 s.host,
                 s.port,
                 username=s.username,
                 password=s.password.get_secret_value() if s.password else None,
-                client_keys=self._client_keys(asyncssh),
+                client_keys=client_keys,
                 passphrase=s.passphrase.get_secret_value() if s.passphrase else None,
-                known_hosts=self._known_hosts(asyncssh),
+                known_hosts=known_hosts,
                 connect_timeout=s.connect_timeout_s,
                 agent_path=None,
                 config=[],
@@ -185,7 +187,12 @@ class SSHTunnel:
     def _known_hosts(self, asyncssh: Any) -> Any:
         s = self.settings
         if s.known_host_key is not None:
-            key = asyncssh.import_public_key(s.known_host_key)
+            try:
+                key = asyncssh.import_public_key(s.known_host_key)
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise ConfigError(
+                    f"source {self.source_id!r}: known_host_key is not an SSH public key"
+                ) from exc
             return ([key], [], [])
         return str(_path(self.base_dir, s.known_hosts_file or ""))
 

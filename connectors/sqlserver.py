@@ -72,6 +72,7 @@ from connectors.base import (
     SourceUnavailable,
     jsonable,
 )
+from connectors.network import NetworkAccess, SSHSettings
 from connectors.sql import SQLSpec, prepare_sql
 
 __all__ = [
@@ -158,6 +159,9 @@ class SQLServerSettings(ConnectionSettings):
     login_timeout_s: float = Field(default=5.0, gt=0, le=60)
     #: log in with ApplicationIntent=ReadOnly (see the module docstring)
     read_only_intent: bool = True
+    #: an SSH bastion in front of the server (connectors.network); TLS to SQL Server is
+    #: FreeTDS's own (its ``encryption`` setting in freetds.conf), not an ``ssl`` block
+    ssh: SSHSettings | None = None
 
     @model_validator(mode="after")
     def _host_or_dsn(self) -> SQLServerSettings:
@@ -295,6 +299,8 @@ class SQLServerConnector(Connector):
             raise TypeError(f"{type(self).__name__} takes SQLServerSettings, not {type(settings)}")
         super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
         self._pool: _Pool | None = None
+        self._network = NetworkAccess(source_id, ssl=None, ssh=self.settings.ssh, base_dir=base_dir)
+        self._route: tuple[str, int] | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -307,12 +313,18 @@ class SQLServerConnector(Connector):
         return prepare_sql(raw, style="format")
 
     async def open(self) -> None:
+        if self.settings.ssh is not None and self._route is None:
+            target = self.settings.target()
+            with self._translating():
+                self._route = await self._network.route(target.host, target.port)
         self._ensure_pool()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+        await self._network.close()
+        self._route = None
 
     async def health_check(self) -> None:
         await self._read("SELECT 1 AS ok", timeout_s=_HEALTH_TIMEOUT_S)
@@ -356,10 +368,11 @@ class SQLServerConnector(Connector):
         """pymssql.connect's arguments: the one place the target (and, later,
         TLS and a tunnel's local port) is decided."""
         target = self.settings.target()
+        host, port = self._route or (target.host, target.port)
         login_timeout = min(self.settings.login_timeout_s, timeout_s)
         args: dict[str, Any] = {
-            "server": target.host,
-            "port": str(target.port),
+            "server": host,
+            "port": str(port),
             "user": target.username,
             "password": target.password,
             "database": target.database or "",
