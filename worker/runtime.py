@@ -100,6 +100,14 @@ class Runtime:
                 self.engine_ok = False
                 await self._back_off(stop, exc, next(delays))
                 continue
+            except Exception as exc:  # a claim must never take the worker down
+                log.exception(
+                    "claiming failed unexpectedly",
+                    extra={"action": "claim", "tenant": self.tenant_id},
+                )
+                self.engine_ok = False
+                await self._back_off(stop, WorkerError(type(exc).__name__), next(delays))
+                continue
             self.engine_ok = True
             delays = backoff_delays(cap_s=CLAIM_BACKOFF_CAP_S)
             for job in jobs:

@@ -193,6 +193,7 @@ async def test_run__heartbeats_long_jobs(pipeline: Pipeline) -> None:
     [
         pytest.param(EngineAuthError("refused the token (401)"), id="auth"),
         pytest.param(EngineUnavailable("the engine answered 503"), id="unavailable"),
+        pytest.param(RuntimeError("a driver in a bad state"), id="unexpected"),
     ],
 )
 async def test_run__engine_errors_back_off_and_recover(

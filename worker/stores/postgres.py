@@ -140,6 +140,8 @@ _CONNECTION_TROUBLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # a pooled connection left mid-operation by a dropped server: discard and retry
+    asyncpg.InternalClientError,
 )
 
 
