@@ -52,7 +52,6 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -83,7 +82,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     NotARead,
     PreparedQuery,
     ReadResult,
@@ -261,22 +259,10 @@ class ElasticsearchConnector(Connector):
 
     settings: ElasticsearchSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, ElasticsearchSettings):
-            raise TypeError(
-                f"{type(self).__name__} takes ElasticsearchSettings, not {type(settings)}"
-            )
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._client: AsyncElasticsearch | None = None
         self._network = NetworkAccess(
-            source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=base_dir
+            self.source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=self.base_dir
         )
         self._route: tuple[str, int] | None = None
 

@@ -51,7 +51,6 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from bson import DBRef, Decimal128, ObjectId
@@ -73,7 +72,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     NotARead,
     PreparedQuery,
     ReadResult,
@@ -275,20 +273,10 @@ class MongoDBConnector(Connector):
 
     settings: MongoDBSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, MongoDBSettings):
-            raise TypeError(f"{type(self).__name__} takes MongoDBSettings, not {type(settings)}")
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._network = NetworkAccess(
-            source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=base_dir
+            self.source_id, ssl=self.settings.ssl, ssh=self.settings.ssh, base_dir=self.base_dir
         )
         self._route: tuple[str, int] | None = None
 

@@ -50,7 +50,6 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -63,7 +62,6 @@ from connectors.base import (
     ConfigError,
     ConnectionSettings,
     Connector,
-    Limits,
     PreparedQuery,
     ReadResult,
     SourceAuthError,
@@ -287,19 +285,11 @@ class SQLServerConnector(Connector):
 
     settings: SQLServerSettings
 
-    def __init__(
-        self,
-        source_id: str,
-        settings: ConnectionSettings,
-        *,
-        base_dir: Path,
-        limits: Limits | None = None,
-    ) -> None:
-        if not isinstance(settings, SQLServerSettings):
-            raise TypeError(f"{type(self).__name__} takes SQLServerSettings, not {type(settings)}")
-        super().__init__(source_id, settings, base_dir=base_dir, limits=limits)
+    def setup(self) -> None:
         self._pool: _Pool | None = None
-        self._network = NetworkAccess(source_id, ssl=None, ssh=self.settings.ssh, base_dir=base_dir)
+        self._network = NetworkAccess(
+            self.source_id, ssl=None, ssh=self.settings.ssh, base_dir=self.base_dir
+        )
         self._route: tuple[str, int] | None = None
 
     @classmethod
