@@ -12,8 +12,10 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # Servers. PostgreSQL, MariaDB and Redis run on every machine (started before
-# each session and CI run); the tests switch TLS on in PostgreSQL themselves.
-# The SSH-tunnel tests start their own OpenSSH server: install it if missing.
+# each session and CI run); services.sh starts any of them that a previous run
+# stopped. The tests switch TLS on in PostgreSQL themselves. The SSH-tunnel
+# tests start their own OpenSSH server: install it if missing.
+./scripts/services.sh
 if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q openssh-server >/dev/null 2>&1 \

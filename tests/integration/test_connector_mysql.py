@@ -18,7 +18,6 @@ import random
 import re
 import secrets
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +56,7 @@ PORT = int(os.environ.get("MYSQL_TEST_PORT", "3306"))
 ADMIN = os.environ.get("MYSQL_TEST_USER", "root")
 ADMIN_PASSWORD = os.environ.get("MYSQL_TEST_PASSWORD", "")
 RESTART = shlex.split(os.environ.get("MYSQL_TEST_RESTART", ""))
+SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 
 ORDERS = [
     (
@@ -825,8 +825,10 @@ def restart_server() -> None:
     """Restart the server and return once it answers again (up to 30 s).
 
     ``MYSQL_TEST_RESTART`` is a command that does it. Without it: ``SHUTDOWN``,
-    then ``mysqld_safe`` as Debian's init script starts it (``service mariadb
-    restart`` itself needs /etc/mysql/debian.cnf, which this machine lacks).
+    then ``scripts/services.sh`` starts it again the way the machine does
+    (``service mariadb restart`` needs /etc/mysql/debian.cnf, which this
+    machine lacks, and its init script does not see the server the machine
+    started).
     """
     if RESTART:
         subprocess.run(RESTART, check=True, capture_output=True, timeout=60)
@@ -836,8 +838,8 @@ def restart_server() -> None:
             (pid_file,) = cur.fetchone() or ("",)
             cur.execute("SHUTDOWN")
         wait_for(lambda: not Path(pid_file).exists(), "the server to stop")
-        safe = shutil.which("mysqld_safe") or "/usr/bin/mysqld_safe"
-        subprocess.run(["setsid", "-f", safe], check=True, capture_output=True, timeout=10)
+        wait_for(lambda: not answers(), "the port to close")
+        subprocess.run([str(SERVICES)], check=True, capture_output=True, timeout=60)
     wait_for(answers, "the server to answer again")
 
 
