@@ -77,6 +77,8 @@ SLOW_REST_SOURCES = 10  # httpx pools at most 100 connections per source
 POLL_S = {1: 0.001, 10: 0.002}
 #: the benchmark's own process when it only generates load (left out of the CPU totals)
 LOAD = "load"
+#: what ``--only`` can pick, in the order a full run takes them
+PHASES = ("direct", "engine", "webhook", "pickup", "floor", "pgqueuer", "slow", "scale")
 
 
 # -- what to run ------------------------------------------------------------------
@@ -97,17 +99,20 @@ class Plan:
     profile: Path | None = None
     #: the scale-out matrix runs this many times, interleaved (the machine is shared)
     scale_rounds: int = 1
+    #: the phases to run (empty: all of `PHASES`)
+    only: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Plan:
+        only = tuple(args.only or ())
         if args.quick:
             return cls(
                 (10, 100), (10,), 0.5, 1.5, 10, 1000, (1, 2), 200, args.worker_log_level,
-                args.profile,
+                args.profile, only=only,
             )  # fmt: skip
         return cls(
             (1, 10, 100, 1000), (1, 10, 100), 1.5, 5.0, 40, 1000, (1, 2, 4), 200,
-            args.worker_log_level, args.profile, scale_rounds=2,
+            args.worker_log_level, args.profile, scale_rounds=2, only=only,
         )  # fmt: skip
 
 
@@ -1309,15 +1314,24 @@ async def run(plan: Plan) -> None:
             await seed_shop(dsns["shop"])
             bench = Bench(plan, dsns, Path(tmp))
             await bench.queue_init()
-            await run_direct(bench)
-            async with bench.engine() as engine_url:
-                await run_engine(bench, engine_url)
-                await run_webhook(bench, engine_url)
-                await run_pickup(bench, engine_url)
-            await run_floor(bench)
-            await run_pgqueuer(bench)
-            bursts = await run_slow(bench)
-            await run_scale(bench)
+            wanted = plan.only or PHASES
+            if "direct" in wanted:
+                await run_direct(bench)
+            if {"engine", "webhook", "pickup"} & set(wanted):
+                async with bench.engine() as engine_url:
+                    if "engine" in wanted:
+                        await run_engine(bench, engine_url)
+                    if "webhook" in wanted:
+                        await run_webhook(bench, engine_url)
+                    if "pickup" in wanted:
+                        await run_pickup(bench, engine_url)
+            if "floor" in wanted:
+                await run_floor(bench)
+            if "pgqueuer" in wanted:
+                await run_pgqueuer(bench)
+            bursts = await run_slow(bench) if "slow" in wanted else []
+            if "scale" in wanted:
+                await run_scale(bench)
             report(bench, header, bursts)
 
 
@@ -1330,6 +1344,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         metavar="DIR",
         help="write py-spy profiles (collapsed stacks) of the worker in each phase to DIR",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PHASES,
+        metavar="PHASE",
+        help=f"run only these phases ({', '.join(PHASES)}); the default is all of them",
     )
     parser.add_argument("--pgqueuer-consumer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--queue-dsn", help=argparse.SUPPRESS)

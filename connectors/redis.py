@@ -601,6 +601,19 @@ class PoolStats:
     in_use: int
 
 
+async def _stale(conn: _Connection) -> bool:
+    """Whether an idle pooled connection must be replaced before it serves a read.
+
+    redis-py up to 8.1 answers True for a connection the server closed (EOF is
+    "readable"); from 8.2 on it raises `ConnectionError` instead. Either way,
+    and for data nobody asked for, the connection is not fit for another read.
+    """
+    try:
+        return bool(await conn.can_read())
+    except (redis.exceptions.ConnectionError, OSError):
+        return True
+
+
 class _Pool:
     """At most ``size`` connections; a read borrows one and gives it back, or closes it.
 
@@ -631,7 +644,7 @@ class _Pool:
             try:
                 conn.socket_timeout = timeout_s
                 conn.socket_connect_timeout = min(connect_timeout_s, timeout_s)
-                if reused and await conn.can_read():
+                if reused and await _stale(conn):
                     # The server closed it (a restart) or left a reply unread: replace it.
                     await conn.disconnect(nowait=True)
                     reused = False
