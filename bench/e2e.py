@@ -150,7 +150,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     body = [list(map(str, r)) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
     print(f"\n{title}")
     print(("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))).rstrip())
     print("  " + "  ".join("-" * w for w in widths))
@@ -292,7 +292,9 @@ async def profiled(plan: Plan, name: str, pid: int) -> AsyncIterator[None]:
     async def record() -> None:
         await asyncio.sleep(plan.warmup_s)
         spy = await asyncio.create_subprocess_exec(
-            py_spy(), "record", "--nonblocking", "--pid", str(pid), "--rate", "100",
+            # Blocking mode: each sample pauses the worker for a moment, but its stacks
+            # are whole (non-blocking reads race the interpreter and cut stacks short).
+            py_spy(), "record", "--pid", str(pid), "--rate", "250",
             "--duration", str(max(1, round(plan.measure_s))), "--format", "raw",
             "--output", str(out),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,

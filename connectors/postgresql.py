@@ -1,20 +1,25 @@
 """PostgreSQL sources: an asyncpg pool of read-only sessions, stoppable reads.
 
 Every pooled connection starts with ``default_transaction_read_only = on`` and
-``application_name = data-lookup-worker``, and every read runs in a
-``BEGIN READ ONLY`` transaction, so even a statement that slipped past
-`prepare_sql` cannot write. One read, on one pooled connection::
+``application_name = data-lookup-worker``, so every statement runs in a
+read-only transaction: a write, or a function that writes, fails on the
+server. One read is one round trip on one pooled connection: the cached
+prepared statement is bound and executed for at most ``limits.max_rows``
+rows, in the implicit (read-only) transaction of that one statement.
 
-    BEGIN READ ONLY
-    SET LOCAL statement_timeout = <what is left of timeout_s, in ms>
-    bind the query to a portal, fetch at most ``limits.max_rows`` rows
-    COMMIT
+The deadline holds twice over: the session's ``statement_timeout`` is the
+lookup's ``timeout_s`` (capped by ``statement_timeout_ms``; set once per
+connection, again only when a read asks for another value), so the server
+stops a statement by itself; and when the read's own deadline or a
+cancellation comes first, asyncpg sends the server a cancel request and waits
+for the statement to end. Either way the connection goes back to the pool or
+is closed; it never leaks.
 
-The deadline holds twice over: the server stops the statement itself when its
-``statement_timeout`` runs out, and when the caller's deadline or a
-cancellation comes first asyncpg sends the server a cancel request, waits for
-the query to end, and the connection goes back to the pool (reset with
-``ROLLBACK`` / ``RESET ALL``) or is closed; it never leaks.
+A released connection is checked, not reset with a round trip: the server
+reports ``default_transaction_read_only`` whenever it changes (PostgreSQL 14+),
+so a session that a configured query switched to read-write
+(``set_config(…)``) is closed instead of pooled, and one left inside a
+transaction is rolled back.
 
 A read whose connection turns out to be dead (the server restarted since it
 was pooled) is tried once more on a fresh connection: reads have no side
@@ -39,10 +44,11 @@ import datetime as dt
 import decimal
 import json
 import logging
+import math
 import re
 import ssl
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -145,7 +151,51 @@ class _Attempt:
 
     task: asyncio.Task[Any] | None
     deadline: float
+    timeout_s: float
     connecting: bool = False
+
+
+class _ReadSession(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """A pooled connection that knows the ``statement_timeout`` its session has."""
+
+    __slots__ = ("_statement_timeout_ms",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._statement_timeout_ms: int | None = None
+
+    async def use_statement_timeout(self, ms: int) -> None:
+        """Set the session's statement_timeout, unless it has that value already."""
+        if ms != self._statement_timeout_ms:
+            await self.execute(f"SET statement_timeout = {ms:d}")
+            self._statement_timeout_ms = ms
+
+    async def fetch_at_most(self, sql: str, args: Sequence[Any], limit: int) -> list[Any]:
+        """``fetch``, but the portal stops after ``limit`` rows: no more cross the wire.
+
+        One round trip (bind and execute a cached prepared statement) in the
+        statement's own implicit transaction. asyncpg's public ``fetch`` has
+        no row limit and its cursors need an explicit transaction (three more
+        round trips); ``fetchrow`` is this with a limit of one.
+        """
+        return await self._execute(sql, args, limit, None)  # type: ignore[no-any-return]
+
+
+class _SessionChanged(Exception):
+    """A released connection is no longer a read-only session: it is closed, not pooled."""
+
+
+async def _check_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: no round trip, but no read-write session goes back into the pool.
+
+    asyncpg has already rolled back a transaction left open. The server reports
+    ``default_transaction_read_only`` on every change (PostgreSQL 14+), so a
+    query that switched it off (``set_config``) is seen here; the pool then
+    closes the connection. Other session state cannot change: configured
+    queries are single reads (no ``SET``, ``LISTEN``, ``PREPARE``, DDL).
+    """
+    if conn.get_settings().default_transaction_read_only != "on":
+        raise _SessionChanged("the session is no longer read-only")
 
 
 #: the read the current task runs, so the pool's connect hook can honour its deadline
@@ -235,7 +285,7 @@ class PostgreSQLConnector(Connector):
         self, sql: str, args: tuple[Any, ...], *, timeout_s: float
     ) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        attempt = _Attempt(asyncio.current_task(), loop.time() + timeout_s)
+        attempt = _Attempt(asyncio.current_task(), loop.time() + timeout_s, timeout_s)
         token = _ATTEMPT.set(attempt)
         try:
             with self._translating(attempt):
@@ -277,37 +327,29 @@ class PostgreSQLConnector(Connector):
         conn = await pool.acquire()
         attempt.connecting = False  # a connection made for this read is up and pooled
         try:
-            # One round trip for both; READ ONLY whatever the session default says.
-            ms = self._server_ms(attempt)
-            await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms:d}")
+            # `conn` is the pool's proxy of a `_ReadSession`: its methods are the session's.
+            await conn.use_statement_timeout(self._server_ms(attempt))
+            values = self._coerce(args, await self._types(conn, sql))
             try:
-                cursor = await self._cursor(conn, sql, args)
-                records = await cursor.fetch(self.limits.max_rows)
-            except BaseException as exc:
-                await _rollback(conn)
-                if isinstance(exc, _STALE_PLAN):
-                    # asyncpg re-prepares a stale statement itself only outside a
-                    # transaction: drop the pool's cached plans, so the retry parses anew.
-                    await conn.reload_schema_state()
+                records = await conn.fetch_at_most(sql, values, self.limits.max_rows)
+            except asyncpg.DataError:
+                self._param_types.pop(sql, None)  # the schema may have changed: ask again
                 raise
-            await conn.execute("COMMIT")
+            except _STALE_PLAN:
+                await conn.reload_schema_state()  # drop cached plans: the retry parses anew
+                raise
         finally:
             await self._release(pool, conn)
         return [dict(record.items()) for record in records]
 
-    async def _cursor(self, conn: Any, sql: str, args: tuple[Any, ...]) -> Any:
-        """A cursor on ``sql`` with ``args`` converted to the types its ``$n`` take."""
+    async def _types(self, conn: Any, sql: str) -> tuple[str, ...]:
+        """The type names of ``sql``'s ``$n``, asked of the server once per text."""
         types = self._param_types.get(sql)
         if types is None:
             statement = await conn.prepare(sql)
             types = tuple(t.name for t in statement.get_parameters())
             self._param_types[sql] = types
-            return await statement.cursor(*self._coerce(args, types))
-        try:
-            return await conn.cursor(sql, *self._coerce(args, types))
-        except asyncpg.DataError:
-            self._param_types.pop(sql, None)  # the schema may have changed: ask again next time
-            raise
+        return types
 
     def _coerce(self, args: tuple[Any, ...], types: tuple[str, ...]) -> list[Any]:
         if len(args) != len(types):
@@ -321,9 +363,12 @@ class PostgreSQLConnector(Connector):
         return out
 
     def _server_ms(self, attempt: _Attempt) -> int:
-        """The statement_timeout for this read: what is left of its deadline."""
-        left = attempt.deadline - asyncio.get_running_loop().time()
-        ms = max(1, int(left * 1000))
+        """The session's statement_timeout for this read: its whole ``timeout_s``, capped.
+
+        The read's own deadline (what is left of it) is enforced by a cancel
+        request; this is the server's own stop, should the worker not get to send one.
+        """
+        ms = max(1, math.ceil(attempt.timeout_s * 1000))
         cap = self.settings.statement_timeout_ms
         return min(ms, cap) if cap is not None else ms
 
@@ -355,6 +400,8 @@ class PostgreSQLConnector(Connector):
                     max_size=self.settings.pool_size,
                     connect=self._connect,
                     init=_init_connection,
+                    reset=_check_session,
+                    connection_class=_ReadSession,
                 )
             return self._pool
 
@@ -482,14 +529,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-
-
-async def _rollback(conn: asyncpg.Connection) -> None:
-    """End a failed read's transaction; after a cancel this waits for the query to stop."""
-    # When this fails the connection is broken (or, having died, already back in the
-    # pool): `release` then closes it, and the read's own error is the one to report.
-    with contextlib.suppress(Exception):
-        await conn.execute("ROLLBACK")
 
 
 def _lost_connection(exc: BaseException) -> bool:

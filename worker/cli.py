@@ -9,7 +9,7 @@ import os
 import re
 import secrets as pysecrets
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,10 +38,22 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (much less CPU a job), unless WORKER_EVENT_LOOP=asyncio."""
+    if os.environ.get("WORKER_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; turn the worker's errors into a clear exit."""
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(coro)
     except ConfigErrors as exc:
         click.secho(str(exc), fg="red", err=True)
         raise SystemExit(2) from None
@@ -117,11 +129,12 @@ def run(
     listen: str,
 ) -> None:
     """Serve one tenant's jobs until SIGTERM (or, with --once, until the queue is empty)."""
-    from worker.service import serve
+    from worker.service import serve, tune_gc
 
     async def main() -> int:
         tenant = await _tenant(tenant_id, config_path)
         settings = RunSettings(max_in_flight=max_in_flight, grace_s=grace_s, once=once)
+        tune_gc()
         return await serve(tenant, settings, listen=listen or None)
 
     raise SystemExit(_run(main()))
@@ -423,6 +436,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
     from worker.http import parse_listen
     from worker.local_engine import LocalEngine, serve_engine
     from worker.runtime import stop_on_signals
+    from worker.service import tune_gc
     from worker.stores import open_store
 
     if not token:
@@ -433,6 +447,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
     async def main() -> None:
         stop = asyncio.Event()
         async with open_store(db) as store:
+            tune_gc()
             engine = LocalEngine(store, token=token, config_dir=config_dir, lease_s=lease_s)
             with stop_on_signals(stop):
                 await serve_engine(

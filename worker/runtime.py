@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,27 @@ log = logging.getLogger(__name__)
 CLAIM_BACKOFF_CAP_S = 10.0
 
 
+#: Heartbeats go out every third of a lease, but at most this often.
+HEARTBEAT_MIN_S = 0.5
+#: How often the heartbeat loop looks for leases that are due.
+HEARTBEAT_TICK_S = 0.25
+
+
+@dataclass(eq=False)
+class _Lease:
+    """A job in flight, and when its lease is next to be extended."""
+
+    job: ClaimedJob
+    interval: float
+    due: float
+    beating: bool = False
+
+
 @dataclass(frozen=True)
 class RunSettings:
     max_in_flight: int = 100
-    claim_batch: int = 10
+    #: most jobs one claim asks for (never more than the free slots)
+    claim_batch: int = 100
     wait_s: float = 20.0
     grace_s: float = 20.0
     once: bool = False
@@ -55,6 +72,7 @@ class Runtime:
         self.engine_ok = False
         self.answered = 0
         self._using: dict[int, int] = {}  # id(pipeline) -> jobs running on it
+        self._leases: dict[str, _Lease] = {}  # job id -> its lease, while in flight
         self._released = asyncio.Event()
 
     def use(self, pipeline: Pipeline) -> Pipeline:
@@ -78,10 +96,16 @@ class Runtime:
         log.info(
             "serving tenant %s", self.tenant_id, extra={"action": "start", "tenant": self.tenant_id}
         )
+        beats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         try:
             await self._claim_loop(stop)
         finally:
-            await self._drain()
+            try:
+                await self._drain()
+            finally:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
         log.info(
             "stopped; %d job(s) answered",
             self.answered,
@@ -189,9 +213,14 @@ class Runtime:
 
     async def _answer(self, job: ClaimedJob, pipeline: Pipeline) -> None:
         extra = {"tenant": self.tenant_id, "job_id": job.id, "attempt": job.attempt}
+        interval = max(job.lease_s / 3, HEARTBEAT_MIN_S)
+        loop = asyncio.get_running_loop()
+        self._leases[job.id] = _Lease(job, interval, loop.time() + interval)
         try:
-            async with self._heartbeats(job):
+            try:
                 answer = await pipeline.answer(job.payload)
+            finally:
+                self._leases.pop(job.id, None)  # settling it is retried for as long as a lease
         except NotOurs as exc:
             log.warning("refused job %s: %s", job.id, exc, extra={"action": "reject", **extra})
             pipeline.metrics.rejected.inc()
@@ -244,36 +273,43 @@ class Runtime:
                 extra={"action": "hand_back", "tenant": self.tenant_id, "job_id": job.id},
             )
 
-    @contextlib.asynccontextmanager
-    async def _heartbeats(self, job: ClaimedJob) -> AsyncIterator[None]:
-        beat = asyncio.create_task(self._beat(job), name=f"heartbeat-{job.id}")
-        try:
-            yield
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+    async def _heartbeat_loop(self) -> None:
+        """One timer for every job in flight: extend the leases that are due.
 
-    async def _beat(self, job: ClaimedJob) -> None:
-        interval = max(job.lease_s / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.queue.heartbeat(job)
-            except LeaseLost:
-                log.warning(
-                    "job %s: lease lost",
-                    job.id,
-                    extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id},
-                )
-                return
-            except WorkerError as exc:
-                log.warning(
-                    "heartbeat of job %s failed: %s",
-                    job.id,
-                    exc,
-                    extra={"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id},
-                )
+        Most jobs end long before their first heartbeat is due, so a job costs
+        a dict entry rather than a timer or a task of its own.
+        """
+        loop = asyncio.get_running_loop()
+        beating: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(HEARTBEAT_TICK_S)
+                now = loop.time()
+                for lease in list(self._leases.values()):
+                    if lease.due <= now and not lease.beating:
+                        lease.beating = True
+                        task = asyncio.create_task(
+                            self._beat(lease), name=f"heartbeat-{lease.job.id}"
+                        )
+                        beating.add(task)
+                        task.add_done_callback(beating.discard)
+        finally:
+            for task in beating:
+                task.cancel()
+
+    async def _beat(self, lease: _Lease) -> None:
+        job = lease.job
+        extra = {"action": "heartbeat", "tenant": self.tenant_id, "job_id": job.id}
+        try:
+            await self.queue.heartbeat(job)
+        except LeaseLost:
+            if self._leases.pop(job.id, None) is not None:  # not merely settled meanwhile
+                log.warning("job %s: lease lost", job.id, extra=extra)
+            return
+        except WorkerError as exc:
+            log.warning("heartbeat of job %s failed: %s", job.id, exc, extra=extra)
+        lease.due = asyncio.get_running_loop().time() + lease.interval
+        lease.beating = False
 
     async def _drain(self) -> None:
         """Give in-flight jobs the grace period, then cancel (and hand back) the rest."""

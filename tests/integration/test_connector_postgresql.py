@@ -628,7 +628,7 @@ def as_ms(setting: str) -> int:
     return int(setting)
 
 
-async def test_run__statement_timeout_is_what_is_left_of_timeout_s(
+async def test_run__statement_timeout_is_timeout_s_capped(
     make_connector: MakeConnector,
 ) -> None:
     sql = "SELECT current_setting('statement_timeout') AS st"
@@ -638,7 +638,7 @@ async def test_run__statement_timeout_is_what_is_left_of_timeout_s(
     capped = as_ms(
         (await read(make_connector(statement_timeout_ms=1500), sql, timeout_s=3))[0]["st"]
     )
-    # SET LOCAL: nothing is left behind on the pooled session.
+    # A read that asks for another timeout_s sets the pooled session anew.
     outside = await connector.run(unprepared("SHOW statement_timeout"), Bound(), timeout_s=9)
 
     assert 2500 <= st <= 3000

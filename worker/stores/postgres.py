@@ -20,10 +20,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from worker.batching import GroupCommit
 from worker.errors import QueueUnavailable
 from worker.jobs import ClaimedJob
 from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
@@ -119,19 +121,37 @@ UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object
 
 _OWNED = "id = $1 AND status = 'running' AND ($2::int IS NULL OR attempt = $2)"
 
-_COMPLETE = f"""
-WITH done AS (
-    UPDATE jobs SET status = 'done', outcome = $3, result = $4::jsonb, error = NULL,
+# Completions of many jobs in one statement (group commit): each job is marked done
+# and its reply written together, so one is never without the other.
+_COMPLETE = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
+                         $5::text[], $6::text[], $7::text[])
+        AS t(id, attempt, outcome, result, tenant_id, "to", message)
+), done AS (
+    UPDATE jobs AS j
+       SET status = 'done', outcome = i.outcome, result = i.result::jsonb, error = NULL,
            locked_by = NULL, locked_until = NULL, finished_at = now()
-     WHERE {_OWNED}
-    RETURNING id
+      FROM input AS i
+     WHERE j.id = i.id AND j.status = 'running' AND (i.attempt IS NULL OR j.attempt = i.attempt)
+    RETURNING j.id
 ), reply AS (
     INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
-    SELECT id, $5, $6, $7, $8 FROM done WHERE $9::bool
+    SELECT i.id, i.tenant_id, i."to", i.message, i.id::text
+      FROM input AS i JOIN done AS d ON d.id = i.id
+     WHERE i."to" IS NOT NULL
     ON CONFLICT DO NOTHING
 )
-SELECT count(*) FROM done
-"""  # noqa: S608 - constant SQL, parameters are $n
+SELECT id FROM done
+"""
+
+# Messages sent outside a job's completion (the engine's /messages/send), many at once.
+_SEND = """
+INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT DO NOTHING
+RETURNING idempotency_key
+"""
 
 _CONNECTION_TROUBLE = (
     OSError,
@@ -145,6 +165,20 @@ _CONNECTION_TROUBLE = (
 )
 
 
+@dataclass(frozen=True)
+class _Completion:
+    job_id: int
+    attempt: int | None
+    outcome: str
+    result: str  # JSON text
+    reply: Reply | None
+
+
+def _job_number(key: str) -> int | None:
+    """The job id an idempotency key names, when it is one (a bigint)."""
+    return int(key) if key.isascii() and key.isdigit() and int(key) < 2**63 else None
+
+
 class PostgresStore(Store):
     """Contract §4 on PostgreSQL."""
 
@@ -156,6 +190,8 @@ class PostgresStore(Store):
         self._changed = asyncio.Event()
         self._seen: dict[int, asyncio.Event] = {}
         self._swept: dict[str, float] = {}
+        self._completions: GroupCommit[_Completion, bool] = GroupCommit(self._complete_many)
+        self._sends: GroupCommit[tuple[str, Reply], bool] = GroupCommit(self._send_many)
 
     def __repr__(self) -> str:
         return "<PostgresStore>"  # the DSN may hold a password
@@ -208,6 +244,8 @@ class PostgresStore(Store):
         self._pool = pool
 
     async def close(self) -> None:
+        await self._completions.close()
+        await self._sends.close()
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             with contextlib.suppress(*_CONNECTION_TROUBLE):
@@ -317,21 +355,25 @@ class PostgresStore(Store):
         attempt: int | None,
         reply: Reply | None = None,
     ) -> bool:
-        # One statement marks the job done and writes its reply: atomic, one round trip.
+        return await self._completions.submit(
+            _Completion(job_id, attempt, outcome, json.dumps(result), reply)
+        )
+
+    async def _complete_many(self, items: Sequence[_Completion]) -> list[bool]:
+        """One statement for many completions: atomic per job, one round trip for all."""
         async with self._conn() as conn:
-            done = await conn.fetchval(
+            rows = await conn.fetch(
                 _COMPLETE,
-                job_id,
-                attempt,
-                outcome,
-                json.dumps(result),
-                reply.tenant_id if reply else "",
-                reply.to if reply else "",
-                reply.message if reply else "",
-                str(job_id),
-                reply is not None,
+                [c.job_id for c in items],
+                [c.attempt for c in items],
+                [c.outcome for c in items],
+                [c.result for c in items],
+                [c.reply.tenant_id if c.reply else None for c in items],
+                [c.reply.to if c.reply else None for c in items],
+                [c.reply.message if c.reply else None for c in items],
             )
-        return bool(done)
+        done = {int(r[0]) for r in rows}
+        return [c.job_id in done for c in items]
 
     async def fail(
         self, job_id: int, *, error: str, retry: bool, retry_after_s: float, attempt: int | None
@@ -353,22 +395,26 @@ class PostgresStore(Store):
             status = await conn.execute(sql, job_id, attempt, *args)
         return bool(status.endswith(" 1"))
 
-    @staticmethod
-    async def _insert_message(conn: asyncpg.Connection, key: str, reply: Reply) -> bool:
-        status = await conn.execute(
-            """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-            int(key) if key.isdigit() else None,
-            reply.tenant_id,
-            reply.to,
-            reply.message,
-            key,
-        )
-        return bool(status.endswith(" 1"))
-
     async def send_message(self, *, key: str, reply: Reply) -> bool:
+        return await self._sends.submit((key, reply))
+
+    async def _send_many(self, items: Sequence[tuple[str, Reply]]) -> list[bool]:
         async with self._conn() as conn:
-            return await self._insert_message(conn, key, reply)
+            rows = await conn.fetch(
+                _SEND,
+                [_job_number(key) for key, _ in items],
+                [reply.tenant_id for _, reply in items],
+                [reply.to for _, reply in items],
+                [reply.message for _, reply in items],
+                [key for key, _ in items],
+            )
+        fresh = {r[0] for r in rows}
+        # The same key twice in one batch: the first is the one sent.
+        answers = []
+        for key, _ in items:
+            answers.append(key in fresh)
+            fresh.discard(key)
+        return answers
 
     async def job(self, job_id: int) -> JobRow | None:
         async with self._conn() as conn:
