@@ -9,7 +9,7 @@ import os
 import re
 import secrets as pysecrets
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,22 +38,10 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (much less CPU a job), unless WORKER_EVENT_LOOP=asyncio."""
-    if os.environ.get("WORKER_EVENT_LOOP", "").strip().lower() == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; turn the worker's errors into a clear exit."""
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(coro)
+        return asyncio.run(coro)
     except ConfigErrors as exc:
         click.secho(str(exc), fg="red", err=True)
         raise SystemExit(2) from None
