@@ -50,8 +50,8 @@ class _Lease:
 @dataclass(frozen=True)
 class RunSettings:
     max_in_flight: int = 100
-    #: most jobs one claim asks for (never more than the free slots)
-    claim_batch: int = 100
+    #: most jobs one claim asks for (never more than the free slots); the engine API's cap
+    claim_batch: int = 1000
     wait_s: float = 20.0
     grace_s: float = 20.0
     once: bool = False

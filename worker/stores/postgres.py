@@ -39,6 +39,8 @@ CHANNEL = "worker_jobs"
 _TICK_S = 1.0
 # Failing out-of-attempts and non-object rows: at most this often per tenant.
 _SWEEP_S = 1.0
+# Sessions for claims, heartbeats and hand-backs (commits that need not wait for the disk).
+_LEASE_POOL = 3
 
 MIGRATIONS: list[str] = [
     # 1: the contract's tables, the indexes claims use, and the insert notification.
@@ -186,6 +188,7 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._lease_pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._changed = asyncio.Event()
         self._seen: dict[int, asyncio.Event] = {}
@@ -197,14 +200,23 @@ class PostgresStore(Store):
         return "<PostgresStore>"  # the DSN may hold a password
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; connection trouble becomes `QueueUnavailable`."""
+    async def _conn(self, *, leases: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; connection trouble becomes `QueueUnavailable`.
+
+        ``leases``: one of the sessions that only take, extend and give back
+        leases. They commit without waiting for the WAL flush
+        (``synchronous_commit = off``): a lease lost in a crash of the queue
+        database only means the job is handed out again, while every
+        completion — the job done and its reply — stays a durable commit,
+        which also makes the leases before it durable.
+        """
         try:
-            if self._pool is None:
+            if self._pool is None or self._lease_pool is None:
                 await self.open()
-            if self._pool is None:
+            pool = self._lease_pool if leases else self._pool
+            if pool is None:
                 raise QueueUnavailable("the queue database is not open")
-            async with self._pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 yield conn
         except _CONNECTION_TROUBLE as exc:
             raise QueueUnavailable(
@@ -214,18 +226,22 @@ class PostgresStore(Store):
     async def open(self) -> None:
         if self._pool is not None:
             return
+        pool = await self._create_pool(self.pool_size, {})
         try:
-            pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=1,
-                max_size=self.pool_size,
-                command_timeout=30,
-                server_settings={"application_name": "data-lookup-worker queue"},
-            )
-        except _CONNECTION_TROUBLE as exc:
-            raise QueueUnavailable(
-                f"cannot reach the queue database ({type(exc).__name__})"
-            ) from exc
+            lease_pool = await self._create_pool(_LEASE_POOL, {"synchronous_commit": "off"})
+        except BaseException:
+            await pool.close()
+            raise
+        try:
+            await self._migrate(pool)
+        except BaseException:
+            await pool.close()
+            await lease_pool.close()
+            raise
+        self._pool, self._lease_pool = pool, lease_pool
+
+    @staticmethod
+    async def _migrate(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('worker_schema_migrations'))")
             await conn.execute(
@@ -241,7 +257,20 @@ class PostgresStore(Store):
                     await conn.execute(
                         "INSERT INTO worker_schema_migrations (version) VALUES ($1)", version
                     )
-        self._pool = pool
+
+    async def _create_pool(self, size: int, settings: dict[str, str]) -> asyncpg.Pool:
+        try:
+            return await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=size,
+                command_timeout=30,
+                server_settings={"application_name": "data-lookup-worker queue", **settings},
+            )
+        except _CONNECTION_TROUBLE as exc:
+            raise QueueUnavailable(
+                f"cannot reach the queue database ({type(exc).__name__})"
+            ) from exc
 
     async def close(self) -> None:
         await self._completions.close()
@@ -250,9 +279,10 @@ class PostgresStore(Store):
         if listener is not None and not listener.is_closed():
             with contextlib.suppress(*_CONNECTION_TROUBLE):
                 await listener.close(timeout=5)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        for pool in (self._pool, self._lease_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._lease_pool = None
 
     async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
         text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -268,7 +298,7 @@ class PostgresStore(Store):
     async def claim(self, claim: Claim) -> list[ClaimedJob]:
         await self.mark_seen()
         types = list(claim.job_types)
-        async with self._conn() as conn:
+        async with self._conn(leases=True) as conn:
             # The sweeps are housekeeping, not per-claim work: once a second is plenty.
             now = time.monotonic()
             if now - self._swept.get(claim.tenant_id, 0.0) >= _SWEEP_S:
@@ -291,7 +321,7 @@ class PostgresStore(Store):
     async def release(self, jobs: Sequence[ClaimedJob]) -> None:
         if not jobs:
             return
-        async with self._conn() as conn:
+        async with self._conn(leases=True) as conn:
             await conn.executemany(
                 """UPDATE jobs SET status = 'pending', attempt = attempt - 1,
                        locked_by = NULL, locked_until = NULL
@@ -336,7 +366,7 @@ class PostgresStore(Store):
     # -- settling jobs -------------------------------------------------------
 
     async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:
-        async with self._conn() as conn:
+        async with self._conn(leases=True) as conn:
             status = await conn.execute(
                 f"""UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
                     WHERE {_OWNED}""",  # noqa: S608
