@@ -204,9 +204,15 @@ class _Retry(Exception):
 class _Pool:
     """The aiomysql pool of one source, and what a read needs besides it."""
 
-    def __init__(self, source_id: str, pool: Any, connect_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, source_id: str, pool: Any, connect_kwargs: dict[str, Any], size: int
+    ) -> None:
         self.source_id = source_id
         self.pool = pool
+        #: Who gets the next free connection: the longest waiter. aiomysql's own
+        #: pool hands a released connection to whoever asks first, which left some
+        #: reads waiting seconds while others went straight through (bench/README.md).
+        self._slots = asyncio.Semaphore(size)
         self.connect_kwargs = connect_kwargs
         self.mariadb = True
         #: whether the server takes a per-session statement time limit
@@ -220,7 +226,7 @@ class _Pool:
         pool = await aiomysql.create_pool(
             minsize=0, maxsize=size, pool_recycle=_RECYCLE_S, **connect_kwargs
         )
-        self = cls(source_id, pool, connect_kwargs)
+        self = cls(source_id, pool, connect_kwargs, size)
         try:
             conn = await self.acquire()
             try:
@@ -240,8 +246,15 @@ class _Pool:
     async def acquire(self) -> Any:
         if self.closing:
             raise SourceUnavailable(self.source_id, "the source was closed")
-        conn = await self.pool.acquire()
-        if self.closing:  # woken by close()
+        await self._slots.acquire()  # FIFO; holding a slot, the pool has a connection for us
+        try:
+            if self.closing:  # woken by close(): pass the wake-up on to the next waiter
+                raise SourceUnavailable(self.source_id, "the source was closed")
+            conn = await self.pool.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        if self.closing:
             self.release(conn)
             raise SourceUnavailable(self.source_id, "the source was closed")
         return conn
@@ -249,6 +262,7 @@ class _Pool:
     def release(self, conn: Any) -> None:
         dropped = conn.closed
         self.pool.release(conn)
+        self._slots.release()
         if dropped and not self.pool.closed:
             # aiomysql wakes a waiter only when a live connection comes back; a
             # dropped one frees a place too, so wake them here.
@@ -368,6 +382,7 @@ class _Pool:
     async def close(self) -> None:
         self.closing = True
         self.pool.terminate()  # drops reads in flight; they end with an error
+        self._slots.release()  # the first waiter wakes, finds `closing`, wakes the next…
         self._spawn(self.pool._wakeup())  # waiters find `closing` and leave
         await self.pool.wait_closed()
         while self._tasks:
