@@ -67,7 +67,7 @@ ON CONFLICT (id) DO NOTHING
 """  # noqa: S608 - constant SQL
 _INSERT_SQLITE = f"INSERT INTO {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"  # noqa: S608
 
-_BATCH = 200
+_BATCH = 1000
 _FLUSH_S = 0.5
 
 
@@ -165,18 +165,36 @@ class AuditLog:
         return rows
 
     async def _flusher(self) -> None:
+        """Write what came in the last ``flush_s`` (in statements of ``batch`` rows), repeat.
+
+        Everything queued is written each round, so the buffer cannot grow
+        without bound however many lookups a second the worker answers.
+        """
         while True:
             first = await self._rows.get()
             await asyncio.sleep(self.flush_s)
-            rows = [first, *self._take()]
-            try:
-                await asyncio.shield(self._write(rows))
-            except Exception:  # the audit store is down: keep the rows, try again
-                log.exception("writing %d audit row(s) failed; retrying", len(rows),
-                              extra={"action": "audit"})  # fmt: skip
-                for row in rows:
-                    self._rows.put_nowait(row)
-                await asyncio.sleep(1)
+            pending = [first]
+            while not self._rows.empty():
+                pending.append(self._rows.get_nowait())
+            _give_ids(pending)  # now: a row written twice (see below) is written once
+            for start in range(0, len(pending), self.batch):
+                rows = pending[start : start + self.batch]
+                try:
+                    await asyncio.shield(self._write(rows))
+                except asyncio.CancelledError:
+                    # close() writes what is queued: give back what this round has not
+                    # written. The statement in flight goes on; its rows keep their ids,
+                    # so whichever of the two writes comes second skips them.
+                    for row in pending[start:]:
+                        self._rows.put_nowait(row)
+                    raise
+                except Exception:  # the audit store is down: keep the rows, try again
+                    log.exception("writing %d audit row(s) failed; retrying", len(rows),
+                                  extra={"action": "audit"})  # fmt: skip
+                    for row in pending[start:]:
+                        self._rows.put_nowait(row)
+                    await asyncio.sleep(1)
+                    break
 
     async def _write(self, rows: list[AuditRow]) -> None:
         if not rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -81,6 +82,30 @@ async def test_postgres__rows_are_written_in_batches_and_flushed_on_close(pg_dsn
     assert count == 250
     assert [r[0] for r in identifiers] == ["+******7890"]
     assert types == "uuid"
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+async def test_flush__writes_everything_queued_each_round(
+    store: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    target = pg_dsn if store == "postgres" else str(tmp_path / "audit.db")
+    # 730 rows, 50 to a statement: one round writes them all (15 statements); a
+    # flusher that wrote one statement a round would need 15 rounds of 0.3 s.
+    audit = AuditLog(target, batch=50, flush_s=0.3)
+    await audit.open()
+    try:
+        for i in range(730):
+            audit.record(row(ms=i))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not audit._rows.empty() and loop.time() - started < 10:
+            await asyncio.sleep(0.02)
+        rounds = (loop.time() - started) / audit.flush_s
+        assert rounds < 3, f"the queue took {rounds:.1f} rounds to empty"
+    finally:
+        await audit.close()
+    stats = await hourly_stats(target, "acme", dt.timedelta(hours=1))
+    assert sum(s["query_count"] for s in stats) == 730
 
 
 async def test_postgres__stats_answer_the_seeds_monitoring_query(pg_dsn: str) -> None:
