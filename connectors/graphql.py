@@ -169,9 +169,9 @@ class GraphQLConnector(Connector):
     settings: GraphQLSettings
 
     def setup(self) -> None:
-        capped = min(self.settings.max_response_bytes, self.limits.max_bytes)
-        settings = self.settings.model_copy(update={"max_response_bytes": capped})
-        self._http = SafeHTTP(self.source_id, settings, base_dir=self.base_dir)
+        self._http = SafeHTTP.within(
+            self.source_id, self.settings, max_bytes=self.limits.max_bytes, base_dir=self.base_dir
+        )
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:

@@ -51,6 +51,7 @@ __all__ = [
     "SafeHTTP",
     "dig",
     "result_of",
+    "retry_after",
     "safe_message",
     "string_fields",
 ]
@@ -141,6 +142,15 @@ class SafeHTTP:
         self._origin = _origin(settings.base_url)
         self._client: httpx.AsyncClient | None = None
 
+    @classmethod
+    def within(
+        cls, source_id: str, settings: HTTPSettings, *, max_bytes: int, base_dir: Path
+    ) -> SafeHTTP:
+        """A client whose response cap is the source's own or the worker's, whichever is less."""
+        capped = min(settings.max_response_bytes, max_bytes)
+        update = {"max_response_bytes": capped}
+        return cls(source_id, settings.model_copy(update=update), base_dir=base_dir)
+
     def headers(self) -> dict[str, str]:
         """Configured headers with ``{field}`` filled from the connection, never from a job."""
         fields = self.settings.secret_fields()
@@ -217,11 +227,11 @@ class SafeHTTP:
                 await self._pause(0.2 * 2**attempt, deadline)
                 continue
             if response.status in (429, 503) and attempt + 1 < attempts:
-                pause = _retry_after(response.headers)
+                pause = retry_after(response.headers)
                 if pause is None:  # "Retry-After: 0" means at once, not the default
                     pause = 0.2 * 2**attempt
                 if response.status == 429 and rate_limit_pause_s is not None:
-                    pause = _retry_after(response.headers) or rate_limit_pause_s
+                    pause = retry_after(response.headers) or rate_limit_pause_s
                 if time.monotonic() + pause < deadline:
                     await asyncio.sleep(pause)
                     continue
@@ -332,7 +342,8 @@ def _query(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     }
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date)."""
     raw = headers.get("retry-after")
     if raw is None:
         return None

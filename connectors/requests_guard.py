@@ -21,11 +21,10 @@ errors into the `SourceError` family.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from connectors.base import SourceError, SourceTimeout, SourceUnavailable
+from connectors.http_base import retry_after
 
 __all__ = [
     "BoundedAdapter",
@@ -127,7 +127,7 @@ class BoundedAdapter(HTTPAdapter):
                 continue
             self._read_body(response)
             if response.status_code in (429, 503) and attempt + 1 < attempts:
-                if self._pause(_retry_after(response.headers) or _backoff(attempt)):
+                if self._pause(retry_after(response.headers) or _backoff(attempt)):
                     continue
             return response
         raise Late("no answer before the deadline")  # pragma: no cover - the loop returns
@@ -184,16 +184,3 @@ def translating(source_id: str, service: str) -> Iterator[None]:
 
 def _backoff(attempt: int) -> float:
     return _BACKOFF_S * 2.0**attempt + random.uniform(0, 0.1)  # noqa: S311 - jitter, not secrecy
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    if raw.strip().isdigit():
-        return float(raw.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
