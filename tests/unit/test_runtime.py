@@ -188,6 +188,13 @@ async def test_run__heartbeats_long_jobs(pipeline: Pipeline) -> None:
     assert queue.heartbeats and set(queue.heartbeats) == {"1"}
 
 
+async def test_run__quick_jobs_send_no_heartbeat(pipeline: Pipeline) -> None:
+    queue = ListQueue([job() for _ in range(20)], lease_s=30)
+    await drain(queue, pipeline)
+    assert len(queue.finished) == 20
+    assert queue.heartbeats == []
+
+
 @pytest.mark.parametrize(
     "error",
     [
