@@ -24,12 +24,16 @@ class GroupCommit(Generic[T, R]):
     """Writes items in batches with ``write``, which returns one result per item, in order.
 
     An exception from ``write`` is raised to every caller of that batch (each
-    may retry: its item then goes in a later batch). A caller that is
-    cancelled while it waits does not take its item out of the write.
+    may retry: its item then goes in a later batch); a result that is an
+    exception is raised to its own caller only. A caller that is cancelled
+    while it waits does not take its item out of the write.
     """
 
     def __init__(
-        self, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_batch: int = 500
+        self,
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
+        max_batch: int = 500,
     ) -> None:
         self._write = write
         self.max_batch = max_batch
@@ -63,7 +67,11 @@ class GroupCommit(Generic[T, R]):
                             future.set_exception(exc)
                 else:
                     for (_, future), result in zip(batch, results, strict=True):
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(result, BaseException):
+                            future.set_exception(result)
+                        else:
                             future.set_result(result)
                 batch = []
         except BaseException:

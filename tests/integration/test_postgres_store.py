@@ -191,3 +191,65 @@ async def test_wait_for_jobs__an_insert_wakes_an_idle_claimant_at_once(
     await inserter
     assert 0.15 < waited < 0.9
     assert len(await store.claim(claim())) == 1
+
+
+async def test_complete__one_job_the_server_refuses_fails_alone(
+    store: PostgresStore, dsn: str
+) -> None:
+    for _ in range(3):
+        await store.enqueue(payload())
+    jobs = await store.claim(claim())
+    messages = ["Your order has shipped.", "bad\x00byte", "Your order is processing."]
+
+    results = await asyncio.gather(
+        *(
+            store.complete(
+                int(j.id),
+                outcome="ok",
+                result={"n": n},
+                attempt=j.attempt,
+                reply=Reply("acme", "+1555", text),
+            )
+            for n, (j, text) in enumerate(zip(jobs, messages, strict=True))
+        ),
+        return_exceptions=True,
+    )
+
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], asyncpg.PostgresError)  # text cannot hold a NUL byte
+    sent = {m["message"] for m in await store.messages("acme")}
+    assert sent == {messages[0], messages[2]}
+    assert (await store.job(int(jobs[1].id))).status == "running"  # its lease runs out: retried
+
+
+async def test_complete__a_result_that_is_not_json_is_stored_with_nulls(
+    store: PostgresStore,
+) -> None:
+    await store.enqueue(payload())
+    (job,) = await store.claim(claim())
+
+    done = await store.complete(
+        int(job.id),
+        outcome="ok",
+        result={"rows": [{"score": float("nan"), "cap": float("inf"), "n": 1.5}]},
+        attempt=job.attempt,
+    )
+
+    row = await store.job(int(job.id))
+    assert done and row is not None and row.status == "done"
+    assert row.result == {"rows": [{"score": None, "cap": None, "n": 1.5}]}
+
+
+async def test_send_message__one_the_server_refuses_fails_alone(store: PostgresStore) -> None:
+    texts = ["first", "bad\x00byte", "third"]
+    results = await asyncio.gather(
+        *(
+            store.send_message(key=f"k{n}", reply=Reply("acme", "+1555", text))
+            for n, text in enumerate(texts)
+        ),
+        return_exceptions=True,
+    )
+
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], asyncpg.PostgresError)
+    assert [m["message"] for m in await store.messages("acme")] == ["first", "third"]

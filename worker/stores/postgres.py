@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -33,6 +34,8 @@ from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHANNEL = "worker_jobs"
 # Expired leases and delayed jobs announce nothing: look for them this often.
@@ -174,6 +177,44 @@ class _Completion:
     outcome: str
     result: str  # JSON text
     reply: Reply | None
+
+
+async def _one_by_one_if_refused(
+    write: Callable[[Sequence[T]], Awaitable[list[bool]]], items: Sequence[T]
+) -> list[bool | BaseException]:
+    """``write(items)``; if the server refuses the batch for what is in it (a text it
+    cannot store, say), each item is written on its own, so only the culprit fails.
+    Connection trouble (`QueueUnavailable`) fails the batch: every caller retries."""
+    try:
+        return list(await write(items))
+    except asyncpg.PostgresError:
+        if len(items) == 1:
+            raise
+    answers: list[bool | BaseException] = []
+    for item in items:
+        try:
+            answers.extend(await write([item]))
+        except asyncpg.PostgresError as exc:
+            answers.append(exc)
+    return answers
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as JSON that ``jsonb`` takes: NaN and ±Infinity (not JSON) become null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _job_number(key: str) -> int | None:
@@ -386,11 +427,14 @@ class PostgresStore(Store):
         reply: Reply | None = None,
     ) -> bool:
         return await self._completions.submit(
-            _Completion(job_id, attempt, outcome, json.dumps(result), reply)
+            _Completion(job_id, attempt, outcome, _json_text(result), reply)
         )
 
-    async def _complete_many(self, items: Sequence[_Completion]) -> list[bool]:
+    async def _complete_many(self, items: Sequence[_Completion]) -> list[bool | BaseException]:
         """One statement for many completions: atomic per job, one round trip for all."""
+        return await _one_by_one_if_refused(self._complete_batch, items)
+
+    async def _complete_batch(self, items: Sequence[_Completion]) -> list[bool]:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 _COMPLETE,
@@ -428,7 +472,10 @@ class PostgresStore(Store):
     async def send_message(self, *, key: str, reply: Reply) -> bool:
         return await self._sends.submit((key, reply))
 
-    async def _send_many(self, items: Sequence[tuple[str, Reply]]) -> list[bool]:
+    async def _send_many(self, items: Sequence[tuple[str, Reply]]) -> list[bool | BaseException]:
+        return await _one_by_one_if_refused(self._send_batch, items)
+
+    async def _send_batch(self, items: Sequence[tuple[str, Reply]]) -> list[bool]:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 _SEND,
