@@ -577,4 +577,6 @@ class Renderer:
             if pos > 4 * limit + 1024:  # blank output that never ends
                 raise RenderError(f"{label}: the reply is longer than {limit} characters")
             _check_deadline()
-        return "".join(parts).strip()
+        # A NUL byte (from source data) means nothing in a chat message, and
+        # PostgreSQL's text cannot hold one: it would keep the reply from being stored.
+        return "".join(parts).strip().replace("\x00", "")

@@ -68,6 +68,11 @@ def test_render__seed_reply_from_file(renderer: Renderer) -> None:
     assert _render(renderer, "order_status.j2", SEED_CONTEXT) == SEED_REPLY
 
 
+def test_render__nul_bytes_from_the_data_are_dropped(renderer: Renderer) -> None:
+    reply = _render(renderer, "Status: {{ row.status }}", {"row": {"status": "ship\x00ped"}})
+    assert reply == "Status: shipped"
+
+
 def test_render__seed_reply_in_customer_locale(renderer: Renderer) -> None:
     context = {**SEED_CONTEXT, "customer": {"locale": "es"}}
     assert _render(renderer, SEED_TEMPLATE, context).endswith("Expected delivery: 12 de septiembre")
