@@ -579,4 +579,4 @@ class Renderer:
             _check_deadline()
         # A NUL byte (from source data) means nothing in a chat message, and
         # PostgreSQL's text cannot hold one: it would keep the reply from being stored.
-        return "".join(parts).strip().replace("\x00", "")
+        return "".join(parts).replace("\x00", "").strip()

@@ -553,7 +553,7 @@ _ECHO = _PROPERTY_RENDERER.compile("{{ params.x }}")
 @given(st.text())
 def test_render__any_text_parameter_is_rendered_verbatim(value: str) -> None:
     out = _PROPERTY_RENDERER.render(_ECHO, {"params": {"x": value}})
-    assert out == value.strip()
+    assert out == value.replace("\x00", "").strip()  # NUL bytes alone are dropped
 
 
 @given(st.one_of(st.text(), st.integers(), st.floats(), st.none(), st.dates()))
