@@ -170,6 +170,11 @@ class _ReadSession(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is unty
             await self.execute(f"SET statement_timeout = {ms:d}")
             self._statement_timeout_ms = ms
 
+    async def reset_session(self) -> None:
+        """``RESET ALL``: the session as it started (read-only, no statement_timeout)."""
+        await self.execute("RESET ALL")
+        self._statement_timeout_ms = None
+
     async def fetch_at_most(self, sql: str, args: Sequence[Any], limit: int) -> list[Any]:
         """``fetch``, but the portal stops after ``limit`` rows: no more cross the wire.
 
@@ -192,9 +197,13 @@ async def _check_session(conn: asyncpg.Connection) -> None:
     ``default_transaction_read_only`` on every change (PostgreSQL 14+), so a
     query that switched it off (``set_config``) is seen here; the pool then
     closes the connection. Other session state cannot change: configured
-    queries are single reads (no ``SET``, ``LISTEN``, ``PREPARE``, DDL).
+    queries are single reads (no ``SET``, ``LISTEN``, ``PREPARE``, DDL). An
+    older server does not report it: the session is reset (a round trip) instead.
     """
-    if conn.get_settings().default_transaction_read_only != "on":
+    reported = getattr(conn.get_settings(), "default_transaction_read_only", None)
+    if reported is None:  # before PostgreSQL 14 it is not reported: reset instead
+        await conn.reset_session()
+    elif reported != "on":
         raise _SessionChanged("the session is no longer read-only")
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -38,7 +39,13 @@ from connectors.base import (
     SourceTimeout,
     SourceUnavailable,
 )
-from connectors.postgresql import APPLICATION_NAME, PostgreSQLConnector, PostgreSQLSettings
+from connectors.postgresql import (
+    APPLICATION_NAME,
+    PostgreSQLConnector,
+    PostgreSQLSettings,
+    _check_session,
+    _ReadSession,
+)
 from connectors.registry import load
 from connectors.sql import SQLSpec
 from connectors.testing import ConnectorContract, RawQuery
@@ -599,6 +606,38 @@ async def test_run__session_is_read_only_even_without_prepare(
     with pytest.raises(SourceError, match=r"read-only transaction|read-write mode"):
         await connector.run(unprepared(write), Bound(), timeout_s=5)
     assert await order_count(database) == ORDER_COUNT
+
+
+async def test_pool__a_server_that_does_not_report_read_only_gets_its_session_reset(
+    database: str,
+) -> None:
+    # PostgreSQL before 14 sends no ParameterStatus for default_transaction_read_only:
+    # a session that hides the one this server sent stands for such a server.
+    class OlderServer(_ReadSession):
+        __slots__ = ()
+
+        def get_settings(self) -> Any:
+            return types.SimpleNamespace()
+
+    conn = await asyncpg.connect(
+        host=HOST,
+        port=PORT,
+        user=ADMIN_USER,
+        database=database,
+        connection_class=OlderServer,
+        server_settings={"default_transaction_read_only": "on"},
+    )
+    try:
+        await conn.use_statement_timeout(1234)
+        await conn.execute("SET default_transaction_read_only = off")
+
+        await _check_session(conn)
+
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+        assert await conn.fetchval("SHOW statement_timeout") == "0"
+        assert conn._statement_timeout_ms is None  # set again by the next read
+    finally:
+        await conn.close()
 
 
 async def test_pool__every_driver_session_is_read_only(
