@@ -41,7 +41,7 @@ import re
 import ssl
 import struct
 import weakref
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
@@ -219,7 +219,6 @@ class _Pool:
         self.server_deadline = True
         self.closing = False
         self._single_statement: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def create(cls, source_id: str, connect_kwargs: dict[str, Any], size: int) -> _Pool:
@@ -260,13 +259,10 @@ class _Pool:
         return conn
 
     def release(self, conn: Any) -> None:
-        dropped = conn.closed
+        # A dropped connection frees its place in aiomysql's pool too: the slot
+        # wakes the next waiter either way (nobody ever waits inside that pool).
         self.pool.release(conn)
         self._slots.release()
-        if dropped and not self.pool.closed:
-            # aiomysql wakes a waiter only when a live connection comes back; a
-            # dropped one frees a place too, so wake them here.
-            self._spawn(self.pool._wakeup())
 
     async def read(
         self, sql: str, args: tuple[Any, ...], *, deadline: float, max_rows: int
@@ -374,19 +370,11 @@ class _Pool:
                     extra={"action": "kill_query", "source": self.source_id},
                 )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         self.closing = True
         self.pool.terminate()  # drops reads in flight; they end with an error
         self._slots.release()  # the first waiter wakes, finds `closing`, wakes the next…
-        self._spawn(self.pool._wakeup())  # waiters find `closing` and leave
         await self.pool.wait_closed()
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
 
 
 async def _fetch(conn: Any, sql: str, args: tuple[Any, ...], max_rows: int) -> tuple[_Rows, bool]:
