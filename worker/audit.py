@@ -151,17 +151,24 @@ class AuditLog:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while not self._rows.empty():
-            await self._write(self._take())
+        rows = self._take()
+        for start in range(0, len(rows), self.batch):
+            await self._write(rows[start : start + self.batch])
         if self._pg is not None:
             await self._pg.close()
             self._pg = None
         self._ready = False
 
-    def _take(self) -> list[AuditRow]:
-        rows: list[AuditRow] = []
-        while not self._rows.empty() and len(rows) < self.batch:
+    def _take(self, *first: AuditRow) -> list[AuditRow]:
+        """Everything queued (after ``first``), each row with its id from now on.
+
+        The id is what makes a row written twice (a retried or an interrupted
+        write) be written once.
+        """
+        rows = list(first)
+        while not self._rows.empty():
             rows.append(self._rows.get_nowait())
+        _give_ids(rows)
         return rows
 
     async def _flusher(self) -> None:
@@ -173,10 +180,7 @@ class AuditLog:
         while True:
             first = await self._rows.get()
             await asyncio.sleep(self.flush_s)
-            pending = [first]
-            while not self._rows.empty():
-                pending.append(self._rows.get_nowait())
-            _give_ids(pending)  # now: a row written twice (see below) is written once
+            pending = self._take(first)
             for start in range(0, len(pending), self.batch):
                 rows = pending[start : start + self.batch]
                 try:
@@ -199,7 +203,6 @@ class AuditLog:
     async def _write(self, rows: list[AuditRow]) -> None:
         if not rows:
             return
-        _give_ids(rows)
         values = [
             (r.id, r.tenant_id, r.data_source_id, r.query_type, r.customer_identifier,
              r.accessed_at, r.response_time_ms, r.outcome)
