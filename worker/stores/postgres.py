@@ -252,7 +252,7 @@ class PostgresStore(Store):
         which also makes the leases before it durable.
         """
         try:
-            if self._pool is None or self._lease_pool is None:
+            if self._pool is None:  # open() sets both pools or neither
                 await self.open()
             pool = self._lease_pool if leases else self._pool
             if pool is None:
