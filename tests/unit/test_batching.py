@@ -11,13 +11,14 @@ from worker.batching import GroupCommit
 
 
 class Recorder:
-    """A write that takes one loop turn per batch and remembers each batch."""
+    """A write that remembers each batch; ``held``: every write waits for `release`."""
 
-    def __init__(self, fail_on: int | None = None) -> None:
+    def __init__(self, fail_on: int | None = None, *, held: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.fail_on = fail_on
         self.release = asyncio.Event()
-        self.release.set()
+        if not held:
+            self.release.set()
 
     async def write(self, items: Sequence[int]) -> list[int]:
         self.batches.append(list(items))
@@ -25,6 +26,13 @@ class Recorder:
         if self.fail_on is not None and self.fail_on in items:
             raise ConnectionError("the database went away")
         return [item * 10 for item in items]
+
+
+async def submitted(commit: GroupCommit[int, int], *items: int) -> list[asyncio.Task[int]]:
+    """Hand ``items`` in, each from a task of its own, and let them reach the commit."""
+    tasks = [asyncio.create_task(commit.submit(item)) for item in items]
+    await asyncio.sleep(0)
+    return tasks
 
 
 async def test_submit__alone_is_written_at_once_and_gets_its_own_result() -> None:
@@ -36,14 +44,11 @@ async def test_submit__alone_is_written_at_once_and_gets_its_own_result() -> Non
 
 
 async def test_submit__what_arrives_during_a_write_goes_in_the_next_batch() -> None:
-    recorder = Recorder()
-    recorder.release.clear()  # the first write is under way until we say so
+    recorder = Recorder(held=True)  # the first write is under way until we say so
     commit = GroupCommit(recorder.write)
 
-    first = asyncio.create_task(commit.submit(1))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(commit.submit(n)) for n in range(2, 7)]
-    await asyncio.sleep(0)
+    (first,) = await submitted(commit, 1)
+    rest = await submitted(commit, *range(2, 7))
     recorder.release.set()
 
     assert await first == 10
@@ -52,12 +57,10 @@ async def test_submit__what_arrives_during_a_write_goes_in_the_next_batch() -> N
 
 
 async def test_submit__batches_are_cut_at_max_batch() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
+    recorder = Recorder(held=True)
     commit = GroupCommit(recorder.write, max_batch=2)
 
-    tasks = [asyncio.create_task(commit.submit(n)) for n in range(5)]
-    await asyncio.sleep(0)
+    tasks = await submitted(commit, *range(5))
     recorder.release.set()
 
     assert [await task for task in tasks] == [0, 10, 20, 30, 40]
@@ -65,14 +68,11 @@ async def test_submit__batches_are_cut_at_max_batch() -> None:
 
 
 async def test_submit__a_failed_write_fails_its_batch_only() -> None:
-    recorder = Recorder(fail_on=2)
-    recorder.release.clear()
+    recorder = Recorder(fail_on=2, held=True)
     commit = GroupCommit(recorder.write)
 
-    first = asyncio.create_task(commit.submit(1))
-    await asyncio.sleep(0)
-    doomed = [asyncio.create_task(commit.submit(n)) for n in (2, 3)]
-    await asyncio.sleep(0)
+    (first,) = await submitted(commit, 1)
+    doomed = await submitted(commit, 2, 3)
     recorder.release.set()
 
     assert await first == 10
@@ -83,12 +83,10 @@ async def test_submit__a_failed_write_fails_its_batch_only() -> None:
 
 
 async def test_submit__a_cancelled_caller_does_not_take_its_item_out() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
+    recorder = Recorder(held=True)
     commit = GroupCommit(recorder.write)
 
-    task = asyncio.create_task(commit.submit(1))
-    await asyncio.sleep(0)
+    (task,) = await submitted(commit, 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -99,11 +97,9 @@ async def test_submit__a_cancelled_caller_does_not_take_its_item_out() -> None:
 
 
 async def test_close__waits_for_the_write_under_way() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
+    recorder = Recorder(held=True)
     commit = GroupCommit(recorder.write)
-    task = asyncio.create_task(commit.submit(5))
-    await asyncio.sleep(0)
+    (task,) = await submitted(commit, 5)
 
     closing = asyncio.create_task(commit.close())
     await asyncio.sleep(0)
