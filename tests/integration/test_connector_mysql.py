@@ -304,7 +304,7 @@ def test_prepare__refuses_bad_shapes(raw: RawQuery) -> None:
         pytest.param("UPDATE orders SET status = 'x'", id="update"),
         pytest.param("INSERT INTO orders (order_id) VALUES ($1)", id="insert"),
         pytest.param("SELECT 1; DROP TABLE orders", id="stacked"),
-        pytest.param("SELECT * INTO OUTFILE '/tmp/x' FROM orders", id="into-outfile"),
+        pytest.param("SELECT * INTO OUTFILE 'orders.csv' FROM orders", id="into-outfile"),
         pytest.param("SET SESSION max_statement_time = 0", id="set"),
         pytest.param("/*! DROP TABLE orders */ SELECT 1", id="executable-comment"),
         pytest.param("LOCK TABLES orders WRITE", id="lock"),
@@ -826,7 +826,7 @@ def restart_server() -> None:
 
     ``MYSQL_TEST_RESTART`` is a command that does it. Without it: ``SHUTDOWN``,
     then ``scripts/services.sh`` starts it again the way the machine does
-    (``service mariadb restart`` needs /etc/mysql/debian.cnf, which this
+    (``service mariadb restart`` needs Debian's ``debian.cnf``, which this
     machine lacks, and its init script does not see the server the machine
     started).
     """

@@ -72,7 +72,7 @@ def test_prepare_sql__text_trimmed_of_trailing_semicolon() -> None:
         pytest.param("CREATE TABLE t (a int)", id="create"),
         pytest.param("TRUNCATE orders", id="truncate"),
         pytest.param("GRANT ALL ON orders TO public", id="grant"),
-        pytest.param("COPY orders TO '/tmp/x'", id="copy"),
+        pytest.param("COPY orders TO 'orders.csv'", id="copy"),
         pytest.param("CALL refresh()", id="call"),
         pytest.param("EXEC refresh", id="exec"),
         pytest.param("ATTACH DATABASE 'x.db' AS x", id="attach"),
@@ -121,7 +121,7 @@ def test_prepare_sql__backslash_escape_cannot_hide_a_statement(sql: str) -> None
 
 def test_prepare_sql__mysql_executable_comment_checked() -> None:
     with pytest.raises(NotARead):
-        prepare_sql("SELECT * FROM t /*! INTO OUTFILE '/tmp/x' */", style="format")
+        prepare_sql("SELECT * FROM t /*! INTO OUTFILE 'orders.csv' */", style="format")
 
 
 # --- malformed --------------------------------------------------------------------------
