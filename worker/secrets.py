@@ -1,23 +1,37 @@
-"""Secrets at rest: ``enc:v1:<token>`` values, Fernet under MultiFernet.
+"""Secrets at rest: ``enc:v1:`` values, Fernet under MultiFernet.
 
 ``WORKER_SECRET_KEYS`` holds one or more keys from ``worker secrets keygen``,
 comma-separated: the first encrypts, every one decrypts, so a new key can be
 put first while old ciphertexts still load (rotation without downtime).
+
+A value is bound to one tenant (contract §5.0) when it is encrypted with
+``--tenant T``: ``enc:v1:T:<token>``, where the token is Fernet under a key
+derived for T from each configured key (HKDF-SHA256, ``info`` naming the
+tenant). It decrypts only in tenant T's config: another tenant who copies it
+into their own config gets a config error, whatever they write in front of the
+token, since their key is another. Unbound values (``enc:v1:<token>``, made
+before tenants were bound or without ``--tenant``) still decrypt in any
+config; ``worker secrets rotate`` binds them to the config's tenant.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from worker.errors import ConfigError
 
 __all__ = [
     "PREFIX",
+    "TOKEN",
+    "bound_tenant",
     "decrypt",
     "encrypt",
     "keygen",
@@ -40,66 +54,110 @@ def keygen() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
-def _fernet(keys: str | None = None) -> MultiFernet:
+# A tenant id (config.py's pattern) and a Fernet token (URL-safe base64) share no ':'.
+TOKEN = re.compile(re.escape(PREFIX) + r"(?:([A-Za-z0-9_][A-Za-z0-9_.-]{0,99}):)?([A-Za-z0-9_=-]+)")
+
+
+def _keys(keys: str | None) -> list[bytes]:
     raw = keys if keys is not None else os.environ.get(ENV_KEYS, "")
-    parts = [k.strip() for k in raw.split(",") if k.strip()]
+    parts = [k.strip().encode("ascii", "replace") for k in raw.split(",") if k.strip()]
     if not parts:
         raise ConfigError(
             f"an encrypted value needs {ENV_KEYS} (keys from `worker secrets keygen`)"
         )
+    return parts
+
+
+def _derive(key: bytes, tenant: str) -> bytes:
+    """The Fernet key of ``tenant`` under the configured ``key``."""
+    material = base64.urlsafe_b64decode(key)
+    info = b"data-lookup-worker secret of tenant " + tenant.encode("utf-8")
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+    return base64.urlsafe_b64encode(derived)
+
+
+def _fernet(keys: str | None = None, *, tenant: str | None = None) -> MultiFernet:
     try:
-        return MultiFernet([Fernet(k.encode("ascii")) for k in parts])
-    except (ValueError, UnicodeEncodeError) as exc:
+        parts = _keys(keys)
+        if tenant is not None:
+            parts = [_derive(k, tenant) for k in parts]
+        return MultiFernet([Fernet(k) for k in parts])
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"{ENV_KEYS} holds a key that is not a Fernet key") from exc
 
 
-def encrypt(plaintext: str, *, keys: str | None = None) -> str:
-    token = _fernet(keys).encrypt(plaintext.encode("utf-8"))
-    return PREFIX + token.decode("ascii")
+def encrypt(plaintext: str, *, keys: str | None = None, tenant: str | None = None) -> str:
+    """``enc:v1:…`` for ``plaintext``; with ``tenant``, bound to that tenant's configs."""
+    token = _fernet(keys, tenant=tenant).encrypt(plaintext.encode("utf-8")).decode("ascii")
+    return f"{PREFIX}{tenant}:{token}" if tenant is not None else PREFIX + token
 
 
-def decrypt(value: str, *, keys: str | None = None) -> str:
+def bound_tenant(value: str) -> str | None:
+    """The tenant an ``enc:v1:`` value is bound to, or None for an unbound one."""
+    match = TOKEN.fullmatch(value)
+    return match.group(1) if match else None
+
+
+def decrypt(value: str, *, keys: str | None = None, tenant: str | None = None) -> str:
+    """The plaintext of an ``enc:v1:`` value found in ``tenant``'s config.
+
+    A bound value decrypts only when ``tenant`` is the one it is bound to.
+    """
     if not value.startswith(PREFIX):
         return value
+    match = TOKEN.fullmatch(value)
+    if match is None:
+        raise ConfigError("an encrypted value is not of the form enc:v1:[TENANT:]TOKEN")
+    owner, token = match.group(1), match.group(2)
+    if owner is not None and owner != tenant:
+        raise ConfigError(
+            f"an encrypted value is bound to tenant {owner!r}; it does not decrypt in "
+            f"{'this' if tenant is None else repr(tenant)} tenant's config"
+        )
     try:
-        return _fernet(keys).decrypt(value[len(PREFIX) :].encode("ascii")).decode("utf-8")
+        plain = _fernet(keys, tenant=owner).decrypt(token.encode("ascii"))
+        return plain.decode("utf-8")
     except (InvalidToken, UnicodeError) as exc:
         raise ConfigError(
             f"an encrypted value does not decrypt with any key in {ENV_KEYS}"
+            + (f" for tenant {owner!r}" if owner else "")
         ) from exc
 
 
-TOKEN = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_=-]+")
+def rotate_text(
+    text: str, *, keys: str | None = None, tenant: str | None = None
+) -> tuple[str, int]:
+    """Every ``enc:v1:`` value in ``text`` re-encrypted with the first key; the rest untouched.
 
-
-def rotate_text(text: str, *, keys: str | None = None) -> tuple[str, int]:
-    """Every ``enc:v1:`` value in ``text`` re-encrypted with the first key; the rest untouched."""
-    fernet = _fernet(keys)
+    With ``tenant``, unbound values come out bound to it; a value bound to
+    another tenant is an error (it could not decrypt in this config anyway).
+    """
     count = 0
 
     def again(match: re.Match[str]) -> str:
         nonlocal count
-        try:
-            token = fernet.rotate(match.group(0)[len(PREFIX) :].encode("ascii"))
-        except InvalidToken as exc:
-            raise ConfigError(
-                f"an encrypted value does not decrypt with any key in {ENV_KEYS}"
-            ) from exc
+        owner = match.group(1)
+        plain = decrypt(match.group(0), keys=keys, tenant=owner if tenant is None else tenant)
         count += 1
-        return PREFIX + token.decode("ascii")
+        return encrypt(plain, keys=keys, tenant=owner or tenant)
 
     return TOKEN.sub(again, text), count
 
 
-def undecryptable(document: Any, *, keys: str | None = None) -> Iterator[str]:
-    """The path of every ``enc:v1:`` value that no key decrypts (never the value)."""
+def undecryptable(
+    document: Any, *, keys: str | None = None, tenant: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """Each ``enc:v1:`` value that does not decrypt in ``tenant``'s config: (path, why).
 
-    def walk(node: Any, path: str) -> Iterator[str]:
+    Neither the value nor its plaintext is ever part of the answer.
+    """
+
+    def walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
         if isinstance(node, str) and node.startswith(PREFIX):
             try:
-                decrypt(node, keys=keys)
-            except ConfigError:
-                yield path or "(top)"
+                decrypt(node, keys=keys, tenant=tenant)
+            except ConfigError as exc:
+                yield path or "(top)", exc.message
         elif isinstance(node, Mapping):
             for key, value in node.items():
                 yield from walk(value, f"{path}.{key}" if path else str(key))

@@ -79,7 +79,8 @@ def engine_configs(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
             str(configs),
         ],
         cwd=REPO,
-        env=_env(),
+        # an engine-served config reads files only below the operator's WORKER_DATA_DIR
+        env=_env(WORKER_DATA_DIR=str(tmp_path)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -129,6 +130,7 @@ def test_worker__follows_a_new_config_without_restarting(
             stdout=subprocess.DEVNULL,
             stderr=sink,
             env=_env(
+                WORKER_DATA_DIR=str(tmp_path),
                 ENGINE_URL=engine.url,
                 ENGINE_TOKEN=TOKEN,
                 WORKER_CONFIG_DIR=str(empty),

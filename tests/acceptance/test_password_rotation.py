@@ -66,7 +66,7 @@ def scram_database() -> Iterator[str]:
 
 def encrypt(secret: str, key: str) -> str:
     done = subprocess.run(
-        [*WORKER, "secrets", "encrypt"],
+        [*WORKER, "secrets", "encrypt", "--tenant", "shop"],
         cwd=REPO,
         input=secret,
         check=True,
@@ -132,7 +132,8 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
             str(configs),
         ],
         cwd=REPO,
-        env=_env(),
+        # an engine-served config reaches only public addresses unless the operator allows more
+        env=_env(WORKER_ALLOW_NETWORKS="127.0.0.0/8"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -160,6 +161,7 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
                 env=_env(
                     ENGINE_URL=engine.url,
                     ENGINE_TOKEN=TOKEN,
+                    WORKER_ALLOW_NETWORKS="127.0.0.0/8",
                     WORKER_SECRET_KEYS=key,
                     WORKER_CONFIG_DIR=str(tmp_path / "none"),
                     WORKER_CONFIG_POLL_S="0.3",
