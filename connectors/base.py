@@ -46,6 +46,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from connectors.egress import UNRESTRICTED, EgressRefused, Reach, targets_of
 from worker.errors import (
     ConfigError,
     NotARead,
@@ -150,6 +151,7 @@ class Connector(abc.ABC):
         *,
         base_dir: Path,
         limits: Limits | None = None,
+        reach: Reach = UNRESTRICTED,
     ) -> None:
         if not isinstance(settings, self.Settings):
             raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__} settings")
@@ -157,6 +159,8 @@ class Connector(abc.ABC):
         self.settings = settings
         self.base_dir = base_dir
         self.limits = limits or Limits()
+        #: where this source may reach (files, networks): contract §5.0
+        self.reach = reach
         self.setup()
 
     def setup(self) -> None:  # noqa: B027 - optional hook
@@ -185,9 +189,21 @@ class Connector(abc.ABC):
         """Run one prepared read with bound parameters; raise `SourceError`."""
 
     def resolve_path(self, raw: str) -> Path:
-        """A file path from the config, relative to the config file's folder."""
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
+        """A file path from the config, relative to the config file's folder.
+
+        For a config the engine serves (an untrusted `reach`): relative to
+        ``WORKER_DATA_DIR``, symlinks followed, and refused (`SourceUnavailable`)
+        unless it lands below that folder.
+        """
+        try:
+            return self.reach.file(raw, self.base_dir)
+        except EgressRefused as exc:
+            raise SourceUnavailable(self.source_id, str(exc)) from None
+
+    def targets(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs this source connects to, checked before it opens when
+        its config is untrusted; by default read from the settings (`targets_of`)."""
+        return targets_of(self.settings)
 
     def fail(self, message: str) -> SourceError:
         return SourceError(self.source_id, message)

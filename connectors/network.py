@@ -18,10 +18,16 @@ credentials do, a network source's ``connection`` takes::
 A connector builds its TLS context with `TLSSettings.context` and, when ``ssh``
 is set, connects through `SSHTunnel`: a local port forwarded to the source's
 host and port, opened with the connector's pool and closed with it.
+
+For a config the engine serves, the files named here are read only below
+``WORKER_DATA_DIR`` and the bastion must be a public address (or one the
+operator allows): see `connectors.egress`. The tunnel's local end is let
+through while it is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import warnings
 from pathlib import Path
@@ -29,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from connectors import egress
 from worker.errors import ConfigError, ConnectorMissing, SourceAuthError, SourceUnavailable
 
 __all__ = ["NetworkAccess", "NetworkSettings", "SSHSettings", "SSHTunnel", "TLSSettings"]
@@ -108,8 +115,8 @@ class NetworkSettings(BaseModel):
 
 
 def _path(base_dir: Path, raw: str) -> Path:
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else base_dir / path
+    """A configured file, as the reach in force allows it (`egress.Reach.file`)."""
+    return egress.current().file(raw, base_dir)
 
 
 class SSHTunnel:
@@ -121,6 +128,7 @@ class SSHTunnel:
         self.base_dir = base_dir
         self._conn: Any = None
         self._listener: Any = None
+        self._end = contextlib.ExitStack()
 
     async def open(self, dest_host: str, dest_port: int) -> tuple[str, int]:
         """Connect to the bastion and forward; returns the local (host, port) to use."""
@@ -169,7 +177,9 @@ class SSHTunnel:
                 self.source_id,
                 f"cannot open the SSH tunnel via {s.host}:{s.port} ({type(exc).__name__})",
             ) from exc
-        return "127.0.0.1", int(self._listener.get_port())
+        local = ("127.0.0.1", int(self._listener.get_port()))
+        self._end.enter_context(egress.tunnel_end(*local))
+        return local
 
     def _client_keys(self, asyncssh: Any) -> Any:
         s = self.settings
@@ -204,6 +214,7 @@ class SSHTunnel:
     async def close(self) -> None:
         listener, self._listener = self._listener, None
         conn, self._conn = self._conn, None
+        self._end.close()
         if listener is not None:
             listener.close()
         if conn is not None:

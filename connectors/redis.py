@@ -71,6 +71,7 @@ from pydantic import (
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from connectors import egress
 from connectors.base import (
     Bound,
     ConfigError,
@@ -580,8 +581,7 @@ def _tls_options(tls: TLSSettings | None, base_dir: Path) -> dict[str, Any]:
     def path(raw: str | None) -> str | None:
         if raw is None:
             return None
-        p = Path(raw).expanduser()
-        return str(p if p.is_absolute() else base_dir / p)
+        return str(egress.current().file(raw, base_dir))  # below WORKER_DATA_DIR if untrusted
 
     return {
         "ssl_cert_reqs": "none" if tls.mode == "require" else "required",

@@ -73,6 +73,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors import egress
 from connectors.base import (
     Bound,
     ConfigError,
@@ -247,10 +248,19 @@ class BoundedTransport(zeep.Transport):
 
     def load(self, url: str) -> bytes:
         parts = urlsplit(url)
-        if parts.scheme == "file":
-            return Path(url2pathname(parts.path)).read_bytes()
         if parts.scheme in ("http", "https"):
             return self._load_remote_data(url)
+        reach = egress.current()
+        if parts.scheme == "file" or (not reach.trusted and parts.scheme == ""):
+            local = Path(url2pathname(parts.path)) if parts.scheme else Path(url)
+            try:
+                return reach.check_file(local).read_bytes()
+            except egress.EgressRefused as exc:
+                raise SourceUnavailable(self.source_id, str(exc)) from None
+        if not reach.trusted:
+            raise SourceUnavailable(
+                self.source_id, f"the WSDL refers to {parts.scheme}: documents; not read"
+            )
         data: bytes = super().load(url)  # type: ignore[no-untyped-call]
         return data
 

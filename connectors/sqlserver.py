@@ -291,6 +291,7 @@ class SQLServerConnector(Connector):
             self.source_id, ssl=None, ssh=self.settings.ssh, base_dir=self.base_dir
         )
         self._route: tuple[str, int] | None = None
+        self._pinned: str | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -307,6 +308,7 @@ class SQLServerConnector(Connector):
             target = self.settings.target()
             with self._translating():
                 self._route = await self._network.route(target.host, target.port)
+        await self._pin()
         self._ensure_pool()
 
     async def close(self) -> None:
@@ -315,9 +317,26 @@ class SQLServerConnector(Connector):
             await pool.close()
         await self._network.close()
         self._route = None
+        self._pinned = None
 
     async def health_check(self) -> None:
         await self._read("SELECT 1 AS ok", timeout_s=_HEALTH_TIMEOUT_S)
+
+    async def _pin(self) -> None:
+        """For a config the engine serves: connect to an address checked here.
+
+        FreeTDS opens its sockets in C, where `connectors.egress`'s audit hook
+        does not see them; so the host is resolved and checked once, and every
+        connection goes to that address (a later DNS answer cannot move it).
+        """
+        if self.reach.trusted or self._route is not None or self._pinned is not None:
+            return
+        target = self.settings.target()
+        host, sep, instance = target.host.partition("\\")
+        ips = await self.reach.check_host(self.source_id, host, target.port)
+        if not ips:
+            raise SourceUnavailable(self.source_id, f"cannot resolve the host {host!r}")
+        self._pinned = ips[0] + sep + instance
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
@@ -337,6 +356,7 @@ class SQLServerConnector(Connector):
         return self._pool
 
     async def _read(self, sql: str, *, timeout_s: float) -> _Rows:
+        await self._pin()
         pool = self._ensure_pool()
         connect_args = self._connect_args(timeout_s)
         query_timeout = max(1, math.ceil(timeout_s))
@@ -358,7 +378,7 @@ class SQLServerConnector(Connector):
         """pymssql.connect's arguments: the one place the target (and, later,
         TLS and a tunnel's local port) is decided."""
         target = self.settings.target()
-        host, port = self._route or (target.host, target.port)
+        host, port = self._route or (self._pinned or target.host, target.port)
         login_timeout = min(self.settings.login_timeout_s, timeout_s)
         args: dict[str, Any] = {
             "server": host,

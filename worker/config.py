@@ -25,6 +25,7 @@ from jinja2 import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
+from connectors.egress import UNRESTRICTED, Reach
 from connectors.registry import KNOWN_TYPES, load
 from connectors.sql import prepare_sql
 from worker import secrets
@@ -201,10 +202,12 @@ class Source:
     problem: str | None = None
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
 
-    def make_connector(self, base_dir: Path) -> Connector:
+    def make_connector(self, base_dir: Path, reach: Reach = UNRESTRICTED) -> Connector:
         if self.connector_cls is None or self.settings is None:
             raise ConnectorMissing(self.problem or f"source {self.id!r} has no connector")
-        return self.connector_cls(self.id, self.settings, base_dir=base_dir, limits=self.limits)
+        return self.connector_cls(
+            self.id, self.settings, base_dir=base_dir, limits=self.limits, reach=reach
+        )
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ class Tenant:
     secrets: set[str] = field(default_factory=set, repr=False)
     #: the engine's ETag for a config fetched from it (None for a file)
     etag: str | None = None
+    #: where its sources may reach (contract §5.0): unrestricted for an operator's file
+    reach: Reach = UNRESTRICTED
 
     @property
     def tenant_id(self) -> str:

@@ -1,4 +1,10 @@
-"""Live connectors of one tenant: opened lazily, once, and closed together."""
+"""Live connectors of one tenant: opened lazily, once, and closed together.
+
+Opening a source, its reads and its health check run inside
+`connectors.egress.reaching` the tenant's reach: for a config the engine
+serves, every connection its driver makes and every file it names is checked
+(contract §5.0), and a refusal is answered as one clear `SourceUnavailable`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from connectors.base import Connector
+from connectors.egress import reaching, refusal_in
 from worker.circuit import Circuit, CircuitOpen
 from worker.config import Tenant
 from worker.errors import ConfigError, SourceError, SourceUnavailable
@@ -59,7 +66,8 @@ class Sources:
                 f"skipped: the source failed repeatedly (circuit open for {circuit.reset_s:g} s)",
             ) from None
         try:
-            yield
+            with reaching(self.tenant.reach), _refusals(source_id):
+                yield
         except (SourceError, TimeoutError):
             circuit.failed()
             raise
@@ -85,11 +93,16 @@ class Sources:
         source = self.tenant.sources.get(source_id)
         if source is None:
             raise SourceUnavailable(source_id, "no such data source in this tenant's config")
-        try:
-            connector = source.make_connector(self.tenant.base_dir)
-        except ConfigError as exc:
-            raise SourceUnavailable(source_id, exc.message) from exc
-        await connector.open()
+        reach = self.tenant.reach
+        with reaching(reach), _refusals(source_id):
+            try:
+                connector = source.make_connector(self.tenant.base_dir, reach)
+            except ConfigError as exc:
+                raise SourceUnavailable(source_id, exc.message) from exc
+            if not reach.trusted:  # a clear answer before any driver tries
+                for host, port in connector.targets():
+                    await reach.check_host(source_id, host, port)
+            await connector.open()
         log.info("opened source %s", source_id, extra={"action": "open", "source": source_id})
         return connector
 
@@ -97,9 +110,10 @@ class Sources:
         """The source's own health check, timed; never raises."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout_s):
-                connector = await self.get(source_id)
-                await connector.health_check()
+            with reaching(self.tenant.reach), _refusals(source_id):
+                async with asyncio.timeout(timeout_s):
+                    connector = await self.get(source_id)
+                    await connector.health_check()
         except TimeoutError:
             error: str | None = f"no answer within {timeout_s:g} s"
         except SourceError as exc:
@@ -119,3 +133,16 @@ class Sources:
                 await connector.close()
             except Exception:  # closing must go on for the others
                 log.exception("closing source %s failed", source_id, extra={"action": "close"})
+
+
+@contextlib.contextmanager
+def _refusals(source_id: str) -> Iterator[None]:
+    """A connection or file the tenant's reach refused, however a driver wrapped it,
+    as one clear `SourceUnavailable`."""
+    try:
+        yield
+    except Exception as exc:
+        refused = refusal_in(exc)
+        if refused is None:
+            raise
+        raise SourceUnavailable(source_id, str(refused)) from exc

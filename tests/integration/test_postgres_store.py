@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
-from worker.stores.postgres import PostgresStore
+from worker.stores.postgres import MIGRATIONS, PostgresStore
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -58,7 +58,7 @@ async def test_open__migrations_are_versioned_and_idempotent(dsn: str) -> None:
         )
     finally:
         await conn.close()
-    assert [v["version"] for v in versions] == [1]
+    assert [v["version"] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
     assert {c["column_name"] for c in columns} >= {
         "id", "payload", "status", "attempt", "run_at", "locked_by", "locked_until",
         "outcome", "result", "error", "created_at", "finished_at",
@@ -253,3 +253,113 @@ async def test_send_message__one_the_server_refuses_fails_alone(store: PostgresS
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], asyncpg.PostgresError)
     assert [m["message"] for m in await store.messages("acme")] == ["first", "third"]
+
+
+# --- idempotency keys are per tenant (issue 10) --------------------------------------------------
+
+
+async def test_send_message__another_tenants_key_never_suppresses_a_jobs_reply(
+    store: PostgresStore,
+) -> None:
+    job_id = await store.enqueue(payload())
+    [job] = await store.claim(claim())
+
+    # Tenant "intruder" pushes the job's id as its key before the job is answered.
+    assert await store.send_message(key=job.id, reply=Reply("intruder", "+1999", "gotcha"))
+    assert await store.complete(
+        job_id, outcome="ok", result=None, attempt=job.attempt, reply=Reply("acme", "+1", "yours")
+    )
+
+    [mine] = await store.messages("acme")
+    assert (mine["job_id"], mine["message"]) == (job_id, "yours")
+    [theirs] = await store.messages("intruder")
+    assert theirs["job_id"] is None  # the job is not the intruder's
+
+
+async def test_send_message__same_key_twice_for_one_tenant_delivers_once(
+    store: PostgresStore,
+) -> None:
+    job_id = await store.enqueue(payload())
+    results = await asyncio.gather(  # one batch: both tenants, the same key, twice each
+        store.send_message(key=str(job_id), reply=Reply("acme", "+1", "first")),
+        store.send_message(key=str(job_id), reply=Reply("acme", "+1", "again")),
+        store.send_message(key=str(job_id), reply=Reply("other", "+1", "theirs")),
+        store.send_message(key=str(job_id), reply=Reply("other", "+1", "theirs again")),
+    )
+
+    assert results == [True, False, True, False]
+    messages = await store.messages()
+    assert [(m["tenant_id"], m["job_id"], m["message"]) for m in messages] == [
+        ("acme", job_id, "first"),
+        ("other", None, "theirs"),
+    ]
+
+
+async def test_complete__the_direct_queue_path_writes_exactly_one_reply(
+    store: PostgresStore,
+) -> None:
+    job_id = await store.enqueue(payload())
+    [job] = await store.claim(claim())
+    assert await store.send_message(key=job.id, reply=Reply("acme", "+1", "sent first"))
+
+    assert await store.complete(
+        job_id, outcome="ok", result=None, attempt=job.attempt, reply=Reply("acme", "+1", "hi")
+    )
+
+    assert [(m["job_id"], m["message"]) for m in await store.messages("acme")] == [
+        (job_id, "sent first")
+    ]
+
+
+async def test_open__migrates_a_database_from_before_per_tenant_keys(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(MIGRATIONS[0])  # the schema as every earlier release created it
+        await conn.execute(
+            """CREATE TABLE worker_schema_migrations (
+                   version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+               INSERT INTO worker_schema_migrations VALUES (1)"""
+        )
+        await conn.execute(
+            "INSERT INTO jobs (id, payload) VALUES (5, $1::jsonb), (6, $2::jsonb), (7, '[1]')",
+            json.dumps(payload()),
+            json.dumps(payload("b")),
+        )
+        await conn.executemany(
+            """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+               VALUES ($1, $2, '+1', 'old', $3)""",
+            [(5, "b", "5"), (6, "b", "6"), (7, "b", "7"), (None, "b", "hook")],
+        )
+    finally:
+        await conn.close()
+
+    async with PostgresStore(dsn) as store:
+        [job] = await store.claim(claim())
+        assert job.id == "5"
+        assert await store.complete(
+            5, outcome="ok", result=None, attempt=1, reply=Reply("acme", "+1", "yours")
+        )
+        assert not await store.send_message(key="hook", reply=Reply("b", "+1", "again"))
+        messages = await store.messages()
+
+    assert [(m["job_id"], m["tenant_id"], m["message"]) for m in messages] == [
+        (None, "b", "old"),  # job 5 is acme's: tenant b's row no longer holds its slot
+        (6, "b", "old"),
+        (None, "b", "old"),
+        (None, "b", "old"),
+        (5, "acme", "yours"),
+    ]
+
+
+async def test_tokens__stored_by_hash_listed_and_revoked(store: PostgresStore) -> None:
+    await store.add_token("ab" * 32, "acme")
+    await store.add_token("cd" * 32, "other")
+
+    assert await store.token_tenant("ab" * 32) == "acme"
+    assert await store.token_tenant("ef" * 32) is None
+    assert {(t.token_sha256, t.tenant_id) for t in await store.tokens()} == {
+        ("ab" * 32, "acme"),
+        ("cd" * 32, "other"),
+    }
+    assert await store.revoke_tokens("abababab") == 1
+    assert await store.token_tenant("ab" * 32) is None

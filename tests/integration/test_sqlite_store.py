@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
-from worker.stores.sqlite import SQLiteStore
+from worker.stores.sqlite import MIGRATIONS, SQLiteStore
 
 TENANT = "acme"
 SEED_PAYLOAD = json.dumps(
@@ -435,7 +435,8 @@ async def test_send_message__idempotent_per_key(
 
     assert (first, again, other) == (True, False, True)
     messages = await sqlite_store.messages(TENANT)
-    assert [(m["job_id"], m["message"]) for m in messages] == [(17, "hello"), (None, "hello")]
+    # there is no job 17: the key names none
+    assert [(m["job_id"], m["message"]) for m in messages] == [(None, "hello"), (None, "hello")]
     assert len(outbound(queue_path)) == 2
 
 
@@ -553,3 +554,105 @@ async def test_wait_for_jobs__sees_a_job_inserted_after_an_empty_claim(
     await sqlite_store.wait_for_jobs(1.0)
 
     assert time.monotonic() - start < 0.5
+
+
+# --- idempotency keys are per tenant (issue 10) --------------------------------------------------
+
+
+async def test_send_message__another_tenants_key_never_suppresses_a_jobs_reply(
+    sqlite_store: SQLiteStore,
+) -> None:
+    job_id = await sqlite_store.enqueue(payload())
+    [job] = await sqlite_store.claim(claim())
+
+    # Tenant "intruder" pushes the job's id as its key before the job is answered.
+    assert await sqlite_store.send_message(key=job.id, reply=Reply("intruder", "+1999", "gotcha"))
+    assert await sqlite_store.complete(
+        job_id, outcome="ok", result=None, attempt=job.attempt, reply=Reply(TENANT, "+1", "yours")
+    )
+
+    [mine] = await sqlite_store.messages(TENANT)
+    assert (mine["job_id"], mine["message"]) == (job_id, "yours")
+    [theirs] = await sqlite_store.messages("intruder")
+    assert theirs["job_id"] is None  # the job is not the intruder's
+
+
+async def test_send_message__same_key_twice_for_one_tenant_delivers_once(
+    sqlite_store: SQLiteStore,
+) -> None:
+    assert await sqlite_store.send_message(key="5", reply=Reply(TENANT, "+1", "first"))
+    assert not await sqlite_store.send_message(key="5", reply=Reply(TENANT, "+1", "again"))
+    assert await sqlite_store.send_message(key="5", reply=Reply("other", "+1", "theirs"))
+
+    assert [m["message"] for m in await sqlite_store.messages()] == ["first", "theirs"]
+
+
+async def test_complete__the_direct_queue_path_writes_exactly_one_reply(
+    sqlite_store: SQLiteStore,
+) -> None:
+    job_id = await sqlite_store.enqueue(payload())
+    [job] = await sqlite_store.claim(claim())
+    await sqlite_store.send_message(key="unrelated", reply=Reply(TENANT, "+1", "other"))
+
+    assert await sqlite_store.complete(
+        job_id, outcome="ok", result=None, attempt=job.attempt, reply=Reply(TENANT, "+1", "hi")
+    )
+
+    assert [(m["job_id"], m["message"]) for m in await sqlite_store.messages(TENANT)] == [
+        (None, "other"),
+        (job_id, "hi"),
+    ]
+
+
+async def test_open__migrates_a_database_from_before_per_tenant_keys(queue_path: Path) -> None:
+    with raw(queue_path) as conn:
+        conn.executescript(MIGRATIONS[0])  # the schema as every earlier release created it
+        conn.execute("INSERT INTO jobs (id, payload) VALUES (5, ?)", (json.dumps(payload()),))
+        conn.execute("INSERT INTO jobs (id, payload) VALUES (6, ?)", (json.dumps(payload("b")),))
+        conn.execute("INSERT INTO jobs (id, payload) VALUES (7, 'not json')")
+        rows = [(5, "b", "5"), (6, "b", "6"), (7, "b", "7"), (None, "b", "hook")]
+        conn.executemany(
+            'INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)'
+            " VALUES (?, ?, '+1', 'old', ?)",
+            rows,
+        )
+    assert user_version(queue_path) == 0
+
+    async with SQLiteStore(queue_path) as store:
+        [job] = await store.claim(claim())
+        assert job.id == "5"
+        assert await store.complete(
+            5, outcome="ok", result=None, attempt=1, reply=Reply(TENANT, "+1", "yours")
+        )
+        assert not await store.send_message(key="hook", reply=Reply("b", "+1", "again"))
+        messages = await store.messages()
+
+    assert [(m["job_id"], m["tenant_id"], m["message"]) for m in messages] == [
+        (None, "b", "old"),  # job 5 is acme's: tenant b's row no longer holds its slot
+        (6, "b", "old"),
+        (None, "b", "old"),
+        (None, "b", "old"),
+        (5, TENANT, "yours"),
+    ]
+    assert user_version(queue_path) == len(MIGRATIONS)
+    async with SQLiteStore(queue_path) as again:  # opening again migrates nothing
+        assert len(await again.messages()) == 5
+
+
+def user_version(path: Path) -> int:
+    with raw(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def test_tokens__stored_by_hash_listed_and_revoked(sqlite_store: SQLiteStore) -> None:
+    await sqlite_store.add_token("ab" * 32, TENANT)
+    await sqlite_store.add_token("cd" * 32, "other")
+
+    assert await sqlite_store.token_tenant("ab" * 32) == TENANT
+    assert await sqlite_store.token_tenant("ef" * 32) is None
+    assert {(t.token_sha256, t.tenant_id) for t in await sqlite_store.tokens()} == {
+        ("ab" * 32, TENANT),
+        ("cd" * 32, "other"),
+    }
+    assert await sqlite_store.revoke_tokens("abababab") == 1
+    assert await sqlite_store.token_tenant("ab" * 32) is None

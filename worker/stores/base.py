@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from worker.jobs import ClaimedJob
 
-__all__ = ["MAX_ATTEMPTS", "Claim", "JobRow", "Reply", "Store"]
+__all__ = ["MAX_ATTEMPTS", "Claim", "JobRow", "Reply", "Store", "TokenRow", "job_number"]
 
 #: A job whose lease ran out this many times is failed instead of handed out again.
 MAX_ATTEMPTS = 5
@@ -45,6 +45,26 @@ class JobRow:
     outcome: str | None
     result: Any
     error: str | None
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant the payload names; None when it names none (or is not an object)."""
+        tenant = self.payload.get("tenant_id") if isinstance(self.payload, dict) else None
+        return tenant if isinstance(tenant, str) else None
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """A tenant-scoped engine token, as stored: only its SHA-256 is kept."""
+
+    token_sha256: str
+    tenant_id: str
+    created_at: str
+
+
+def job_number(key: str) -> int | None:
+    """The job id an idempotency key names, when it is one (a bigint)."""
+    return int(key) if key.isascii() and key.isdigit() and int(key) < 2**63 else None
 
 
 class Store(abc.ABC):
@@ -117,11 +137,34 @@ class Store(abc.ABC):
         """Fail for good, or hand back for a later attempt."""
 
     @abc.abstractmethod
-    async def send_message(self, *, key: str, reply: Reply) -> bool:
-        """Record an outbound message once per idempotency key; False if already sent."""
+    async def send_message(self, *, key: str, reply: Reply, job_id: int | None = None) -> bool:
+        """Record an outbound message once per tenant and idempotency key; False if already sent.
+
+        The row names a job (``job_id``, else the job a numeric ``key`` names) only
+        when that job exists and is the sending tenant's: another tenant's key
+        never takes a job's reply slot.
+        """
 
     @abc.abstractmethod
     async def job(self, job_id: int) -> JobRow | None: ...
 
     @abc.abstractmethod
     async def messages(self, tenant_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    # -- tenant-scoped engine tokens (the local engine's `worker engine token`) --------
+
+    @abc.abstractmethod
+    async def add_token(self, token_sha256: str, tenant_id: str) -> None:
+        """Remember a token (by its SHA-256, hex) that may act only for ``tenant_id``."""
+
+    @abc.abstractmethod
+    async def token_tenant(self, token_sha256: str) -> str | None:
+        """The tenant a stored token is scoped to; None for an unknown token."""
+
+    @abc.abstractmethod
+    async def revoke_tokens(self, sha256_prefix: str) -> int:
+        """Forget the tokens whose SHA-256 starts with ``sha256_prefix``; how many went."""
+
+    @abc.abstractmethod
+    async def tokens(self) -> list[TokenRow]:
+        """Every stored token, oldest first."""

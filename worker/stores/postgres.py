@@ -29,7 +29,7 @@ import asyncpg
 from worker.batching import GroupCommit
 from worker.errors import QueueUnavailable
 from worker.jobs import ClaimedJob
-from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
+from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store, TokenRow, job_number
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -87,6 +87,24 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER worker_jobs_notify AFTER INSERT OR UPDATE OF status ON jobs
         FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION worker_jobs_notify();
     """,
+    # 2: idempotency keys are per tenant (one tenant's key never suppresses another's
+    # message), and a row names a job only of its own tenant.
+    """
+    ALTER TABLE outbound_messages DROP CONSTRAINT IF EXISTS outbound_messages_idempotency_key_key;
+    UPDATE outbound_messages AS m SET job_id = NULL
+     WHERE job_id IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM jobs AS j WHERE j.id = m.job_id AND j.payload->>'tenant_id' = m.tenant_id);
+    CREATE UNIQUE INDEX IF NOT EXISTS outbound_messages_tenant_key
+        ON outbound_messages (tenant_id, idempotency_key);
+    """,
+    # 3: tenant-scoped engine tokens; only a token's SHA-256 is kept.
+    """
+    CREATE TABLE IF NOT EXISTS engine_tokens (
+        token_sha256 text PRIMARY KEY,
+        tenant_id text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 # The claimant's own rows: its tenant and job types; anything not an object matches nothing.
@@ -139,10 +157,11 @@ WITH input AS (
            locked_by = NULL, locked_until = NULL, finished_at = now()
       FROM input AS i
      WHERE j.id = i.id AND j.status = 'running' AND (i.attempt IS NULL OR j.attempt = i.attempt)
-    RETURNING j.id
+    RETURNING j.id, j.payload->>'tenant_id' AS tenant_id
 ), reply AS (
     INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
-    SELECT i.id, i.tenant_id, i."to", i.message, i.id::text
+    SELECT CASE WHEN d.tenant_id = i.tenant_id THEN i.id END,
+           i.tenant_id, i."to", i.message, i.id::text
       FROM input AS i JOIN done AS d ON d.id = i.id
      WHERE i."to" IS NOT NULL
     ON CONFLICT DO NOTHING
@@ -151,11 +170,16 @@ SELECT id FROM done
 """
 
 # Messages sent outside a job's completion (the engine's /messages/send), many at once.
+# A row names its job only when the job is the sending tenant's.
 _SEND = """
 INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+SELECT j.id, i.tenant_id, i."to", i.message, i.key
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+       WITH ORDINALITY AS i(job, tenant_id, "to", message, key, n)
+  LEFT JOIN jobs AS j ON j.id = i.job AND j.payload->>'tenant_id' = i.tenant_id
+ ORDER BY i.n
 ON CONFLICT DO NOTHING
-RETURNING idempotency_key
+RETURNING tenant_id, idempotency_key
 """
 
 _CONNECTION_TROUBLE = (
@@ -168,6 +192,13 @@ _CONNECTION_TROUBLE = (
     # a pooled connection left mid-operation by a dropped server: discard and retry
     asyncpg.InternalClientError,
 )
+
+
+@dataclass(frozen=True)
+class _Send:
+    key: str
+    reply: Reply
+    job_id: int | None
 
 
 @dataclass(frozen=True)
@@ -217,11 +248,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _job_number(key: str) -> int | None:
-    """The job id an idempotency key names, when it is one (a bigint)."""
-    return int(key) if key.isascii() and key.isdigit() and int(key) < 2**63 else None
-
-
 class PostgresStore(Store):
     """Contract §4 on PostgreSQL."""
 
@@ -235,7 +261,7 @@ class PostgresStore(Store):
         self._seen: dict[int, asyncio.Event] = {}
         self._swept: dict[str, float] = {}
         self._completions: GroupCommit[_Completion, bool] = GroupCommit(self._complete_many)
-        self._sends: GroupCommit[tuple[str, Reply], bool] = GroupCommit(self._send_many)
+        self._sends: GroupCommit[_Send, bool] = GroupCommit(self._send_many)
 
     def __repr__(self) -> str:
         return "<PostgresStore>"  # the DSN may hold a password
@@ -469,28 +495,31 @@ class PostgresStore(Store):
             status = await conn.execute(sql, job_id, attempt, *args)
         return bool(status.endswith(" 1"))
 
-    async def send_message(self, *, key: str, reply: Reply) -> bool:
-        return await self._sends.submit((key, reply))
+    async def send_message(self, *, key: str, reply: Reply, job_id: int | None = None) -> bool:
+        job = job_id if job_id is not None else job_number(key)
+        if job is not None and not 0 <= job < 2**63:
+            job = None  # not a bigint: not a job
+        return await self._sends.submit(_Send(key, reply, job))
 
-    async def _send_many(self, items: Sequence[tuple[str, Reply]]) -> list[bool | BaseException]:
+    async def _send_many(self, items: Sequence[_Send]) -> list[bool | BaseException]:
         return await _one_by_one_if_refused(self._send_batch, items)
 
-    async def _send_batch(self, items: Sequence[tuple[str, Reply]]) -> list[bool]:
+    async def _send_batch(self, items: Sequence[_Send]) -> list[bool]:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 _SEND,
-                [_job_number(key) for key, _ in items],
-                [reply.tenant_id for _, reply in items],
-                [reply.to for _, reply in items],
-                [reply.message for _, reply in items],
-                [key for key, _ in items],
+                [s.job_id for s in items],
+                [s.reply.tenant_id for s in items],
+                [s.reply.to for s in items],
+                [s.reply.message for s in items],
+                [s.key for s in items],
             )
-        fresh = {r[0] for r in rows}
-        # The same key twice in one batch: the first is the one sent.
+        fresh = {(r[0], r[1]) for r in rows}
+        # The same tenant and key twice in one batch: the first is the one sent.
         answers = []
-        for key, _ in items:
-            answers.append(key in fresh)
-            fresh.discard(key)
+        for s in items:
+            answers.append((s.reply.tenant_id, s.key) in fresh)
+            fresh.discard((s.reply.tenant_id, s.key))
         return answers
 
     async def job(self, job_id: int) -> JobRow | None:
@@ -513,3 +542,36 @@ class PostgresStore(Store):
                 tenant_id,
             )
         return [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]
+
+    # -- tenant-scoped engine tokens ---------------------------------------------------
+
+    async def add_token(self, token_sha256: str, tenant_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO engine_tokens (token_sha256, tenant_id) VALUES ($1, $2)",
+                token_sha256,
+                tenant_id,
+            )
+
+    async def token_tenant(self, token_sha256: str) -> str | None:
+        async with self._conn() as conn:
+            tenant = await conn.fetchval(
+                "SELECT tenant_id FROM engine_tokens WHERE token_sha256 = $1", token_sha256
+            )
+        return str(tenant) if tenant is not None else None
+
+    async def revoke_tokens(self, sha256_prefix: str) -> int:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "DELETE FROM engine_tokens WHERE left(token_sha256, length($1)) = $1",
+                sha256_prefix,
+            )
+        return int(status.rpartition(" ")[2] or 0)
+
+    async def tokens(self) -> list[TokenRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT token_sha256, tenant_id, created_at FROM engine_tokens"
+                " ORDER BY created_at, token_sha256"
+            )
+        return [TokenRow(r[0], r[1], r[2].isoformat()) for r in rows]

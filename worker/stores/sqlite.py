@@ -6,6 +6,10 @@ so two claimants never lease the same row. SQLite has no LISTEN/NOTIFY, so
 `wait_for_jobs` watches ``PRAGMA data_version`` (which moves when another
 connection commits) on a short tick, and an in-process event for our own
 inserts.
+
+The schema is versioned (``PRAGMA user_version``): `MIGRATIONS` run in order,
+each once, under ``BEGIN IMMEDIATE`` so two processes opening one file never
+migrate it twice.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -22,9 +27,9 @@ from typing import Any
 import aiosqlite
 
 from worker.jobs import ClaimedJob
-from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store
+from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store, TokenRow, job_number
 
-__all__ = ["SQLiteStore"]
+__all__ = ["MIGRATIONS", "SQLiteStore"]
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
@@ -55,6 +60,61 @@ CREATE TABLE IF NOT EXISTS outbound_messages (
     created_at TEXT NOT NULL DEFAULT ({_NOW})
 );
 """
+
+# The tenant a job row belongs to, or NULL for a row that is not a JSON object.
+_JOB_TENANT = (
+    "CASE WHEN json_valid(j.payload) AND json_type(j.payload) = 'object'"
+    " THEN json_extract(j.payload, '$.tenant_id') END"
+)
+
+MIGRATIONS: list[str] = [
+    # 1: the contract's tables (databases from before versioning already have them).
+    SCHEMA,
+    # 2: idempotency keys are per tenant, and a row names a job only of its own tenant.
+    # SQLite cannot drop a column's UNIQUE: the table is rebuilt, rows and ids kept.
+    f"""
+    CREATE TABLE outbound_messages_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER UNIQUE,
+        tenant_id TEXT NOT NULL,
+        "to" TEXT NOT NULL,
+        message TEXT NOT NULL,
+        idempotency_key TEXT,
+        created_at TEXT NOT NULL DEFAULT ({_NOW}),
+        UNIQUE (tenant_id, idempotency_key)
+    );
+    INSERT INTO outbound_messages_v2
+        (id, job_id, tenant_id, "to", message, idempotency_key, created_at)
+    SELECT m.id,
+           (SELECT j.id FROM jobs AS j WHERE j.id = m.job_id AND {_JOB_TENANT} = m.tenant_id),
+           m.tenant_id, m."to", m.message, m.idempotency_key, m.created_at
+      FROM outbound_messages AS m;
+    DROP TABLE outbound_messages;
+    ALTER TABLE outbound_messages_v2 RENAME TO outbound_messages;
+    """,  # noqa: S608 - constant SQL
+    # 3: tenant-scoped engine tokens; only a token's SHA-256 is kept.
+    f"""
+    CREATE TABLE IF NOT EXISTS engine_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT ({_NOW})
+    );
+    """,
+]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A script's statements one by one (triggers' ``BEGIN … END`` kept whole)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
+
 
 _TICK_S = 0.05
 
@@ -109,7 +169,25 @@ class SQLiteStore(Store):
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA busy_timeout=30000")
         await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(SCHEMA)
+        await self._migrate(self._db)
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await db.execute("PRAGMA user_version")
+            row = await cursor.fetchone()
+            await cursor.close()
+            done = int(row[0]) if row else 0
+            for sql in MIGRATIONS[done:]:
+                for statement in _statements(sql):
+                    await db.execute(statement)
+            if done < len(MIGRATIONS):
+                await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -264,7 +342,7 @@ class SQLiteStore(Store):
                 done = cursor.rowcount == 1
                 await cursor.close()
                 if done and reply is not None:
-                    await self._insert_message(str(job_id), reply)
+                    await self._insert_message(str(job_id), reply, job_id)
                 await self.db.execute("COMMIT")
             except BaseException:
                 await self.db.execute("ROLLBACK")
@@ -292,20 +370,24 @@ class SQLiteStore(Store):
             self._notify()
         return count == 1
 
-    async def _insert_message(self, key: str, reply: Reply) -> bool:
-        job_id = int(key) if key.isdigit() else None
+    async def _insert_message(self, key: str, reply: Reply, job_id: int | None) -> bool:
+        # The job is named only when it is the sending tenant's (see `Store.send_message`).
         cursor = await self.db.execute(
-            """INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
-               VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-            (job_id, reply.tenant_id, reply.to, reply.message, key),
+            f"""INSERT INTO outbound_messages (job_id, tenant_id, "to", message, idempotency_key)
+                VALUES ((SELECT j.id FROM jobs AS j WHERE j.id = ? AND {_JOB_TENANT} = ?),
+                        ?, ?, ?, ?)
+                ON CONFLICT DO NOTHING""",  # noqa: S608 - constant SQL
+            (job_id, reply.tenant_id, reply.tenant_id, reply.to, reply.message, key),
         )
         inserted = cursor.rowcount == 1
         await cursor.close()
         return inserted
 
-    async def send_message(self, *, key: str, reply: Reply) -> bool:
+    async def send_message(self, *, key: str, reply: Reply, job_id: int | None = None) -> bool:
         async with self._lock:
-            return await self._insert_message(key, reply)
+            return await self._insert_message(
+                key, reply, job_id if job_id is not None else job_number(key)
+            )
 
     async def job(self, job_id: int) -> JobRow | None:
         cursor = await self.db.execute(
@@ -331,3 +413,34 @@ class SQLiteStore(Store):
         await cursor.close()
         keys = ("id", "job_id", "tenant_id", "to", "message", "created_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # -- tenant-scoped engine tokens ---------------------------------------------------
+
+    async def add_token(self, token_sha256: str, tenant_id: str) -> None:
+        await self._write(
+            "INSERT INTO engine_tokens (token_sha256, tenant_id) VALUES (?, ?)",
+            (token_sha256, tenant_id),
+        )
+
+    async def token_tenant(self, token_sha256: str) -> str | None:
+        cursor = await self.db.execute(
+            "SELECT tenant_id FROM engine_tokens WHERE token_sha256 = ?", (token_sha256,)
+        )
+        row = await cursor.fetchone()
+        await cursor.close()
+        return str(row[0]) if row else None
+
+    async def revoke_tokens(self, sha256_prefix: str) -> int:
+        return await self._write(
+            "DELETE FROM engine_tokens WHERE substr(token_sha256, 1, ?) = ?",
+            (len(sha256_prefix), sha256_prefix),
+        )
+
+    async def tokens(self) -> list[TokenRow]:
+        cursor = await self.db.execute(
+            "SELECT token_sha256, tenant_id, created_at FROM engine_tokens"
+            " ORDER BY created_at, token_sha256"
+        )
+        rows = await cursor.fetchall()
+        await cursor.close()
+        return [TokenRow(str(r[0]), str(r[1]), str(r[2])) for r in rows]
