@@ -87,7 +87,7 @@ def resolve_values(
         return value
 
     def _one(text: str, path: Path_) -> str:
-        encrypted = text.startswith(secrets.PREFIX)
+        encrypted = secrets.PREFIX in text
         env = _ENV.search(text) is not None
         if not (encrypted or env):
             return text
@@ -100,7 +100,7 @@ def resolve_values(
             return ""
         if not decrypt:
             return text
-        if encrypted:
+        if text.startswith(secrets.PREFIX):
             try:
                 return secrets.decrypt(text, tenant=tenant_id)
             except ConfigError as exc:
