@@ -66,6 +66,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 from connectors.sql import SQLSpec, prepare_sql
+from worker.errors import InputRefused
 
 __all__ = ["MySQLConnector", "MySQLSettings"]
 
@@ -97,6 +98,10 @@ _AUTH = {1044, 1045, 1130, 1251, 1698, 1820, 1862, 2059, 3118, 4151}
 _LOST = {2006, 2013, 2055, 1053, 1927, 4031}  # the connection died under us
 _UNREACHABLE = {2003, 2005, 1040, 1129} | _LOST
 _UNKNOWN_VARIABLE = 1193
+# The server refused a value (the customer's): no such date, not a number, out of range,
+# too long, bad JSON, a bad regular expression. The source is fine: `InputRefused`.
+_VALUE_REFUSED = {1139, 1264, 1265, 1292, 1300, 1365, 1366, 1367, 1406, 1411, 1525, 1690, 1918}
+_VALUE_REFUSED |= {3140, 3141, 3146} | set(range(3685, 3698))  # MySQL: JSON, REGEXP_*
 # Codes whose quoted words are identifiers from the configured query, never values.
 _NAMES_IN_MESSAGE = {1049, 1051, 1052, 1054, 1142, 1143, 1146, 1305}
 _QUOTED = re.compile(r"'.*'", re.DOTALL)
@@ -563,8 +568,10 @@ class MySQLConnector(Connector):
         except OSError as exc:
             raise self._unreachable(type(exc).__name__) from exc
 
-    def _translated(self, exc: BaseException) -> SourceError:
+    def _translated(self, exc: BaseException) -> SourceError | InputRefused:
         code = _code(exc)
+        if code in _VALUE_REFUSED:
+            return InputRefused(self.source_id, f"the server refused a value (MySQL error {code})")
         if code in _TIMED_OUT:
             return SourceTimeout(self.source_id, "the server stopped the query at its deadline")
         if code in _AUTH:

@@ -70,6 +70,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 from connectors.sql import SQLSpec, prepare_sql
+from worker.errors import InputRefused
 
 __all__ = ["APPLICATION_NAME", "PostgreSQLConnector", "PostgreSQLSettings"]
 
@@ -368,7 +369,9 @@ class PostgreSQLConnector(Connector):
             try:
                 out.append(_coerce(value, type_name))
             except (ValueError, TypeError, ArithmeticError):
-                raise self.fail(f"the value for ${n} is not a valid {type_name}") from None
+                # The customer's value, not the source: answered invalid_input, no circuit count.
+                message = f"the value for ${n} is not a valid {type_name}"
+                raise InputRefused(self.source_id, message, argument=n) from None
         return out
 
     def _server_ms(self, attempt: _Attempt) -> int:
@@ -515,9 +518,14 @@ class PostgreSQLConnector(Connector):
         except (asyncpg.InternalClientError, ValueError) as exc:
             raise self.fail(f"postgresql client error ({type(exc).__name__})") from exc
 
-    def _server_error(self, exc: asyncpg.PostgresError) -> SourceError:
+    def _server_error(self, exc: asyncpg.PostgresError) -> SourceError | InputRefused:
         state = str(exc.sqlstate or "")
         text = str(exc.args[0]) if exc.args else type(exc).__name__
+        if state.startswith("22"):  # data exception: a value (22P02, 22003, 22007, 22001…)
+            found = _ARGUMENT.search(text)  # asyncpg names the $n it could not encode
+            argument = int(found.group(0)[1:]) if found else None
+            message = f"the server refused a value ({type(exc).__name__}, SQLSTATE {state})"
+            return InputRefused(self.source_id, message, argument=argument)
         if state.startswith("28"):
             return SourceAuthError(self.source_id, f"authentication failed: {text}")
         if state == "57014":

@@ -72,6 +72,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkAccess, SSHSettings
 from connectors.sql import SQLSpec, prepare_sql
+from worker.errors import InputRefused
 
 __all__ = [
     "SQLServerConnector",
@@ -104,6 +105,9 @@ _SESSION_SETTINGS = (
 _AUTH_FAILED = frozenset({18456, 18452, 18486, 18487, 18488})
 _CANNOT_OPEN_DATABASE = 4060
 _TIMED_OUT = 20003
+# a value the server cannot convert (the customer's): conversion failed, out of range,
+# overflow, no such date. The source is fine: `InputRefused`.
+_VALUE_REFUSED = frozenset({220, 232, 241, 242, 245, 248, 517, 8114, 8115, 8134})
 # connection refused / lost / unknown host, from FreeTDS's db-lib
 _CONNECTION_FAILED = frozenset({20002, 20004, 20006, 20008, 20009, 20012, 20017, 20047})
 # a connection that was fine once and is gone now (the server restarted)
@@ -536,7 +540,9 @@ def error_numbers(exc: BaseException) -> set[int]:
     return numbers
 
 
-def translate_error(source_id: str, exc: pymssql.Error, *, login: bool = False) -> SourceError:
+def translate_error(
+    source_id: str, exc: pymssql.Error, *, login: bool = False
+) -> SourceError | InputRefused:
     """A pymssql error as a `SourceError`; its text keeps only message numbers.
 
     ``login``: the error came from ``pymssql.connect``, where anything but a
@@ -564,6 +570,8 @@ def translate_error(source_id: str, exc: pymssql.Error, *, login: bool = False) 
         )
     if numbers & _CONNECTION_FAILED:
         return SourceUnavailable(source_id, f"the connection to SQL Server was lost ({listed})")
+    if numbers & _VALUE_REFUSED:
+        return InputRefused(source_id, f"the server refused a value ({listed})")
     if isinstance(exc, pymssql.InterfaceError):
         return SourceUnavailable(source_id, f"the connection is not usable ({listed})")
     return SourceError(source_id, f"sql server refused the query ({type(exc).__name__}: {listed})")

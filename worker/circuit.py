@@ -4,6 +4,11 @@ Closed: reads go through; ``failures`` failures in a row open it. Open: reads
 fail at once (the job gets its fallback in milliseconds instead of waiting for
 the deadline) until ``reset_s`` has passed. Half-open: one trial read goes
 through; success closes the circuit, failure opens it again. No restart needed.
+
+Only the source's own failures count. A read that ends for the customer's
+reasons (the source refused their value) or the worker's (the job was
+cancelled) is `undecided`: it neither counts as a failure nor resets the
+count, so no customer can open a circuit for everyone else.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class Circuit:
     def succeeded(self) -> None:
         self._failed = 0
         self._opened_at = None
+        self._trial = False
+
+    def undecided(self) -> None:
+        """The read said nothing about the source: leave the count, let another trial go."""
         self._trial = False
 
     def failed(self) -> None:

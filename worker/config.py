@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import re2
 import yaml
 from jinja2 import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -88,11 +89,19 @@ class ParamRule(_Model):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
+        # Patterns run on RE2 (linear time): no customer text can make one backtrack.
         if value is not None:
+            options = re2.Options()
+            options.log_errors = False  # the reason goes into the config error instead
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern does not compile: {exc}") from exc
+                re2.compile(value, options)
+            except re2.error as exc:
+                reason = exc.args[0] if exc.args else exc
+                if isinstance(reason, bytes):
+                    reason = reason.decode("utf-8", "replace")
+                raise ValueError(
+                    f"pattern cannot run on RE2, the linear-time engine patterns use: {reason}"
+                ) from None
         return value
 
 

@@ -11,15 +11,17 @@
     ├── FatalError                  stop: nothing a retry can mend
     │   └── EngineAuthError         401/403 from the engine: a configuration problem
     ├── LeaseLost                   another worker owns the job now; drop it quietly
+    ├── InputRefused                a source refused a customer's value: `invalid_input`,
+    │                               and the source is not counted as failing
     └── SourceError                 a data source failed: the job gets `fallback`
         ├── SourceTimeout           the read passed its deadline
         ├── SourceAuthError         the source refused the credentials
         └── SourceUnavailable       the source cannot be reached
 
-Connectors translate driver errors into the `SourceError` family in one place
-each (`raise SourceError(...) from exc`), so the pipeline never sees a driver's
-own exception type. Messages never carry secrets: they name the source, not its
-credentials.
+Connectors translate driver errors into the `SourceError` family (or
+`InputRefused`) in one place each (`raise SourceError(...) from exc`), so the
+pipeline never sees a driver's own exception type. Messages never carry secrets:
+they name the source, not its credentials.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "EngineAuthError",
     "EngineUnavailable",
     "FatalError",
+    "InputRefused",
     "LeaseLost",
     "NotARead",
     "QueueUnavailable",
@@ -89,6 +92,21 @@ class EngineAuthError(FatalError):
 
 class LeaseLost(WorkerError):
     """The job's lease expired and another worker may own it now."""
+
+
+class InputRefused(WorkerError):
+    """The source refused a value the customer sent (not a number, no such date, too long).
+
+    The source works; the customer's words do not fit it. ``argument`` is the
+    1-based position of the refused ``$n`` when the server says which. The
+    message never quotes the value.
+    """
+
+    def __init__(self, source_id: str, message: str, *, argument: int | None = None) -> None:
+        self.source_id = source_id
+        self.message = message
+        self.argument = argument
+        super().__init__(f"source {source_id!r}: {message}")
 
 
 class SourceError(WorkerError):

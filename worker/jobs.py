@@ -5,19 +5,29 @@ fail it, never run it) and normalises both spellings of the job into a
 `JobRequest`. `validate_params` checks parameters against a lookup's rules
 before any source is touched; what fails becomes `InvalidInput`, whose
 messages are fit to show a customer (they never echo the bad value).
+
+Every string the customer sent is made safe once, here, for every connector:
+text that cannot be written as UTF-8 (a lone surrogate such as ``"\\ud800"``
+is valid JSON) and control characters in parameters are refused as
+`InvalidInput`. The job's customer values are also handed to `worker.logs`,
+which masks them in every log line written while the job runs. Tenant
+patterns run on RE2, so no input can make them backtrack.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker import logs
 from worker.config import Lookup, ParamRule
 
 __all__ = [
@@ -28,6 +38,7 @@ __all__ = [
     "NotOurs",
     "normalise_query_type",
     "read_payload",
+    "refused_by_source",
     "validate_params",
 ]
 
@@ -92,6 +103,7 @@ def normalise_query_type(text: str) -> str:
 
 
 def _reply_address(payload: Mapping[str, Any]) -> str | None:
+    """The first address of contract §2's order; none when that one is unreadable."""
     customer = payload.get("customer_context")
     params = payload.get("parameters")
     for candidate in (
@@ -100,8 +112,89 @@ def _reply_address(payload: Mapping[str, Any]) -> str | None:
         params.get("customer_phone") if isinstance(params, Mapping) else None,
     ):
         if isinstance(candidate, str) and candidate.strip():
+            if not _readable(candidate) or _CONTROL.search(candidate):
+                return None  # never message an address that cannot be read as sent
             return candidate.strip()[:64]
     return None
+
+
+# -- the customer's strings ------------------------------------------------------
+
+#: C0 control characters but tab, newline and carriage return, and DEL
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: the payload's fields besides ``parameters`` that carry what the customer sent
+_CUSTOMER_FIELDS = {
+    "customer_context": "the customer details contain",
+    "reply_to": "the reply address contains",
+    "query_type": "the question type contains",
+    "query": "the question type contains",
+    "data_source": "the data source contains",
+    "data_source_config": "the data source contains",
+}
+
+
+def _leaves(value: Any, *, keys: bool = True) -> Iterator[Any]:
+    """Every scalar inside a JSON-like value (and every key, unless told); no recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for key, inner in item.items():
+                if keys:
+                    stack.append(key)
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            yield item
+
+
+def _readable(text: str) -> bool:
+    """Can the text be written as UTF-8? A lone surrogate cannot, by any driver."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unreadable(value: Any) -> bool:
+    return any(isinstance(leaf, str) and not _readable(leaf) for leaf in _leaves(value))
+
+
+def _controls(value: Any) -> bool:
+    return any(isinstance(leaf, str) and _CONTROL.search(leaf) for leaf in _leaves(value))
+
+
+def _unsafe_text(payload: Mapping[str, Any]) -> list[str]:
+    """Customer-readable problems with the payload's strings; never the strings themselves."""
+    problems: list[str] = []
+    params = payload.get("parameters")
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            where = _label(key) if isinstance(key, str) and _readable(key) else "a detail"
+            if _unreadable({key: value}):
+                problems.append(f"{where} contains characters that cannot be read")
+            elif _controls({key: value}):
+                problems.append(f"{where} contains characters that are not allowed")
+    elif _unreadable(params):
+        problems.append("the details contain characters that cannot be read")
+    problems.extend(
+        f"{says} characters that cannot be read"
+        for name, says in _CUSTOMER_FIELDS.items()
+        if _unreadable(payload.get(name))
+    )
+    return problems
+
+
+def _customer_values(payload: Mapping[str, Any]) -> list[str]:
+    """What the customer sent that must not reach a log line: parameters, contact, address."""
+    return [
+        str(leaf)
+        for name in ("parameters", "customer_context", "reply_to")
+        for leaf in _leaves(payload.get(name), keys=False)
+        if isinstance(leaf, str | int | float) and not isinstance(leaf, bool)
+    ]
 
 
 def read_payload(payload: Any, tenant_id: str) -> JobRequest:
@@ -125,7 +218,11 @@ def read_payload(payload: Any, tenant_id: str) -> JobRequest:
             'data_source_config may only name a configured source ({"id": …}); '
             "connection settings in a job are refused"
         )
+    logs.hide_customer_values(_customer_values(payload))
     reply_to = _reply_address(payload)
+    problems = _unsafe_text(payload)
+    if problems:
+        raise InvalidInput(problems, reply_to)
     try:
         job = _Payload.model_validate(payload)
     except ValidationError as exc:
@@ -222,6 +319,14 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _pattern(text: str) -> Any:
+    """A tenant's pattern on RE2: linear time, whatever the customer sends (checked at load)."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(text, options)
+
+
 def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
     if isinstance(value, bool) and rule.type == "boolean":
         return value
@@ -232,9 +337,15 @@ def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
         raise ValueError(f"is too long (at most {rule.max_length} characters)")
     if "\x00" in text:
         raise ValueError("contains characters that are not allowed")
-    if rule.pattern is not None and not re.fullmatch(rule.pattern, text):
+    if rule.pattern is not None and not _pattern(rule.pattern).fullmatch(text):
         raise ValueError("is not in the expected format")
     return _CONVERTERS[rule.type](text)
+
+
+def refused_by_source(name: str | None, reply_to: str | None) -> InvalidInput:
+    """The customer's answer when the source refused the value of ``name`` (or of one of them)."""
+    what = _label(name) if name else "one of the details"
+    return InvalidInput([f"{what} is not in a form the system accepts"], reply_to)
 
 
 def validate_params(

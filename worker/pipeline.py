@@ -22,8 +22,15 @@ from jinja2 import Template
 from connectors.base import Bound, ReadResult
 from worker.audit import AuditLog, AuditRow, mask_identifier
 from worker.config import Lookup, Tenant
-from worker.errors import SourceError
-from worker.jobs import InvalidInput, JobRequest, NotOurs, read_payload, validate_params
+from worker.errors import InputRefused, SourceError
+from worker.jobs import (
+    InvalidInput,
+    JobRequest,
+    NotOurs,
+    read_payload,
+    refused_by_source,
+    validate_params,
+)
 from worker.metrics import Metrics
 from worker.redact import Redactor
 from worker.render import RenderError
@@ -178,6 +185,8 @@ class Pipeline:
         bound = Bound(args=tuple(params.get(a) for a in lookup.args), params=params)
         try:
             result = await self._read(lookup, bound)
+        except InputRefused as exc:
+            return self._refused(exc, lookup, request)
         except (SourceError, TimeoutError) as exc:
             reason = (
                 exc.message
@@ -250,6 +259,22 @@ class Pipeline:
             lookup.source_id,
             params=params,
         )
+
+    def _refused(self, exc: InputRefused, lookup: Lookup, request: JobRequest) -> Answer:
+        """The source refused the customer's value: `invalid_input`, the source is not at fault."""
+        position = exc.argument or 0
+        names = set(lookup.args)
+        if 0 < position <= len(lookup.args):
+            name: str | None = lookup.args[position - 1]
+        else:  # the server did not say which value: with one, it is that one
+            name = names.pop() if len(names) == 1 else None
+        log.info(
+            "lookup %s: the source refused a value: %s",
+            lookup.name,
+            exc.message,
+            extra={"action": "lookup", "lookup": lookup.name, "source": lookup.source_id},
+        )
+        return self._invalid(refused_by_source(name, request.reply_to), lookup, request)
 
     def _invalid(self, exc: InvalidInput, lookup: Lookup | None, request: Any) -> Answer:
         template = lookup.invalid_input if lookup else self.tenant.defaults["invalid_input"]

@@ -71,6 +71,9 @@ class Sources:
         except (SourceError, TimeoutError):
             circuit.failed()
             raise
+        except BaseException:  # a customer's value refused (InputRefused), a cancelled job
+            circuit.undecided()  # say nothing about the source, but free a trial read
+            raise
         else:
             circuit.succeeded()
         finally:
