@@ -451,6 +451,57 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
     _run(main())
 
 
+@engine_group.command("token")
+@click.option("--tenant", "tenant_id", metavar="T", help="Issue a token that acts only for T.")
+@click.option(
+    "--db",
+    default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
+    show_default="ENGINE_DB or ./engine.db",
+    help="The engine's queue: a SQLite file or a postgresql:// DSN.",
+)
+@click.option("--list", "list_tokens", is_flag=True, help="List the scoped tokens.")
+@click.option(
+    "--revoke",
+    metavar="ID",
+    help="Revoke a token: its id from --list (8+ hex digits), or the token itself.",
+)
+def engine_token(tenant_id: str | None, db: str, list_tokens: bool, revoke: str | None) -> None:
+    """Issue a token scoped to one tenant (printed once; only its SHA-256 is kept), list or revoke.
+
+    With a scoped token, every engine call sees and changes only that tenant's jobs,
+    messages and config.
+    """
+    from worker.local_engine import issue_token, token_digest
+    from worker.stores import open_store
+
+    if sum((tenant_id is not None, list_tokens, revoke is not None)) != 1:
+        raise click.UsageError("give one of --tenant T, --list or --revoke ID")
+
+    async def main() -> None:
+        async with open_store(db) as store:
+            if list_tokens:
+                for row in await store.tokens():
+                    click.echo(f"{row.token_sha256[:12]}  {row.tenant_id}  {row.created_at}")
+            elif revoke is not None:
+                hex_id = re.fullmatch(r"[0-9a-f]{8,64}", revoke)
+                count = await store.revoke_tokens(revoke if hex_id else token_digest(revoke))
+                click.echo(f"{count} token(s) revoked", err=True)
+                if not count:
+                    raise SystemExit(1)
+            elif tenant_id is not None:
+                try:
+                    token = await issue_token(store, tenant_id)
+                except ValueError as exc:
+                    raise click.BadParameter(str(exc), param_hint="--tenant") from None
+                click.echo(token)
+                click.echo(
+                    f"token {token_digest(token)[:12]} for tenant {tenant_id!r}: shown only once",
+                    err=True,
+                )
+
+    _run(main())
+
+
 def _since(value: str) -> dt.timedelta:
     match = re.fullmatch(r"(\d+)\s*([smhdw])", value.strip())
     if not match:

@@ -1,10 +1,12 @@
-"""The worker's own endpoints (contract §6): health, readiness, metrics, webhooks."""
+"""The worker's own endpoints (contract §6): health, readiness, metrics, webhooks.
+
+Served by `worker.http_guard.GuardedRunner`: request heads have a deadline, deep
+JSON bodies and undecodable headers are refused before any handler runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.errors import WorkerError
+from worker.http_guard import bearer_matches, read_json, refuse_undecodable_headers
 from worker.jobs import JOB_TYPE, NotOurs, normalise_query_type
 from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
@@ -42,7 +45,7 @@ class WorkerApp:
         self.token = token
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[refuse_undecodable_headers])
         app.add_routes(
             [
                 web.get("/healthz", self.healthz),
@@ -56,10 +59,7 @@ class WorkerApp:
 
     def _guarded(self, handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "")
-            if not self.token or not hmac.compare_digest(
-                given.encode(), f"Bearer {self.token}".encode()
-            ):
+            if not self.token or not bearer_matches(request, self.token):
                 return web.json_response({"error": "missing or wrong bearer token"}, status=401)
             return await handler(request)
 
@@ -88,13 +88,7 @@ class WorkerApp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _json(self, request: web.Request) -> Any:
-        try:
-            return await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "the body is not valid JSON"}),
-                content_type="application/json",
-            ) from None
+        return await read_json(request)
 
     async def test_connection(self, request: web.Request) -> web.Response:
         body = await self._json(request)

@@ -8,6 +8,12 @@ few of its own, for people and tests (all behind the same bearer token):
 - ``GET /messages[?tenant_id=t]`` → the messages sent, oldest first
 - ``GET /healthz`` (no token)
 
+Callers send the engine's own token (every tenant) or a token scoped to one
+tenant (`issue_token`, ``worker engine token --tenant T``; only its SHA-256 is
+stored). With a scoped token every call sees and changes only that tenant's
+jobs, messages and config: a body's ``tenant_id`` must be the token's tenant
+(403 otherwise), and another tenant's job is answered as missing (404).
+
 Tenant configs for ``GET /routes/tenants/{id}/data-sources`` are read from a
 folder of ``<tenant>.yaml`` / ``.json`` files, as they are on disk (encrypted
 values stay encrypted: the engine never holds a usable credential).
@@ -17,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,9 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker.config import find_config, load_tenant
 from worker.errors import ConfigError, ConfigErrors
-from worker.stores.base import Claim, Reply, Store
+from worker.http_guard import GuardedRunner, bearer_matches, read_json, refuse_undecodable_headers
+from worker.stores.base import Claim, JobRow, Reply, Store, job_number
 
-__all__ = ["LocalEngine", "serve_engine"]
+__all__ = ["LocalEngine", "issue_token", "serve_engine", "token_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,10 @@ MAX_BODY = 4 * 1024 * 1024
 OUTCOMES = ("ok", "not_found", "invalid_input", "fallback")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The request key holding the tenant a scoped token may act for (None: every tenant).
+SCOPE = web.RequestKey("tenant_scope", str)
+_TENANT = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
 
 class _NextJob(BaseModel):
@@ -87,13 +98,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    try:
-        raw = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body is not valid JSON"}),
-            content_type="application/json",
-        ) from None
+    raw = await read_json(request) if request.can_read_body else {}
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -101,6 +106,40 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         raise web.HTTPUnprocessableEntity(
             text=json.dumps({"error": detail}), content_type="application/json"
         ) from None
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a scoped token: its SHA-256, in hex."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+async def issue_token(store: Store, tenant_id: str) -> str:
+    """A new token scoped to ``tenant_id``; the store keeps only its digest."""
+    if not _TENANT.fullmatch(tenant_id):
+        raise ValueError("a tenant id is 1 to 255 characters, none of them control characters")
+    token = "wet_" + secrets.token_urlsafe(32)
+    await store.add_token(token_digest(token), tenant_id)
+    return token
+
+
+def _scope(request: web.Request) -> str | None:
+    return request.get(SCOPE)
+
+
+def _only_for_scope(request: web.Request, tenant_id: object) -> None:
+    """403 unless the caller's token may act for ``tenant_id``."""
+    scope = _scope(request)
+    if scope is not None and tenant_id != scope:
+        raise web.HTTPForbidden(
+            text=json.dumps({"error": f"this token acts only for tenant {scope!r}"}),
+            content_type="application/json",
+        )
+
+
+def _no_such_job() -> web.HTTPNotFound:
+    return web.HTTPNotFound(
+        text=json.dumps({"error": "no such job"}), content_type="application/json"
+    )
 
 
 def _job_id(request: web.Request) -> int:
@@ -124,7 +163,9 @@ class LocalEngine:
         self.lease_s = lease_s
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._auth])
+        app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[refuse_undecodable_headers, self._auth]
+        )
         app.add_routes(
             [
                 web.get("/healthz", self.healthz),
@@ -146,16 +187,39 @@ class LocalEngine:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        if bearer_matches(request, self.token):
+            return await handler(request)  # the engine's own token: every tenant
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        tenant = (
+            await self.store.token_tenant(token_digest(given))
+            if scheme == "Bearer" and given
+            else None
+        )
+        if tenant is None:
             return _error(401, "missing or wrong bearer token")
+        request[SCOPE] = tenant
         return await handler(request)
+
+    async def _job_of_caller(self, request: web.Request) -> int:
+        """The job id in the path; 404 when a scoped caller's tenant does not own it."""
+        job_id = _job_id(request)
+        if _scope(request) is not None:
+            self._owned(request, await self.store.job(job_id))
+        return job_id
+
+    @staticmethod
+    def _owned(request: web.Request, row: JobRow | None) -> JobRow:
+        scope = _scope(request)
+        if row is None or (scope is not None and row.tenant_id != scope):
+            raise _no_such_job()
+        return row
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def next_job(self, request: web.Request) -> web.Response:
         body: _NextJob = await _body(request, _NextJob)
+        _only_for_scope(request, body.tenant_id)
         claim = Claim(
             body.tenant_id,
             body.job_types,
@@ -181,19 +245,15 @@ class LocalEngine:
         )
 
     async def enqueue(self, request: web.Request) -> web.Response:
-        try:
-            payload = await request.json()
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        payload = await read_json(request)
         if not isinstance(payload, dict):
             return _error(422, "a job payload must be a JSON object")
+        _only_for_scope(request, payload.get("tenant_id"))
         job_id = await self.store.enqueue(payload)
         return web.json_response({"id": str(job_id)}, status=201)
 
     async def show_job(self, request: web.Request) -> web.Response:
-        row = await self.store.job(_job_id(request))
-        if row is None:
-            return _error(404, "no such job")
+        row = self._owned(request, await self.store.job(_job_id(request)))
         return web.json_response(
             {
                 "id": str(row.id),
@@ -209,7 +269,7 @@ class LocalEngine:
     async def heartbeat(self, request: web.Request) -> web.Response:
         body: _Beat = await _body(request, _Beat)
         ok = await self.store.heartbeat(
-            _job_id(request), lease_s=self.lease_s, attempt=body.attempt
+            await self._job_of_caller(request), lease_s=self.lease_s, attempt=body.attempt
         )
         if not ok:
             return _error(409, "the lease was lost")
@@ -220,7 +280,10 @@ class LocalEngine:
         if body.outcome not in OUTCOMES:
             return _error(422, f"outcome must be one of {', '.join(OUTCOMES)}")
         ok = await self.store.complete(
-            _job_id(request), outcome=body.outcome, result=body.result, attempt=body.attempt
+            await self._job_of_caller(request),
+            outcome=body.outcome,
+            result=body.result,
+            attempt=body.attempt,
         )
         if not ok:
             return _error(409, "the lease was lost")
@@ -229,7 +292,7 @@ class LocalEngine:
     async def fail(self, request: web.Request) -> web.Response:
         body: _Fail = await _body(request, _Fail)
         ok = await self.store.fail(
-            _job_id(request),
+            await self._job_of_caller(request),
             error=body.error,
             retry=body.retry,
             retry_after_s=body.retry_after_s,
@@ -241,11 +304,14 @@ class LocalEngine:
 
     async def send(self, request: web.Request) -> web.Response:
         body: _Send = await _body(request, _Send)
+        _only_for_scope(request, body.tenant_id)
         key = request.headers.get("Idempotency-Key") or (
             str(body.job_id) if body.job_id is not None else str(uuid.uuid4())
         )
         fresh = await self.store.send_message(
-            key=key, reply=Reply(body.tenant_id, body.to, body.message)
+            key=key,
+            reply=Reply(body.tenant_id, body.to, body.message),
+            job_id=job_number(str(body.job_id)) if body.job_id is not None else None,
         )
         log.info(
             "message to %s%s",
@@ -256,10 +322,16 @@ class LocalEngine:
         return web.json_response({"status": "sent" if fresh else "duplicate"}, status=200)
 
     async def list_messages(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.store.messages(request.query.get("tenant_id")))
+        tenant_id = request.query.get("tenant_id")
+        scope = _scope(request)
+        if scope is not None:
+            _only_for_scope(request, tenant_id or scope)
+            tenant_id = scope
+        return web.json_response(await self.store.messages(tenant_id))
 
     def _config_path(self, request: web.Request) -> Path:
         tenant_id = request.match_info["tenant_id"]
+        _only_for_scope(request, tenant_id)
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", tenant_id) or ".." in tenant_id:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": "no such tenant"}), content_type="application/json"
@@ -289,10 +361,7 @@ class LocalEngine:
         """The seed's settings call: validate, then replace; an invalid body keeps the old one."""
         path = self._config_path(request)
         tenant_id = request.match_info["tenant_id"]
-        try:
-            document = await request.json()
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        document = await read_json(request)
         if not isinstance(document, dict):
             return _error(422, "a tenant config must be a JSON object")
         if document.get("tenant_id", tenant_id) != tenant_id:
@@ -342,10 +411,16 @@ async def serve_engine(
     stop: asyncio.Event,
     *,
     ready: Callable[[int], None] | None = None,
+    header_timeout_s: float | None = None,
 ) -> None:
-    """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0)."""
-    runner = web.AppRunner(
+    """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0).
+
+    ``header_timeout_s``: how long a connection may take to send a request head
+    (default: ``HTTP_HEADER_TIMEOUT_S`` or 10 s; see `worker.http_guard`).
+    """
+    runner = GuardedRunner(
         engine.app(),
+        header_timeout_s=header_timeout_s,
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,

@@ -20,6 +20,7 @@ from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
 from worker.errors import ConfigError, WorkerError
 from worker.http import WorkerApp, parse_listen
+from worker.http_guard import GuardedRunner
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.queues import EngineQueue, JobQueue, StoreQueue
@@ -175,7 +176,8 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
     app = WorkerApp(worker.pipeline, worker.queue, token=token)
     worker.app = app
-    runner = web.AppRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
+    # GuardedRunner: a request head has HTTP_HEADER_TIMEOUT_S (10 s) to arrive whole.
+    runner = GuardedRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
