@@ -184,6 +184,15 @@ class Connector(abc.ABC):
     async def health_check(self) -> None:
         """The cheapest real round trip to the source; raise `SourceError`."""
 
+    async def write_access(self) -> list[str]:
+        """What this source's account could change, for `worker test-connection` to warn about.
+
+        Each item names one power in a few words (``"superuser"``, ``"INSERT on
+        shop.*"``); an empty list means none was found, or the source cannot tell.
+        Called after a successful `health_check`; raise `SourceError` if asking fails.
+        """
+        return []
+
     @abc.abstractmethod
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         """Run one prepared read with bound parameters; raise `SourceError`."""

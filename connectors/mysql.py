@@ -65,7 +65,7 @@ from connectors.base import (
     jsonable,
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
-from connectors.sql import SQLSpec, prepare_sql
+from connectors.sql import SQLSpec, mysql_write_access, prepare_sql
 from worker.errors import InputRefused
 
 __all__ = ["MySQLConnector", "MySQLSettings"]
@@ -481,7 +481,7 @@ class MySQLConnector(Connector):
             raw = raw["sql"]
         if not isinstance(raw, str):
             raise ConfigError("a mysql query must be SQL text")
-        return prepare_sql(raw, style="format")
+        return prepare_sql(raw, style="format", dialect="mysql")
 
     async def open(self) -> None:
         try:
@@ -500,6 +500,10 @@ class MySQLConnector(Connector):
 
     async def health_check(self) -> None:
         await self._read("SELECT 1", (), timeout_s=_HEALTH_TIMEOUT_S)
+
+    async def write_access(self) -> list[str]:
+        rows = await self._read("SHOW GRANTS", (), timeout_s=_HEALTH_TIMEOUT_S)
+        return mysql_write_access([str(v) for row in rows for v in row.values()])
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec

@@ -69,7 +69,12 @@ from connectors.base import (
     SourceUnavailable,
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
-from connectors.sql import SQLSpec, prepare_sql
+from connectors.sql import (
+    POSTGRESQL_WRITE_ACCESS,
+    SQLSpec,
+    postgresql_write_access,
+    prepare_sql,
+)
 from worker.errors import InputRefused
 
 __all__ = ["APPLICATION_NAME", "PostgreSQLConnector", "PostgreSQLSettings"]
@@ -249,7 +254,7 @@ class PostgreSQLConnector(Connector):
             raw = raw["sql"]
         if not isinstance(raw, str):
             raise ConfigError("a postgresql query must be SQL text")
-        return prepare_sql(raw, style="dollar")
+        return prepare_sql(raw, style="dollar", dialect="postgresql")
 
     async def open(self) -> None:
         with self._translating(None):
@@ -277,6 +282,10 @@ class PostgreSQLConnector(Connector):
 
     async def health_check(self) -> None:
         await self._read("SELECT 1", (), timeout_s=_HEALTH_TIMEOUT_S)
+
+    async def write_access(self) -> list[str]:
+        rows = await self._read(POSTGRESQL_WRITE_ACCESS, (), timeout_s=_HEALTH_TIMEOUT_S)
+        return postgresql_write_access(rows[0] if rows else None)
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec

@@ -4,19 +4,49 @@ Every SQL source takes ``$n`` placeholders in its configured queries, as the
 seed writes them, whatever the driver's own style; `prepare_sql` rewrites them
 for the driver and says how many there are, so the config can check a lookup's
 ``args`` against them at load time.
+
+Whether a query is a read is decided by a real parser of its dialect, once, at
+load time: pglast (PostgreSQL's own parser) for PostgreSQL, sqlglot for MySQL,
+T-SQL and SQLite. A query is accepted when it parses as exactly one plain read
+(SELECT, WITH, set operations, VALUES; SHOW and EXPLAIN where they cannot
+write) with no locking clause, no ``INTO``, no data-modifying CTE and no call
+to a function that touches files, runs other SQL or changes server state.
+What the parser cannot read is refused. The older token-level check runs
+first, as a second opinion.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect as SQLGlotDialect
+from sqlglot.errors import SqlglotError
 
 from connectors.base import ConfigError, NotARead, PreparedQuery
 
-__all__ = ["SQLSpec", "prepare_sql"]
+try:  # the postgresql extra: without it, PostgreSQL queries are read by sqlglot
+    from pglast import ast as pg
+    from pglast import parse_sql as pg_parse
+    from pglast.parser import ParseError as PGParseError
+except ImportError:  # pragma: no cover - every test environment installs it
+    pg = None  # type: ignore[assignment]
+
+__all__ = [
+    "POSTGRESQL_WRITE_ACCESS",
+    "Dialect",
+    "SQLSpec",
+    "mysql_write_access",
+    "postgresql_write_access",
+    "prepare_sql",
+]
 
 Style = Literal["dollar", "qmark_numbered", "format"]
+_ScanStyle = Literal[Style, "parse"]
+Dialect = Literal["postgresql", "mysql", "sqlserver", "sqlite"]
 
 # String literals, quoted identifiers and comments: skipped by the scanners below.
 # MySQL runs the body of a `/*! … */` comment, so that one is scanned as code.
@@ -70,35 +100,53 @@ class SQLSpec:
         return tuple(args[i] for i in self.order)
 
 
-def prepare_sql(sql: str, *, style: Style) -> PreparedQuery:
-    """Check that ``sql`` is one read and rewrite its ``$n`` for the driver."""
+def prepare_sql(sql: str, *, style: Style, dialect: Dialect) -> PreparedQuery:
+    """Check that ``sql`` is one read in ``dialect`` and rewrite its ``$n`` for the driver."""
     if not isinstance(sql, str) or not sql.strip():
         raise ConfigError("a SQL query must be a non-empty string")
-    _scan(sql, _SKIP_BACKSLASH, style)  # only for its checks
-    text, order = _scan(sql, _SKIP, style)
-    count = max(order, default=-1) + 1
-    missing = sorted(set(range(count)) - set(order))
+    scan = _scan(sql, _SKIP, style)
+    count = max(scan.order, default=-1) + 1
+    missing = sorted(set(range(count)) - set(scan.order))
     if missing:
         raise ConfigError(f"placeholder ${missing[0] + 1} is never used (placeholders run $1…$n)")
+    # The parser is the authority; the token scans under both quoting rules stay
+    # as a second opinion.
+    if dialect == "postgresql":
+        _check_postgresql(sql, set(scan.order))
+    else:
+        # The parser reads what the server will: `?` stands where each value goes.
+        _check_sqlglot(_scan(sql, _SKIP, "parse").text, dialect, len(scan.order))
+    _check_tokens(scan)
+    _check_tokens(_scan(sql, _SKIP_BACKSLASH, style))
     # Only `%s` binds by position of appearance; `$n` and `?n` bind by number.
-    spec_order = tuple(order) if style == "format" else tuple(range(count))
-    return PreparedQuery(spec=SQLSpec(text=text, order=spec_order), positional=count)
+    spec_order = tuple(scan.order) if style == "format" else tuple(range(count))
+    return PreparedQuery(spec=SQLSpec(text=scan.text, order=spec_order), positional=count)
 
 
-def _scan(sql: str, skip: re.Pattern[str], style: Style) -> tuple[str, list[int]]:
-    """Rewrite placeholders outside literals and comments; refuse what is not one read."""
+@dataclass(frozen=True)
+class _Scan:
+    text: str
+    #: which ``$n`` (0-based) each placeholder is, in order of appearance
+    order: list[int]
+    #: the words outside literals and comments, upper-cased
+    keywords: list[str]
+    #: whether code follows a ``;``
+    stacked: bool
+
+
+def _scan(sql: str, skip: re.Pattern[str], style: _ScanStyle) -> _Scan:
+    """Rewrite placeholders outside literals and comments, noting the words around them."""
     pieces: list[str] = []
     order: list[int] = []
     keywords: list[str] = []
-    ended = False
+    ended = stacked = False
     pos = 0
     for skipped in [*skip.finditer(sql), None]:
         code = sql[pos : skipped.start() if skipped else len(sql)]
         last = 0
         for tok in _TOKEN.finditer(code):
             word = tok.group(0)
-            if ended and word != ";":
-                raise NotARead("a query must be exactly one statement (text follows a ';')")
+            stacked = stacked or (ended and word != ";")
             if word == ";":
                 ended = True
             elif tok.group(1) is not None:
@@ -115,16 +163,17 @@ def _scan(sql: str, skip: re.Pattern[str], style: Style) -> tuple[str, list[int]
         if skipped:
             pieces.append(_escape(skipped.group(0), style))
             pos = skipped.end()
-    _check_read(keywords)
-    return "".join(pieces).strip().rstrip(";").rstrip(), order
+    return _Scan("".join(pieces).strip().rstrip(";").rstrip(), order, keywords, stacked)
 
 
-def _escape(text: str, style: Style) -> str:
+def _escape(text: str, style: _ScanStyle) -> str:
     # With `%s` placeholders a literal `%` (LIKE 'a%', the modulo operator) is `%%`.
     return text.replace("%", "%%") if style == "format" else text
 
 
-def _placeholder(style: Style, n: int) -> str:
+def _placeholder(style: _ScanStyle, n: int) -> str:
+    if style == "parse":
+        return "?"
     if style == "dollar":
         return f"${n}"
     if style == "qmark_numbered":
@@ -132,10 +181,447 @@ def _placeholder(style: Style, n: int) -> str:
     return "%s"
 
 
-def _check_read(keywords: list[str]) -> None:
+def _check_tokens(scan: _Scan) -> None:
+    """The token-level check: one statement, starting like a read, naming no write."""
+    if scan.stacked:
+        raise NotARead("a query must be exactly one statement (text follows a ';')")
+    keywords = scan.keywords
     if not keywords or keywords[0] not in _READ_STARTS:
         first = keywords[0] if keywords else "nothing"
         raise NotARead(f"only reads are allowed: the query starts with {first}, not SELECT/WITH")
     writes = sorted(set(keywords) & _WRITES)
     if writes:
         raise NotARead(f"only reads are allowed: the query contains {', '.join(writes)}")
+
+
+# --- the parser's word -------------------------------------------------------------------
+
+_DIALECT_NAMES: dict[str, str] = {
+    "postgresql": "PostgreSQL",
+    "mysql": "MySQL",
+    "sqlserver": "T-SQL",
+    "sqlite": "SQLite",
+}
+_SQLGLOT_READ: dict[str, str] = {
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "sqlserver": "tsql",
+    "sqlite": "sqlite",
+}
+
+_FILES = "writes or reads server files/objects"
+_OTHER_SQL = "runs SQL of its own"
+_STATE = "changes server or session state"
+_REMOTE = "reaches another server"
+_LOCKS = "takes locks"
+_PROGRAMS = "may run programs on the server"
+
+#: functions no read may call, in any dialect; a trailing ``*`` matches a prefix.
+#: User-defined functions cannot be known: the read-only account is the real limit.
+_DENIED_FUNCTIONS: dict[str, str] = {
+    # PostgreSQL
+    "lo_*": _FILES,
+    "loread": _FILES,
+    "lowrite": _FILES,
+    "pg_read_file": _FILES,
+    "pg_read_binary_file": _FILES,
+    "pg_ls_*": _FILES,
+    "pg_stat_file": _FILES,
+    "pg_file_*": _FILES,
+    "pg_logdir_ls": _FILES,
+    "dblink*": _REMOTE,
+    "query_to_xml*": _OTHER_SQL,
+    "cursor_to_xml*": _OTHER_SQL,
+    "table_to_xml*": _OTHER_SQL,
+    "schema_to_xml*": _OTHER_SQL,
+    "database_to_xml*": _OTHER_SQL,
+    "ts_stat": _OTHER_SQL,
+    "ts_rewrite": _OTHER_SQL,
+    "set_config": _STATE,
+    "nextval": _STATE,
+    "setval": _STATE,
+    "pg_terminate_backend": _STATE,
+    "pg_cancel_backend": _STATE,
+    "pg_reload_conf": _STATE,
+    "pg_rotate_logfile": _STATE,
+    "pg_notify": _STATE,
+    "pg_stat_reset*": _STATE,
+    "pg_switch_wal": _STATE,
+    "pg_create_*": _STATE,
+    "pg_drop_replication_slot": _STATE,
+    "pg_replication_*": _STATE,
+    "pg_logical_*": _STATE,
+    "pg_promote": _STATE,
+    "pg_backup_*": _STATE,
+    "pg_start_backup": _STATE,
+    "pg_stop_backup": _STATE,
+    "pg_wal_replay_*": _STATE,
+    "pg_export_snapshot": _STATE,
+    "pg_import_system_collations": _STATE,
+    "pg_current_xact_id": _STATE,
+    "txid_current": _STATE,
+    "pg_advisory_*": _LOCKS,
+    "pg_try_advisory_*": _LOCKS,
+    # MySQL and MariaDB
+    "load_file": _FILES,
+    "get_lock": _LOCKS,
+    "release_lock": _LOCKS,
+    "release_all_locks": _LOCKS,
+    "benchmark": "burns server time on purpose",
+    "master_pos_wait": _STATE,
+    "source_pos_wait": _STATE,
+    "sys_*": _PROGRAMS,
+    "lib_mysqludf_*": _PROGRAMS,
+    # SQLite
+    "load_extension": _PROGRAMS,
+    "readfile": _FILES,
+    "writefile": _FILES,
+    "edit": _PROGRAMS,
+    "fts3_tokenizer": _PROGRAMS,
+    # T-SQL
+    "openrowset": _REMOTE,
+    "opendatasource": _REMOTE,
+    "openquery": _REMOTE,
+}
+#: T-SQL's extended and system procedures, however they are reached.
+_DENIED_TSQL_PREFIXES: dict[str, str] = {"xp_": _PROGRAMS, "sp_": _PROGRAMS}
+#: T-SQL table hints that take or hold locks.
+_LOCK_HINTS = {
+    "UPDLOCK",
+    "XLOCK",
+    "HOLDLOCK",
+    "TABLOCK",
+    "TABLOCKX",
+    "PAGLOCK",
+    "ROWLOCK",
+    "SERIALIZABLE",
+    "REPEATABLEREAD",
+}
+
+
+def _denied(name: str, dialect: Dialect) -> str | None:
+    """Why a call of ``name`` is no read, or None."""
+    bare = name.lower().rsplit(".", 1)[-1]
+    for pattern, reason in _DENIED_FUNCTIONS.items():
+        if bare == pattern or (pattern.endswith("*") and bare.startswith(pattern[:-1])):
+            return f"{bare}() {reason}: not allowed in a read"
+    if dialect == "sqlserver":
+        for prefix, reason in _DENIED_TSQL_PREFIXES.items():
+            if bare.startswith(prefix):
+                return f"{bare} {reason}: not allowed in a read"
+    return None
+
+
+def _refuse(reason: str) -> NotARead:
+    return NotARead(f"only reads are allowed: {reason}")
+
+
+# --- PostgreSQL: its own parser -------------------------------------------------------
+
+
+def _check_postgresql(sql: str, placeholders: set[int]) -> None:
+    if pg is None:  # a source whose driver is missing: still checked, less exactly
+        _check_sqlglot(_scan(sql, _SKIP, "parse").text, "postgresql", len(placeholders))
+        return
+    try:
+        statements = pg_parse(sql)
+    except PGParseError as exc:
+        raise NotARead(f"the query does not parse as PostgreSQL: {exc}") from None
+    _check_one(len(statements), "PostgreSQL")
+    stmt = statements[0].stmt
+    if isinstance(stmt, pg.ExplainStmt):
+        stmt = stmt.query  # EXPLAIN [ANALYZE] of a read: checked as that read
+    elif isinstance(stmt, pg.VariableShowStmt):
+        return
+    if not isinstance(stmt, pg.SelectStmt):
+        first = _first_word(sql[statements[0].stmt_location or 0 :])
+        raise _refuse(f"{first} is not a read (only SELECT, WITH, VALUES, SHOW, EXPLAIN)")
+    seen: set[int] = set()
+    for node in _pg_nodes(stmt):
+        _check_pg_node(node, seen)
+    if seen != {n + 1 for n in placeholders}:
+        raise NotARead(
+            "the placeholders read differently in PostgreSQL: a $n sits inside a string, "
+            "a dollar-quote or a comment"
+        )
+
+
+def _check_pg_node(node: Any, placeholders: set[int]) -> None:
+    if isinstance(node, pg.ParamRef):
+        placeholders.add(node.number or 0)
+    elif isinstance(node, pg.InsertStmt | pg.UpdateStmt | pg.DeleteStmt | pg.MergeStmt):
+        raise _refuse(f"a data-modifying WITH ({_pg_name(node)}) is not a read")
+    elif isinstance(node, pg.SelectStmt):
+        if node.intoClause is not None:
+            raise _refuse("SELECT INTO creates a table")
+        if node.lockingClause:
+            raise _refuse("FOR UPDATE/SHARE locks rows")
+    elif isinstance(node, pg.FuncCall):
+        name = node.funcname[-1].sval if node.funcname else ""
+        reason = _denied(name, "postgresql")
+        if reason:
+            raise NotARead(reason)
+
+
+def _pg_name(node: Any) -> str:
+    return type(node).__name__.removesuffix("Stmt").upper()
+
+
+def _first_word(text: str) -> str:
+    words = (m.group(0) for m in _TOKEN.finditer(_SKIP.sub(" ", text)))
+    return next((w.upper() for w in words if w != ";"), "the statement")
+
+
+def _check_one(statements: int, dialect_name: str) -> None:
+    if statements == 0:
+        raise _refuse("the query has no statement (only comments)")
+    if statements > 1:
+        raise NotARead(f"a query must be exactly one statement ({dialect_name} reads {statements})")
+
+
+def _pg_nodes(root: Any) -> Iterator[Any]:
+    """Every pglast node below ``root`` (included), depth first."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list | tuple):
+            stack.extend(node)
+        elif isinstance(node, pg.Node):
+            yield node
+            stack.extend(getattr(node, attr, None) for attr in getattr(node, "__slots__", ()))
+
+
+# --- MySQL, T-SQL, SQLite: sqlglot ------------------------------------------------------
+
+#: nodes that make a statement more than a read, wherever they appear
+_NOT_READ_NODES: tuple[type, ...] = tuple(
+    getattr(exp, name)
+    for name in (
+        "Insert",
+        "Update",
+        "Delete",
+        "Merge",
+        "Create",
+        "Drop",
+        "Alter",
+        "TruncateTable",
+        "Command",
+        "Copy",
+        "LoadData",
+        "Set",
+        "Use",
+        "Transaction",
+        "Commit",
+        "Rollback",
+        "Pragma",
+        "Execute",
+        "Grant",
+        "Revoke",
+        "Attach",
+        "Detach",
+        "Kill",
+        "Declare",
+    )
+    if hasattr(exp, name)
+)
+
+
+def _check_sqlglot(text: str, dialect: Dialect, placeholders: int) -> None:
+    name = _DIALECT_NAMES[dialect]
+    reader = SQLGlotDialect.get_or_raise(_SQLGLOT_READ[dialect])
+    try:
+        tokens = reader.tokenize(text)
+        trees = [t for t in reader.parser().parse(tokens, text) if t is not None]
+    except SqlglotError as exc:
+        raise NotARead(f"the query does not parse as {name}: {_sqlglot_problem(exc)}") from None
+    _check_one(len(trees), name)
+    tree = trees[0]
+    if not isinstance(tree, exp.Command):  # a Command's tokens end in one lump of text
+        _check_gaps(text, tokens, dialect)
+    if dialect == "mysql" and isinstance(tree, exp.Show):
+        return  # SHOW only reads, in MySQL and MariaDB alike
+    inner = tree.this if dialect == "mysql" and isinstance(tree, exp.Describe) else tree
+    if not isinstance(inner, exp.Query | exp.Values) and not (
+        inner is not tree and isinstance(inner, exp.Table)
+    ):
+        first = tokens[0].text.upper() if tokens else "the statement"
+        raise _refuse(f"{first} is not a read in {name} (only SELECT, WITH, VALUES)")
+    for node in tree.walk():
+        _check_sqlglot_node(node, dialect)
+    found = sum(1 for _ in tree.find_all(exp.Placeholder))
+    if found != placeholders:
+        raise NotARead(
+            f"the placeholders read differently in {name}: a $n sits inside a string "
+            "or a comment, or the query has placeholders of its own"
+        )
+
+
+def _check_sqlglot_node(node: Any, dialect: Dialect) -> None:
+    """Refuse ``node`` (a sqlglot expression) when it writes, locks or calls a denied function."""
+    if isinstance(node, _NOT_READ_NODES):
+        raise _refuse(f"{type(node).__name__.upper()} is not a read")
+    if isinstance(node, exp.Into):
+        raise _refuse("SELECT … INTO writes a table, a variable or a file")
+    if isinstance(node, exp.Lock):
+        raise _refuse("FOR UPDATE/SHARE locks rows")
+    if isinstance(node, exp.WithTableHint):
+        hints = {h.name.upper() for h in node.expressions} & _LOCK_HINTS
+        if hints:
+            raise _refuse(f"the table hint {min(hints)} takes locks")
+    names: list[str] = []
+    if isinstance(node, exp.Anonymous):
+        names.append(node.name)
+    elif isinstance(node, exp.Func):
+        names.extend(type(node).sql_names())
+    elif dialect == "sqlserver" and isinstance(node, exp.Table):
+        names.append(node.name)
+    for fname in names:
+        reason = _denied(fname, dialect)
+        if reason:
+            raise NotARead(reason)
+
+
+def _sqlglot_problem(exc: SqlglotError) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors:
+        first = errors[0]
+        return f"{first.get('description')} (line {first.get('line')}, column {first.get('col')})"
+    return _ANSI.sub("", str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _check_gaps(text: str, tokens: list[Any], dialect: Dialect) -> None:
+    """Refuse text between tokens that the server would read as code.
+
+    The tokenizer and the server must agree on what is a comment: MySQL runs
+    the body of ``/*! … */``, and reads ``--`` as a comment only before a space.
+    """
+    pos = 0
+    for token in [*tokens, None]:
+        end = token.start if token is not None else len(text)
+        gap = text[pos:end]
+        if gap.strip() and not _only_comments(gap, dialect):
+            raise NotARead(
+                f"the comments read differently in {_DIALECT_NAMES[dialect]}: "
+                f"{gap.strip()[:40]!r} may run as code"
+            )
+        if token is not None:
+            pos = max(pos, token.end + 1)
+
+
+def _only_comments(gap: str, dialect: Dialect) -> bool:
+    i = 0
+    while i < len(gap):
+        if gap[i].isspace():
+            i += 1
+        elif gap.startswith("--", i) and (
+            dialect != "mysql" or i + 2 == len(gap) or gap[i + 2].isspace() or gap[i + 2] < " "
+        ):
+            i = _line_end(gap, i)
+        elif gap[i] == "#" and dialect == "mysql":
+            i = _line_end(gap, i)
+        elif gap.startswith("/*", i):
+            if dialect == "mysql" and gap.startswith(("/*!", "/*M!"), i):
+                return False  # MySQL and MariaDB run these
+            i = _block_end(gap, i, nested=dialect == "sqlserver")
+            if i < 0:
+                return False
+        else:
+            return False
+    return True
+
+
+def _line_end(text: str, i: int) -> int:
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end + 1
+
+
+def _block_end(text: str, i: int, *, nested: bool) -> int:
+    """Where the block comment opened at ``i`` ends, or -1 when it never does."""
+    depth = 0
+    while i < len(text):
+        if text.startswith("/*", i) and (nested or depth == 0):
+            depth += 1
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return -1
+
+
+# --- what a source's account could change (`worker test-connection`) ---------------------
+
+#: one row: the PostgreSQL account's powers beyond reading, in the current database
+POSTGRESQL_WRITE_ACCESS = r"""
+SELECT r.rolsuper AS superuser, r.rolcreaterole AS createrole, r.rolcreatedb AS createdb,
+  ARRAY(SELECT g.rolname::text FROM pg_roles g
+        WHERE g.rolname IN ('pg_write_server_files', 'pg_execute_server_program',
+                            'pg_read_server_files', 'pg_write_all_data')
+          AND pg_has_role(current_user, g.oid, 'MEMBER') ORDER BY 1) AS file_roles,
+  ARRAY(SELECT p FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p
+        WHERE EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relkind IN ('r', 'p', 'v', 'f')
+                        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                        AND n.nspname NOT LIKE 'pg\_toast%'
+                        AND has_table_privilege(c.oid, p))) AS table_writes,
+  ARRAY(SELECT n.nspname::text FROM pg_namespace n
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\_%'
+          AND has_schema_privilege(n.oid, 'CREATE') ORDER BY 1) AS create_schemas
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+#: MySQL and MariaDB privileges that change nothing
+_MYSQL_READ_PRIVILEGES = {
+    "SELECT",
+    "USAGE",
+    "SHOW VIEW",
+    "SHOW DATABASES",
+    "PROCESS",
+    "REPLICATION CLIENT",
+    "BINLOG MONITOR",
+    "SLAVE MONITOR",
+    "REPLICA MONITOR",
+    "LOCK TABLES",
+}
+_GRANT = re.compile(r"^GRANT\s+(.+?)\s+ON\s+(?:(?:TABLE|FUNCTION|PROCEDURE)\s+)?(\S+)\s+TO\s", re.I)
+
+
+def postgresql_write_access(row: Mapping[str, Any] | None) -> list[str]:
+    """What `POSTGRESQL_WRITE_ACCESS`'s row says the account could change."""
+    if row is None:
+        return []
+    if row["superuser"]:
+        return ["superuser"]
+    found = [f"member of {role}" for role in row["file_roles"] or ()]
+    if row["table_writes"]:
+        found.append(f"{', '.join(row['table_writes'])} on tables")
+    found += [f"CREATE in schema {schema}" for schema in row["create_schemas"] or ()]
+    if row["createrole"]:
+        found.append("CREATEROLE")
+    if row["createdb"]:
+        found.append("CREATEDB")
+    return found
+
+
+def mysql_write_access(grants: Sequence[str]) -> list[str]:
+    """What ``SHOW GRANTS`` lines say the account could change, beyond reading."""
+    found: list[str] = []
+    for line in grants:
+        match = _GRANT.match(line.strip())
+        if match is None:
+            continue  # a role granted to the account: its own grants are listed too
+        privileges = re.sub(r"\([^)]*\)", "", match.group(1))  # column lists
+        names = [" ".join(p.split()).upper() for p in privileges.split(",")]
+        writes = [p for p in names if p and p not in _MYSQL_READ_PRIVILEGES and p != "PROXY"]
+        if re.search(r"\bWITH\b.*\bGRANT OPTION\b", line, re.I) and "PROXY" not in names:
+            writes.append("GRANT OPTION")
+        if writes:
+            found.append(f"{', '.join(writes)} on {match.group(2).replace('`', '')}")
+    return found

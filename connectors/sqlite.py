@@ -146,7 +146,7 @@ class SQLiteConnector(Connector):
             raw = raw["sql"]
         if not isinstance(raw, str):
             raise ConfigError("a sqlite query must be SQL text")
-        return prepare_sql(raw, style="qmark_numbered")
+        return prepare_sql(raw, style="qmark_numbered", dialect="sqlite")
 
     async def open(self) -> None:
         await self._ensure_open()

@@ -305,7 +305,7 @@ class SQLServerConnector(Connector):
             raw = raw["sql"]
         if not isinstance(raw, str):
             raise ConfigError("a sqlserver query must be SQL text")
-        return prepare_sql(raw, style="format")
+        return prepare_sql(raw, style="format", dialect="sqlserver")
 
     async def open(self) -> None:
         if self.settings.ssh is not None and self._route is None:

@@ -252,6 +252,8 @@ def test_connection(tenant_id: str | None, config_path: Path | None, source_id: 
                 else:
                     failed += 1
                     click.echo(f"{click.style('FAIL', fg='red')} {sid:<24} {report.error}")
+                for warning in report.warnings:  # the check still passes
+                    click.echo(f"{click.style('warning:', fg='yellow')} {sid}: {warning}")
         finally:
             await sources.close()
         return 1 if failed else 0

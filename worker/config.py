@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from connectors.egress import UNRESTRICTED, Reach
 from connectors.registry import KNOWN_TYPES, load
-from connectors.sql import prepare_sql
+from connectors.sql import Dialect, prepare_sql
 from worker import secrets
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
 from worker.redact import secrets_in
@@ -493,7 +493,13 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
     return Source(source.id, source.type, cls, settings, queries, limits, circuit=source.circuit)
 
 
-_SQL_TYPES = {"postgresql", "mysql", "sqlserver", "sqlite"}
+#: the SQL source types, each its own dialect for the read-only check
+_SQL_TYPES: dict[str, Dialect] = {
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "sqlserver": "sqlserver",
+    "sqlite": "sqlite",
+}
 
 
 def _unbuilt_source(
@@ -516,7 +522,7 @@ def _unbuilt_prepare(
     body = _query_body(raw)
     if type_name in _SQL_TYPES and isinstance(body, str):
         try:
-            return prepare_sql(body, style="dollar")
+            return prepare_sql(body, style="dollar", dialect=_SQL_TYPES[type_name])
         except ConfigError as exc:
             errors.add(at, exc.message)
     return PreparedQuery(spec=body)

@@ -33,6 +33,8 @@ class HealthReport:
     ok: bool
     response_time_ms: int
     error: str | None = None
+    #: things that work but should not be so, such as an account that could write
+    warnings: tuple[str, ...] = ()
 
 
 class Sources:
@@ -127,7 +129,26 @@ class Sources:
         else:
             error = None
         elapsed = round((time.perf_counter() - started) * 1000)
-        return HealthReport(source_id, error is None, elapsed, error)
+        warnings = await self._warnings(source_id, timeout_s) if error is None else ()
+        return HealthReport(source_id, error is None, elapsed, error, warnings)
+
+    async def _warnings(self, source_id: str, timeout_s: float) -> tuple[str, ...]:
+        """What a passed check warns about: an account that could write. Never raises."""
+        try:
+            with reaching(self.tenant.reach), _refusals(source_id):
+                async with asyncio.timeout(timeout_s):
+                    powers = await (await self.get(source_id)).write_access()
+        except (TimeoutError, SourceError) as exc:
+            log.warning(
+                "could not ask %s what its account may change: %s",
+                source_id,
+                exc.message if isinstance(exc, SourceError) else "no answer in time",
+                extra={"action": "check", "source": source_id},
+            )
+            return ()
+        if not powers:
+            return ()
+        return (f"the account can write ({'; '.join(powers)}): give it a read-only role",)
 
     async def close(self) -> None:
         live, self._live = self._live, {}

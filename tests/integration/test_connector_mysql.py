@@ -743,7 +743,9 @@ async def test_run__errors_never_carry_parameter_values(make_connector: MakeConn
     value = "secret-value-" + secrets.token_hex(4)
 
     with pytest.raises(SourceError, match="SQL syntax") as caught:
-        await read(make_connector(), "SELECT order_id FROM orders WHERE ) = $1", value)
+        # sqlglot reads QUALIFY, MariaDB and MySQL do not: the server's syntax error
+        # quotes the text from there on, value included (a broken query no longer loads).
+        await read(make_connector(), "SELECT order_id FROM orders QUALIFY order_id = $1", value)
 
     assert value not in str(caught.value)
 
