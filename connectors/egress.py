@@ -234,8 +234,8 @@ def refusal_in(exc: BaseException) -> EgressRefused | None:
         if isinstance(err, BaseExceptionGroup):
             todo.extend(err.exceptions)
         todo.extend(e for e in (err.__cause__, err.__context__) if e is not None)
-        # asyncio's create_connection folds several failures into one message.
-        if isinstance(err, OSError) and _MARK in str(err):
+        # asyncio's create_connection, pymongo's server selection… fold failures into text.
+        if _MARK in str(err):
             return EgressRefused(str(err)[str(err).index(_MARK) :])
     return None
 
