@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.base import bind_placeholders, jsonable, placeholder_names
 from connectors.sql import Dialect, SQLSpec, Style, prepare_sql
@@ -378,3 +380,20 @@ def test_jsonable(value: Any, expected: Any) -> None:
 )
 def test_jsonable__non_finite_decimal_is_json(value: Decimal) -> None:
     json.dumps(jsonable(value), allow_nan=False)
+
+
+# --- the parsers never crash ----------------------------------------------------------------
+
+SQL_ALPHABET = "SELECT FROM WHERE INTO ;'\"`[]$1#-/*!\\\n ()%?:,.=abcdeLOCK"
+
+
+@settings(max_examples=200, deadline=None)
+@given(sql=st.text(alphabet=SQL_ALPHABET, min_size=1, max_size=60))
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql", "sqlserver", "sqlite"])
+def test_prepare_sql__any_text_loads_or_is_a_config_error(dialect: Dialect, sql: str) -> None:
+    style: Style = "dollar" if dialect == "postgresql" else "format"
+    try:
+        prepared = prepare_sql(sql, style=style, dialect=dialect)
+    except ConfigError:
+        return
+    assert isinstance(prepared.spec, SQLSpec)
