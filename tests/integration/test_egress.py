@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from connectors.base import Bound, Connector, ReadResult, SourceError, SourceUnavailable
 from connectors.egress import Reach, parse_networks, reaching, refusal_in
+from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSettings
 from connectors.mongodb import MongoDBConnector, MongoDBSettings
 from connectors.mysql import MySQLConnector, MySQLSettings
 from connectors.postgresql import PostgreSQLConnector, PostgreSQLSettings
@@ -32,6 +33,7 @@ from connectors.rest import RESTConnector, RESTSettings
 from connectors.sqlserver import SQLServerConnector, SQLServerSettings
 from tests.servers.hostile import Recorder, redirect, serve
 from tests.servers.rest_app import API_KEY, rest_app
+from tests.support.sshd import SSHD
 from worker.config import Tenant, load_tenant
 from worker.sources import Sources
 
@@ -171,13 +173,16 @@ def direct(kind: str, port: int, tmp_path: Path) -> Connector:
     if kind == "redis":
         rd = RedisSettings(host="127.0.0.1", port=port)
         return RedisConnector("db", rd, base_dir=tmp_path, reach=untrusted())
+    if kind == "elasticsearch":
+        es = ElasticsearchSettings(url=f"http://127.0.0.1:{port}")
+        return ElasticsearchConnector("db", es, base_dir=tmp_path, reach=untrusted())
     mongo = MongoDBSettings.model_validate(
         {"uri": f"mongodb://127.0.0.1:{port}/", "database": "x", "connect_timeout_s": 1}
     )
     return MongoDBConnector("db", mongo, base_dir=tmp_path, reach=untrusted())
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mysql", "redis", "mongodb"])
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "redis", "mongodb", "elasticsearch"])
 async def test_hook__each_driver_is_stopped_at_connect(
     kind: str, listener: socket.socket, tmp_path: Path
 ) -> None:
@@ -388,3 +393,38 @@ async def test_sqlserver__connects_to_the_address_it_checked(tmp_path: Path) -> 
         await connector.close()
     assert args["server"] in ("127.0.0.1", "::1")  # pinned: FreeTDS resolves nothing
     assert args["port"] == "1499"
+
+
+# -- an SSH tunnel: its bastion is checked ---------------------------------------------
+
+
+def tunnelled_mysql(sshd: SSHD) -> list[dict[str, Any]]:
+    ssh = {
+        "host": sshd.host,
+        "port": sshd.port,
+        "username": sshd.username,
+        "private_key": sshd.private_key,
+        "known_host_key": sshd.host_key_line,
+    }
+    connection = {"host": "127.0.0.1", "database": "mysql", "username": "root", "ssh": ssh}
+    return [{**SERVERS[1], "connection": connection}]
+
+
+async def test_ssh__a_loopback_bastion_is_refused(sshd: SSHD, tmp_path: Path) -> None:
+    sources = Sources(tenant_of(tunnelled_mysql(sshd), untrusted(), tmp_path))
+    try:
+        with pytest.raises(SourceUnavailable, match=REFUSED) as caught:
+            await read(sources, "my", "q")
+        assert f"{sshd.host}" in caught.value.message
+    finally:
+        await sources.close()
+
+
+async def test_ssh__an_allowed_bastion_tunnels_to_the_source(sshd: SSHD, tmp_path: Path) -> None:
+    # Only the bastion is checked: what it reaches beyond is the tenant's own network.
+    reach = untrusted(allow=f"{sshd.host}/32")
+    sources = Sources(tenant_of(tunnelled_mysql(sshd), reach, tmp_path))
+    try:
+        assert (await read(sources, "my", "q")).rows == [{"greeting": "hello"}]
+    finally:
+        await sources.close()
