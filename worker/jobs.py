@@ -179,6 +179,9 @@ def _unsafe_text(payload: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{where} contains characters that are not allowed")
     elif _unreadable(params):
         problems.append("the details contain characters that cannot be read")
+    reply_to = payload.get("reply_to")
+    if isinstance(reply_to, str) and _CONTROL.search(reply_to):
+        problems.append("the reply address contains characters that are not allowed")
     problems.extend(
         f"{says} characters that cannot be read"
         for name, says in _CUSTOMER_FIELDS.items()
@@ -335,6 +338,8 @@ def _check_one(name: str, rule: ParamRule, value: Any) -> Any:
         raise ValueError("must be text or a number")
     if len(text) > rule.max_length:
         raise ValueError(f"is too long (at most {rule.max_length} characters)")
+    if not _readable(text):  # read_payload refuses these first; this is for direct callers
+        raise ValueError("contains characters that cannot be read")
     if "\x00" in text:
         raise ValueError("contains characters that are not allowed")
     if rule.pattern is not None and not _pattern(rule.pattern).fullmatch(text):

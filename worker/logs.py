@@ -73,7 +73,11 @@ _customer: contextvars.ContextVar[re.Pattern[str] | None] = contextvars.ContextV
 def _spellings(value: str) -> set[str]:
     """The forms a value takes in a log line: as sent, URL-encoded, JSON-escaped, digits only."""
     value = value.strip()
-    forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
+    forms = {value}
+    try:
+        forms |= {quote(value, safe=""), quote(value), quote_plus(value)}
+    except UnicodeEncodeError:  # a lone surrogate: refused anyway, only its own form to mask
+        pass
     forms.add(json.dumps(value)[1:-1])
     forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
     digits = re.sub(r"\D", "", value)

@@ -97,3 +97,23 @@ async def test_pipeline__open_circuit_answers_fallback_at_once_and_recovers(tmp_
         assert metrics.circuit_open.labels("db")._value.get() == 0
     finally:
         await sources.close()
+
+
+def test_circuit__undecided_reads_neither_count_nor_reset_and_free_the_trial() -> None:
+    clock = Clock()
+    circuit = Circuit(failures=2, reset_s=10, clock=clock)
+    circuit.before()
+    circuit.failed()
+    for _ in range(10):  # a customer's refused values: no verdict on the source
+        circuit.before()
+        circuit.undecided()
+    assert circuit.state == "closed"
+    circuit.before()
+    circuit.failed()  # the count was kept: the second real failure opens it
+    assert circuit.state == "open"
+    clock.now = 10
+    circuit.before()  # the trial read…
+    circuit.undecided()  # …ended for the customer's reasons: another trial may go
+    circuit.before()
+    circuit.succeeded()
+    assert circuit.state == "closed"

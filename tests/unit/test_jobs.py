@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.config import Lookup, load_tenant
+from worker.errors import ConfigError
 from worker.jobs import (
     InvalidInput,
     JobRequest,
@@ -468,3 +469,181 @@ def test_validate_params__property_pattern_rule(value: str) -> None:
 @given(value=TEXT | st.text(min_size=35, max_size=80))
 def test_validate_params__property_length_rule(value: str) -> None:
     _assert_safe(LOOKUPS["note"], "note", value)
+
+
+# --- the customer's strings, made safe once in read_payload --------------------------------
+
+LONE = "\ud800"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        pytest.param(
+            {"parameters": {"order_id": "12" + LONE}},
+            "the order id contains characters that cannot be read",
+            id="parameter",
+        ),
+        pytest.param(
+            {"parameters": {"order_id": {"deep": ["x", LONE]}}},
+            "the order id contains characters that cannot be read",
+            id="nested-parameter",
+        ),
+        pytest.param(
+            {"parameters": {LONE: "12345"}},
+            "a detail contains characters that cannot be read",
+            id="parameter-name",
+        ),
+        pytest.param(
+            {"customer_context": {"phone": "+1234567890", "name": "An" + LONE}},
+            "the customer details contain characters that cannot be read",
+            id="customer-name",
+        ),
+        pytest.param(
+            {"query_type": "order" + LONE},
+            "the question type contains characters that cannot be read",
+            id="query-type",
+        ),
+        pytest.param(
+            {"data_source": LONE},
+            "the data source contains characters that cannot be read",
+            id="data-source",
+        ),
+        pytest.param(
+            {"parameters": {"order_id": "123\x0045"}},
+            "the order id contains characters that are not allowed",
+            id="nul",
+        ),
+        pytest.param(
+            {"parameters": {"order_id": "12\x1b[2J"}},
+            "the order id contains characters that are not allowed",
+            id="escape",
+        ),
+    ],
+)
+def test_read_payload__unsafe_text_is_invalid_input_with_the_reply_address(
+    changes: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        read_payload(json.dumps(_job(**changes)), TENANT)  # a surrogate is valid JSON text
+    assert caught.value.errors == [error]
+    assert caught.value.reply_to == "+1234567890"
+    assert LONE not in str(caught.value) and "\x00" not in str(caught.value)
+
+
+def test_read_payload__tab_newline_and_return_in_parameters_pass() -> None:
+    request = read_payload(_job(parameters={"note": "one\ttwo\r\nthree"}), TENANT)
+    assert request.parameters == {"note": "one\ttwo\r\nthree"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"reply_to": "+1" + LONE}, id="reply-to"),
+        pytest.param({"customer_context": {"phone": "+1" + LONE}}, id="customer-phone"),
+        pytest.param({"reply_to": "+1234\x00567890"}, id="nul-in-reply-to"),
+    ],
+)
+def test_read_payload__an_unreadable_address_leaves_no_reply_address(
+    changes: dict[str, Any],
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        read_payload(_job(**changes), TENANT)
+    assert caught.value.reply_to is None
+
+
+def test_validate_params__unreadable_text_refused_when_called_directly() -> None:
+    with pytest.raises(InvalidInput, match="the sku contains characters that cannot be read"):
+        validate_params(LOOKUPS["sku"], {"sku": "ab" + LONE}, reply_to=None)
+
+
+#: Any code point, lone surrogates and control characters included (`st.text` leaves
+#: surrogates out, so characters are joined by hand).
+ANY_CHAR = st.characters(codec=None, exclude_categories=[]) | st.sampled_from(
+    ["\ud800", "\udfff", "\x00", "\x1b", "\t"]
+)
+WILD_TEXT = st.lists(ANY_CHAR, max_size=12).map("".join)
+WILD_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | WILD_TEXT,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(WILD_TEXT, children, max_size=3)
+    ),
+    max_leaves=12,
+)
+WILD_PAYLOADS = st.fixed_dictionaries(
+    {"job_type": st.just("data_lookup"), "tenant_id": st.just(TENANT)},
+    optional={key: WILD_VALUES | WILD_TEXT for key in KEYS},
+)
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in (*_texts(k), *_texts(v))]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=WILD_PAYLOADS | WILD_VALUES, as_text=st.booleans())
+def test_read_payload__property_any_json_is_a_request_or_a_known_error(
+    payload: Any, as_text: bool
+) -> None:
+    refused: InvalidInput | None = None
+    try:
+        request = read_payload(json.dumps(payload) if as_text else payload, TENANT)
+    except NotOurs:
+        return
+    except InvalidInput as exc:
+        refused = exc
+    if refused is not None:  # its texts and address can be sent as they are
+        assert refused.reply_to is None or refused.reply_to.encode("utf-8")
+        assert all(error.encode("utf-8") for error in refused.errors)
+        return
+    # What comes out can be written by every driver, and parameters hold no control bytes.
+    texts = [request.query_type, request.reply_to or "", request.data_source or ""]
+    texts += _texts(dict(request.parameters)) + _texts(dict(request.customer))
+    for text in texts:
+        text.encode("utf-8")
+    for text in _texts(dict(request.parameters)):
+        assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+
+
+# --- tenant patterns run on RE2 --------------------------------------------------------------
+
+
+def test_validate_params__backtracking_pattern_runs_in_linear_time() -> None:
+    document = {
+        **CONFIG,
+        "lookups": {"evil": {"query": "SELECT 1", "params": {"sku": {"pattern": "(a+)+b"}}}},
+    }
+    lookup = load_tenant(document=document, name="test config").lookups["evil"]
+    # On Python's `re` this input backtracks for minutes; the test's timeout would fail it.
+    for attack in ("a" * 30, "a" * 150 + "c"):
+        with pytest.raises(InvalidInput, match="the sku is not in the expected format"):
+            validate_params(lookup, {"sku": attack}, reply_to=None)
+    assert validate_params(lookup, {"sku": "aaab"}, reply_to=None) == {"sku": "aaab"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        pytest.param(r"(a)\1", "invalid escape sequence", id="backreference"),
+        pytest.param(r"a(?=b)", "invalid perl operator", id="lookahead"),
+        pytest.param(r"(a", "missing )", id="unbalanced"),
+    ],
+)
+def test_config__pattern_re2_cannot_run_is_a_config_error_with_its_path(
+    pattern: str, reason: str
+) -> None:
+    document = {
+        **CONFIG,
+        "lookups": {"evil": {"query": "SELECT 1", "params": {"sku": {"pattern": pattern}}}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_tenant(document=document, name="test config")
+    text = str(caught.value)
+    assert "lookups.evil.params.sku.pattern" in text
+    assert "RE2" in text and reason in text
