@@ -180,9 +180,7 @@ def parse_networks(text: str) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            raise ValueError(
-                f"WORKER_ALLOW_NETWORKS: {entry!r} is not an address or a network (CIDR)"
-            ) from None
+            raise ValueError(f"{entry!r} is not an address or a network (CIDR)") from None
     return tuple(networks)
 
 

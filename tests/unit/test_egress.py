@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_parse_networks__empty_is_none() -> None:
 
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "intranet", "10.0.0.0/8;"])
 def test_parse_networks__names_the_bad_entry(bad: str) -> None:
-    with pytest.raises(ValueError, match=rf"WORKER_ALLOW_NETWORKS: '{bad}'"):
+    with pytest.raises(ValueError, match=rf"^'{re.escape(bad)}' is not an address or a network"):
         parse_networks(f"192.168.0.0/16, {bad}")
 
 
