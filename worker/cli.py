@@ -301,7 +301,13 @@ def secrets_keygen() -> None:
 
 
 @secrets_group.command("encrypt")
-def secrets_encrypt() -> None:
+@click.option(
+    "--tenant",
+    "tenant_id",
+    metavar="T",
+    help="Bind the value to tenant T: it decrypts only in T's config (recommended).",
+)
+def secrets_encrypt(tenant_id: str | None) -> None:
     """Read a secret on standard input; print its enc:v1: value."""
     if sys.stdin.isatty():
         secret = click.prompt("secret", hide_input=True)
@@ -310,10 +316,15 @@ def secrets_encrypt() -> None:
     if not secret:
         raise click.UsageError("no secret on standard input")
     try:
-        click.echo(worker_secrets.encrypt(secret))
+        click.echo(worker_secrets.encrypt(secret, tenant=tenant_id))
     except ConfigError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(2) from None
+    if tenant_id is None:
+        click.secho(
+            "note: this value decrypts in any tenant's config; `--tenant T` binds it to one tenant",
+            err=True,
+        )
 
 
 @secrets_group.command("rotate")
@@ -324,10 +335,13 @@ def secrets_encrypt() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
 def secrets_rotate(config_path: Path) -> None:
-    """Re-encrypt every enc:v1: value in a config with the first key (keeps PATH.bak)."""
+    """Re-encrypt every enc:v1: value in a config with the first key (keeps PATH.bak).
+
+    Values not yet bound to a tenant come out bound to the config's tenant.
+    """
     text = config_path.read_text(encoding="utf-8")
     try:
-        rotated, count = worker_secrets.rotate_text(text)
+        rotated, count = worker_secrets.rotate_text(text, tenant=_config_tenant(config_path))
     except ConfigError as exc:
         click.secho(f"error: {exc}; nothing was changed", fg="red", err=True)
         raise SystemExit(2) from None
@@ -339,6 +353,15 @@ def secrets_rotate(config_path: Path) -> None:
     click.echo(
         f"{config_path}: {count} secret(s) re-encrypted with the first key; backup in {backup}"
     )
+
+
+def _config_tenant(config_path: Path) -> str:
+    """The tenant a config file is for: its ``tenant_id``, else the file's name."""
+    from worker.config import parse_document
+
+    document, _ = parse_document(config_path.read_text(encoding="utf-8"), name=str(config_path))
+    named = document.get("tenant_id") if isinstance(document, dict) else None
+    return named if isinstance(named, str) and named else config_path.stem
 
 
 @secrets_group.command("check")
@@ -354,13 +377,14 @@ def secrets_check(config_path: Path) -> None:
 
     try:
         document, _ = parse_document(config_path.read_text(encoding="utf-8"), name=str(config_path))
-        failed = list(worker_secrets.undecryptable(document))
+        tenant = _config_tenant(config_path)
+        failed = list(worker_secrets.undecryptable(document, tenant=tenant))
     except ConfigError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(2) from None
     total = len(worker_secrets.TOKEN.findall(config_path.read_text(encoding="utf-8")))
-    for where in failed:
-        click.secho(f"{config_path}: {where} does not decrypt with any key", fg="red", err=True)
+    for where, why in failed:
+        click.secho(f"{config_path}: {where}: {why}", fg="red", err=True)
     if failed:
         raise SystemExit(1)
     click.echo(f"{config_path}: {total} secret(s), all decrypt")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,11 @@ from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from connectors.egress import UNRESTRICTED, Reach
 from connectors.registry import KNOWN_TYPES, load
 from connectors.sql import Dialect, prepare_sql
-from worker import secrets
+from worker import secrets, trust
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
 from worker.redact import secrets_in
 from worker.render import Renderer
+from worker.trust import Origin
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -365,12 +365,14 @@ def load_tenant(
     name: str | None = None,
     templates_dir: Path | None = None,
     decrypt: bool = True,
+    origin: Origin = "file",
 ) -> Tenant:
     """Load and check one tenant config from a file, or from an already parsed document.
 
-    With ``decrypt=False`` (the engine checking a config it cannot read the
-    secrets of) ``enc:v1:`` values and ``${env:…}`` references are checked as
-    they are, not resolved.
+    ``origin`` says whose it is (`worker.trust`): ``"file"``, the operator's,
+    or ``"engine"``, a tenant's, which may reach less. With ``decrypt=False``
+    (the engine checking a config it cannot read the secrets of) ``enc:v1:``
+    values and ``${env:…}`` references are checked as they are, not resolved.
     """
     lines: dict[tuple[str | int, ...], int] = {}
     if path is not None:
@@ -391,19 +393,27 @@ def load_tenant(
     data = dict(data)
     if "tenant_id" not in data:
         data["tenant_id"] = tenant_id or (path.stem if path else "")
-    resolved = _resolve_values(data, (), errors) if decrypt else data
+    if path is not None:
+        origin = "file"
+    reach = trust.reach_for(origin)
+    if not reach.trusted:
+        trust.check_untrusted(data, reach, errors.add)
+    resolved = trust.resolve_values(
+        data, origin=origin, tenant_id=str(data["tenant_id"]), decrypt=decrypt, report=errors.add
+    )
     try:
         config = TenantConfig.model_validate(resolved)
     except ValidationError as exc:
         for err in exc.errors():
             errors.add(tuple(err["loc"]), err["msg"])
         raise ConfigErrors(errors.items) from None
-    if errors.items:
-        raise ConfigErrors(errors.items)
+    if origin == "engine":
+        templates_dir = trust.worker_templates_dir()
     renderer = Renderer(_templates_dir(config, base_dir, templates_dir))
     tenant = _build(config, path, base_dir, renderer, errors)
     if errors.items:
         raise ConfigErrors(errors.items)
+    tenant.reach = reach
     tenant.warnings.extend(secrets.plaintext_warnings(data, label))
     tenant.secrets.update(secrets_in(resolved))
     return tenant
@@ -419,30 +429,6 @@ def _templates_dir(config: TenantConfig, base_dir: Path, override: Path | None) 
             return folder / "templates"
     cwd = Path.cwd() / "templates"
     return cwd if cwd.is_dir() else None
-
-
-_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _resolve_values(node: Any, path: tuple[str | int, ...], errors: _Errors) -> Any:
-    """Decrypt ``enc:v1:`` values and expand ``${env:NAME}``, in memory only."""
-    if isinstance(node, str):
-        if node.startswith(secrets.PREFIX):
-            try:
-                return secrets.decrypt(node)
-            except ConfigError as exc:
-                errors.add(path, exc.message)
-                return ""
-        missing = [m.group(1) for m in _ENV.finditer(node) if m.group(1) not in os.environ]
-        if missing:
-            errors.add(path, f"environment variable {missing[0]} is not set")
-            return ""
-        return _ENV.sub(lambda m: os.environ[m.group(1)], node)
-    if isinstance(node, Mapping):
-        return {k: _resolve_values(v, (*path, k), errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve_values(v, (*path, i), errors) for i, v in enumerate(node)]
-    return node
 
 
 def _build(

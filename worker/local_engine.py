@@ -370,7 +370,11 @@ class LocalEngine:
             )
         try:
             load_tenant(
-                document=document, tenant_id=tenant_id, name=f"PUT {tenant_id}", decrypt=False
+                document=document,
+                tenant_id=tenant_id,
+                name=f"PUT {tenant_id}",
+                decrypt=False,
+                origin="engine",
             )
         except ConfigErrors as exc:
             return web.json_response(

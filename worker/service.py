@@ -75,7 +75,9 @@ async def load(tenant_id: str | None, config: Path | None) -> Tenant:
 def _from_engine(document: Any, tenant_id: str, url: str) -> Tenant:
     if not isinstance(document, dict):
         raise ConfigError(f"the engine's config for {tenant_id!r} is not a JSON object")
-    return load_tenant(document=document, tenant_id=tenant_id, name=f"{url} config of {tenant_id}")
+    return load_tenant(
+        document=document, tenant_id=tenant_id, name=f"{url} config of {tenant_id}", origin="engine"
+    )
 
 
 def make_queue(tenant: Tenant) -> JobQueue | None:
