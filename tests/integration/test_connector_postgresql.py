@@ -49,6 +49,7 @@ from connectors.postgresql import (
 from connectors.registry import load
 from connectors.sql import SQLSpec
 from connectors.testing import ConnectorContract, RawQuery
+from worker.errors import InputRefused
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -435,7 +436,8 @@ async def test_run__binds_one_arg_used_twice(make_connector: MakeConnector) -> N
 async def test_run__value_that_cannot_have_the_column_type_is_a_clean_error(
     make_connector: MakeConnector,
 ) -> None:
-    with pytest.raises(SourceError, match=r"\$1 is not a valid int4") as caught:
+    # The customer's value, not a source failure: `InputRefused`, which names the $n.
+    with pytest.raises(InputRefused, match=r"\$1 is not a valid int4") as caught:
         await read(make_connector(), BY_ORDER.format("items = $1"), "abc' OR 1=1")
 
     assert "abc" not in str(caught.value)
@@ -544,7 +546,8 @@ async def test_run__sql_error_is_a_source_error(make_connector: MakeConnector) -
 async def test_run__server_error_quoting_a_value_does_not_repeat_it(
     make_connector: MakeConnector,
 ) -> None:
-    with pytest.raises(SourceError, match=r"InvalidTextRepresentationError") as caught:
+    # SQLSTATE 22P02: a value refused (`InputRefused`), not a source failure.
+    with pytest.raises(InputRefused, match=r"InvalidTextRepresentationError") as caught:
         await read(make_connector(), "SELECT $1::text::int AS n", "secret-ish-value")
 
     assert "secret-ish-value" not in str(caught.value)
