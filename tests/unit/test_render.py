@@ -575,3 +575,77 @@ def test_module__all_matches_public_names() -> None:
     }
     assert public <= set(render_module.__all__)
     assert all(hasattr(render_module, name) for name in render_module.__all__)
+
+
+# --- filters that multiply size are bounded before they build (issue 10) -------------------------
+
+URLIZED = 'see <a href="https://x.com" rel="noopener">https://x.com</a>'
+BIG = "{% set s = 'x' * 99999 %}{% set many = [s] * 100000 %}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("{{ range(10000) | join('x' * 99999) }}", id="join-separator"),
+        pytest.param(BIG + "{{ many | join }}", id="join-items"),
+        pytest.param(BIG + "{{ many | join(attribute='upper') }}", id="join-attribute"),
+        pytest.param("{{ ('x' * 99999).join(range(10000) | map('string')) }}", id="str-join"),
+        pytest.param(BIG + "{{ ''.join(many) }}", id="str-join-items"),
+        pytest.param(BIG + "{{ s ~ s }}", id="concat-two-halves"),
+        pytest.param(BIG + "{{ '' ~ many }}", id="concat-a-huge-list"),
+        pytest.param(BIG + "{{ many }}", id="print-a-huge-list"),
+        pytest.param(BIG + "{{ many | string }}", id="string"),
+        pytest.param(BIG + "{{ many | tojson }}", id="tojson"),
+        pytest.param("{{ range(5000) | list | tojson(indent=99999) }}", id="tojson-indent"),
+        pytest.param(BIG + "{{ many | pprint }}", id="pprint"),
+        pytest.param(BIG + "{{ '%s' % (many,) }}", id="printf-operand"),
+        pytest.param(BIG + "{{ '%s' | format(many) }}", id="format-operand"),
+        pytest.param(BIG + "{{ '{}'.format(many) }}", id="str-format-operand"),
+        pytest.param("{{ ('a ' * 20000) | wordwrap(1, wrapstring='x' * 99999) }}", id="wordwrap"),
+        pytest.param("{{ ('a\n' * 50000) | indent(99999) }}", id="indent-many-lines"),
+        pytest.param("{{ ('a.co ' * 10000) | urlize(target='x' * 99999) }}", id="urlize"),
+        pytest.param(
+            BIG + "{{ ([many] * 10) | sum(start=[]) }}",
+            id="sum-lists",
+        ),
+        pytest.param("{{ ('abc' * 30000).translate({97: 'x' * 99999}) }}", id="str-translate"),
+    ],
+)
+def test_render__size_multiplying_filters_are_refused_before_building(
+    renderer: Renderer, source: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(RenderError, match="the sandbox refused it"):
+        _render(renderer, source)
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param("{{ ['a', 'b', 1] | join(', ') }}", "a, b, 1", id="join"),
+        pytest.param(
+            "{{ rows | join(' / ', attribute='sku') }}", "A1 / B2", id="join-attribute"
+        ),
+        pytest.param("{{ '-'.join(['a', 'b']) }}", "a-b", id="str-join"),
+        pytest.param("{{ 'a' ~ 1 ~ none ~ missing ~ [2] }}", "a1None[2]", id="concat"),
+        pytest.param("{{ 'aaa bbb ccc' | wordwrap(4) }}", "aaa\nbbb\nccc", id="wordwrap"),
+        pytest.param("{{ 'aaa bbb' | wordwrap(4, wrapstring='|') }}", "aaa|bbb", id="wordwrap-s"),
+        pytest.param("{{ 'a\nb' | indent(2) }}", "a\n  b", id="indent"),
+        pytest.param("{{ rows | tojson }}", '[{"sku": "A1"}, {"sku": "B2"}]', id="tojson"),
+        pytest.param("{{ {'a': [1]} | pprint }}", "{'a': [1]}", id="pprint"),
+        pytest.param("{{ [1, 2] | string }}", "[1, 2]", id="string"),
+        pytest.param("{{ [1, 2] | sum }} {{ [[1], [2]] | sum(start=[]) }}", "3 [1, 2]", id="sum"),
+        pytest.param("{{ rows | sum(attribute='n') }}", "0", id="sum-attribute"),
+        pytest.param("{{ 'see https://x.com' | urlize }}", URLIZED, id="urlize"),
+        pytest.param("{{ 'abc'.translate({97: 'xy'}) }}", "xybc", id="translate"),
+        pytest.param("{{ rows }}", "[{'sku': 'A1'}, {'sku': 'B2'}]", id="print-list"),
+    ],
+)  # fmt: skip
+def test_render__bounded_filters_keep_their_meaning(
+    renderer: Renderer, source: str, expected: str
+) -> None:
+    context = {"rows": [{"sku": "A1"}, {"sku": "B2"}]}
+    if "attribute='n'" in source:
+        context = {"rows": []}
+    assert _render(renderer, source, context) == expected
