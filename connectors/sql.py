@@ -17,6 +17,7 @@ first, as a second opinion.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from sqlglot.dialects.dialect import Dialect as SQLGlotDialect
 from sqlglot.errors import SqlglotError
 
 from connectors.base import ConfigError, NotARead, PreparedQuery
+
+# sqlglot warns when it falls back to an opaque "Command" for a statement it does not
+# model; such a statement is refused here with a clearer reason, so the warning is noise.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 try:  # the postgresql extra: without it, PostgreSQL queries are read by sqlglot
     from pglast import ast as pg
