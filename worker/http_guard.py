@@ -6,7 +6,7 @@
   any other (the code behind never sees undecodable text).
 - Bearer tokens are compared in constant time, whatever bytes came.
 - A connection must send a whole request head within `HEADER_TIMEOUT_S` seconds
-  (``HTTP_HEADER_TIMEOUT_S``) of connecting, or of starting the head of its next
+  (``WORKER_HTTP_HEADER_TIMEOUT_S``) of connecting, or of starting the head of its next
   request; otherwise it is closed, so unfinished requests cannot hold sockets open.
   aiohttp has no such setting: `GuardedRunner` serves the app with a request
   handler that keeps that deadline.
@@ -40,7 +40,7 @@ MAX_JSON_DEPTH = 32
 """How deeply arrays and objects may nest in a request body."""
 
 HEADER_TIMEOUT_S = 10.0
-"""Seconds a connection has to send a whole request head (``HTTP_HEADER_TIMEOUT_S``)."""
+"""Seconds a connection has to send a whole request head (``WORKER_HTTP_HEADER_TIMEOUT_S``)."""
 
 #: Seconds an idle keep-alive connection stays open (aiohttp's default is an hour).
 KEEPALIVE_S = 75.0
@@ -112,18 +112,18 @@ async def refuse_undecodable_headers(request: web.Request, handler: Handler) -> 
 
 
 def header_timeout_from_env() -> float:
-    """``HTTP_HEADER_TIMEOUT_S`` if set (0 turns the deadline off), else `HEADER_TIMEOUT_S`."""
-    raw = os.environ.get("HTTP_HEADER_TIMEOUT_S", "").strip()
+    """``WORKER_HTTP_HEADER_TIMEOUT_S`` if set (0: no deadline), else `HEADER_TIMEOUT_S`."""
+    raw = os.environ.get("WORKER_HTTP_HEADER_TIMEOUT_S", "").strip()
     if not raw:
         return HEADER_TIMEOUT_S
     try:
         value = float(raw)
     except ValueError:
         raise ValueError(
-            f"HTTP_HEADER_TIMEOUT_S must be a number of seconds, not {raw!r}"
+            f"WORKER_HTTP_HEADER_TIMEOUT_S must be a number of seconds, not {raw!r}"
         ) from None
     if value < 0:
-        raise ValueError("HTTP_HEADER_TIMEOUT_S must not be negative")
+        raise ValueError("WORKER_HTTP_HEADER_TIMEOUT_S must not be negative")
     return value
 
 

@@ -420,7 +420,7 @@ async def serve_engine(
     """Serve until ``stop`` is set; ``ready`` gets the bound port (useful with port 0).
 
     ``header_timeout_s``: how long a connection may take to send a request head
-    (default: ``HTTP_HEADER_TIMEOUT_S`` or 10 s; see `worker.http_guard`).
+    (default: ``WORKER_HTTP_HEADER_TIMEOUT_S`` or 10 s; see `worker.http_guard`).
     """
     runner = GuardedRunner(
         engine.app(),

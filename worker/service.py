@@ -178,7 +178,7 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
     app = WorkerApp(worker.pipeline, worker.queue, token=token)
     worker.app = app
-    # GuardedRunner: a request head has HTTP_HEADER_TIMEOUT_S (10 s) to arrive whole.
+    # GuardedRunner: a request head has WORKER_HTTP_HEADER_TIMEOUT_S (10 s) to arrive whole.
     runner = GuardedRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     try:
