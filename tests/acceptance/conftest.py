@@ -138,6 +138,18 @@ class Engine:
     def messages(self) -> list[dict[str, Any]]:
         return list(_request(f"{self.url}/messages", self.token))
 
+    def put_config(self, document: Any, tenant: str = "shop") -> tuple[int, Any]:
+        """The seed's tenant-settings call; the status and the answer, errors included."""
+        url = f"{self.url}/routes/tenants/{tenant}/data-sources"
+        req = urllib.request.Request(url, data=json.dumps(document).encode(), method="PUT")  # noqa: S310
+        req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.loads(exc.read())
+
     def replies(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for m in self.messages():

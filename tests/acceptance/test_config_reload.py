@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,18 +40,6 @@ def shop_config(folder: Path, template: str) -> dict[str, Any]:
         ],
         "lookups": {"order_status": {"args": ["order_id"], "template": template}},
     }
-
-
-def put(engine: Engine, document: Any) -> tuple[int, Any]:
-    url = f"{engine.url}/routes/tenants/shop/data-sources"
-    req = urllib.request.Request(url, data=json.dumps(document).encode(), method="PUT")  # noqa: S310
-    req.add_header("Authorization", f"Bearer {TOKEN}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 @pytest.fixture
@@ -107,13 +93,13 @@ def test_put__invalid_config_is_refused_and_the_old_one_kept(
     engine, folder = engine_configs
     bad = shop_config(folder, "{{ row.status")  # a template that does not compile
     bad["data_sources"][0]["queries"]["order_status"] = "DELETE FROM orders"
-    status, answer = put(engine, bad)
+    status, answer = engine.put_config(bad)
     assert status == 422
     problems = " ".join(answer["problems"])
     assert "only reads are allowed" in problems
     served = _request(f"{engine.url}/routes/tenants/shop/data-sources", TOKEN)
     assert served["lookups"]["order_status"]["template"] == "v1: {{ row.status }}"
-    assert put(engine, {**bad, "tenant_id": "other"})[0] == 422
+    assert engine.put_config({**bad, "tenant_id": "other"})[0] == 422
 
 
 def test_worker__follows_a_new_config_without_restarting(
@@ -142,7 +128,7 @@ def test_worker__follows_a_new_config_without_restarting(
         wait_until(lambda: first in engine.replies(), what="the first reply")
         assert engine.replies()[first] == ["v1: shipped"]
 
-        status, _ = put(engine, shop_config(folder, "v2: your order is {{ row.status }}"))
+        status, _ = engine.put_config(shop_config(folder, "v2: your order is {{ row.status }}"))
         assert status == 200
         deadline = time.monotonic() + 10
         while True:

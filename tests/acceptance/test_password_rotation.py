@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import REPO, TOKEN, WORKER, Engine, _env, free_port, job, wait_until
-from tests.acceptance.test_config_reload import _ok, put
+from tests.acceptance.test_config_reload import _ok
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
         time.sleep(2)
         psql(f"ALTER ROLE {ROLE} PASSWORD 'second-Pa55'")
         changed_at = time.monotonic()
-        status, _ = put(engine, config(scram_database, encrypt("second-Pa55", key)))
+        status, _ = engine.put_config(config(scram_database, encrypt("second-Pa55", key)))
         assert status == 200
         wait_until(lambda: "config changed" in log.read_text(), timeout_s=15, what="the reload")
         switched_at = time.monotonic()

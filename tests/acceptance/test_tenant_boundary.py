@@ -68,18 +68,6 @@ def with_source(document: dict[str, Any], source: dict[str, Any]) -> dict[str, A
     return document
 
 
-def put(engine: Engine, document: Any) -> tuple[int, dict[str, Any]]:
-    url = f"{engine.url}/routes/tenants/shop/data-sources"
-    req = urllib.request.Request(url, data=json.dumps(document).encode(), method="PUT")  # noqa: S310
-    req.add_header("Authorization", f"Bearer {engine.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "data"
@@ -212,7 +200,7 @@ def test_put__each_hostile_config_is_refused_with_its_path(engine: Engine, data_
             document = with_source(document, extra)
         elif extra is not None:
             document["templates_dir"] = extra
-        status, answer = put(engine, document)
+        status, answer = engine.put_config(document)
         assert status == 422, (case.id, answer)
         problems = " ".join(answer["problems"])
         assert where in problems, (case.id, problems)
@@ -280,7 +268,7 @@ def test_run__an_engine_served_config_reaches_only_what_it_may(
             "endpoints": {"read": "/messages"},
         },
     )
-    status, answer = put(engine, document)
+    status, answer = engine.put_config(document)
     assert status == 200, answer  # a name: only DNS says where it goes
 
     audit = tmp_path / "audit.db"
