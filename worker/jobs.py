@@ -20,7 +20,7 @@ import datetime as dt
 import functools
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,20 +133,25 @@ _CUSTOMER_FIELDS = {
 }
 
 
-def _leaves(value: Any, *, keys: bool = True) -> Iterator[Any]:
+def _leaves(value: Any, *, keys: bool = True) -> list[Any]:
     """Every scalar inside a JSON-like value (and every key, unless told); no recursion."""
+    out: list[Any] = []
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, Mapping):
-            for key, inner in item.items():
-                if keys:
-                    stack.append(key)
-                stack.append(inner)
-        elif isinstance(item, list | tuple):
+        kind = type(item)
+        if kind is dict or (kind not in _SCALARS and isinstance(item, Mapping)):
+            if keys:
+                stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
             stack.extend(item)
         else:
-            yield item
+            out.append(item)
+    return out
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _readable(text: str) -> bool:
@@ -166,8 +171,27 @@ def _controls(value: Any) -> bool:
     return any(isinstance(leaf, str) and _CONTROL.search(leaf) for leaf in _leaves(value))
 
 
+def _strings(value: Any) -> list[str]:
+    return [leaf for leaf in _leaves(value) if isinstance(leaf, str)]
+
+
+def _all_safe(payload: Mapping[str, Any]) -> bool:
+    """The common case in one pass: every string readable, no control character in params."""
+    params = "\n".join(_strings(payload.get("parameters")))
+    others = "\n".join(_strings([payload.get(name) for name in _CUSTOMER_FIELDS]))
+    reply_to = payload.get("reply_to")
+    return (
+        _readable(params)
+        and _readable(others)
+        and _CONTROL.search(params) is None
+        and not (isinstance(reply_to, str) and _CONTROL.search(reply_to))
+    )
+
+
 def _unsafe_text(payload: Mapping[str, Any]) -> list[str]:
     """Customer-readable problems with the payload's strings; never the strings themselves."""
+    if _all_safe(payload):
+        return []
     problems: list[str] = []
     params = payload.get("parameters")
     if isinstance(params, Mapping):

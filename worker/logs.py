@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -65,60 +66,78 @@ LIBRARIES = (
 MIN_MASKED = 4
 MASK = "***"
 
-_customer: contextvars.ContextVar[re.Pattern[str] | None] = contextvars.ContextVar(
-    "customer_values", default=None
+#: The current job's customer values: raw as the payload had them; their spellings
+#: are worked out only when a line is logged in the job's context.
+_customer: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "customer_values", default=()
 )
+_PHONE_LIKE = re.compile(r"[+0-9 ().\-]+")
+_NON_DIGITS = re.compile(r"\D")
 
 
 def _spellings(value: str) -> set[str]:
     """The forms a value takes in a log line: as sent, URL-encoded, JSON-escaped, digits only."""
     value = value.strip()
     forms = {value}
-    try:
-        forms |= {quote(value, safe=""), quote(value), quote_plus(value)}
-    except UnicodeEncodeError:  # a lone surrogate: refused anyway, only its own form to mask
-        pass
-    forms.add(json.dumps(value)[1:-1])
-    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
-    digits = re.sub(r"\D", "", value)
-    if len(digits) >= 7 and re.fullmatch(r"[+0-9 ().\-]+", value):  # a phone, however written
-        forms.add(digits)
+    if not (value.isascii() and value.isalnum()):  # ASCII letters and digits: one spelling
+        try:
+            forms |= {quote(value, safe=""), quote(value), quote_plus(value)}
+        except UnicodeEncodeError:  # a lone surrogate: refused anyway, only its own form to mask
+            pass
+        forms.add(json.dumps(value)[1:-1])
+        forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+        if _PHONE_LIKE.fullmatch(value):  # a phone, however written
+            digits = _NON_DIGITS.sub("", value)
+            if len(digits) >= 7:
+                forms.add(digits)
     return {form for form in forms if len(form) >= MIN_MASKED}
+
+
+@functools.lru_cache(maxsize=256)
+def _forms(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Every spelling of ``values``, the longest first (a phone before its digits)."""
+    forms: set[str] = set()
+    for value in values:
+        forms |= _spellings(value)
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def hide_customer_values(values: Iterable[str]) -> None:
     """From now on in this context (the job's task, its child tasks and threads), mask these."""
-    forms: set[str] = set()
-    for value in values:
-        if len(value.strip()) >= MIN_MASKED:
-            forms |= _spellings(value)
-    ordered = sorted(forms, key=len, reverse=True)  # the longest form first
-    _customer.set(re.compile("|".join(map(re.escape, ordered))) if ordered else None)
+    _customer.set(tuple(v for v in values if len(v.strip()) >= MIN_MASKED))
+
+
+def _masked(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 def mask_customer_values(text: str) -> str:
     """``text`` with the current job's customer values as ``***``."""
-    pattern = _customer.get()
-    return text if pattern is None else pattern.sub(MASK, text)
+    values = _customer.get()
+    return _masked(text, _forms(values)) if values else text
 
 
 class CustomerMask(logging.Filter):
     """Masks the current job's customer values in a record: message, fields and error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        pattern = _customer.get()
-        if pattern is None:
+        values = _customer.get()
+        if not values:
             return True
+        forms = _forms(values)
         message = record.getMessage()
-        masked = pattern.sub(MASK, message)
+        masked = _masked(message, forms)
         if masked != message:
             record.msg, record.args = masked, ()
         for name in FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
-                setattr(record, name, pattern.sub(MASK, value))
+                setattr(record, name, _masked(value, forms))
         if record.exc_info and record.exc_info[0] is not None:
-            record.error_text = pattern.sub(MASK, _error_text(record))
+            record.error_text = _masked(_error_text(record), forms)
         return True
 
 

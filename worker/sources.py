@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from connectors.base import Connector
-from connectors.egress import reaching, refusal_in
+from connectors.egress import Reach, reaching, refusal_in
 from worker.circuit import Circuit, CircuitOpen
 from worker.config import Tenant
 from worker.errors import ConfigError, SourceError, SourceUnavailable
@@ -68,7 +68,7 @@ class Sources:
                 f"skipped: the source failed repeatedly (circuit open for {circuit.reset_s:g} s)",
             ) from None
         try:
-            with reaching(self.tenant.reach), _refusals(source_id):
+            with self._fence(source_id):
                 yield
         except (SourceError, TimeoutError):
             circuit.failed()
@@ -81,6 +81,11 @@ class Sources:
         finally:
             if self.metrics is not None:
                 self.metrics.circuit_open.labels(source_id).set(1 if circuit.state == "open" else 0)
+
+    def _fence(self, source_id: str) -> contextlib.AbstractContextManager[None]:
+        """The tenant's reach in force for what runs inside (nothing to do for a file config)."""
+        reach = self.tenant.reach
+        return contextlib.nullcontext() if reach.trusted else _fenced(reach, source_id)
 
     async def get(self, source_id: str) -> Connector:
         live = self._live.get(source_id)
@@ -99,7 +104,7 @@ class Sources:
         if source is None:
             raise SourceUnavailable(source_id, "no such data source in this tenant's config")
         reach = self.tenant.reach
-        with reaching(reach), _refusals(source_id):
+        with self._fence(source_id):
             try:
                 connector = source.make_connector(self.tenant.base_dir, reach)
             except ConfigError as exc:
@@ -115,7 +120,7 @@ class Sources:
         """The source's own health check, timed; never raises."""
         started = time.perf_counter()
         try:
-            with reaching(self.tenant.reach), _refusals(source_id):
+            with self._fence(source_id):
                 async with asyncio.timeout(timeout_s):
                     connector = await self.get(source_id)
                     await connector.health_check()
@@ -135,7 +140,7 @@ class Sources:
     async def _warnings(self, source_id: str, timeout_s: float) -> tuple[str, ...]:
         """What a passed check warns about: an account that could write. Never raises."""
         try:
-            with reaching(self.tenant.reach), _refusals(source_id):
+            with self._fence(source_id):
                 async with asyncio.timeout(timeout_s):
                     powers = await (await self.get(source_id)).write_access()
         except (TimeoutError, SourceError) as exc:
@@ -160,11 +165,12 @@ class Sources:
 
 
 @contextlib.contextmanager
-def _refusals(source_id: str) -> Iterator[None]:
-    """A connection or file the tenant's reach refused, however a driver wrapped it,
-    as one clear `SourceUnavailable`."""
+def _fenced(reach: Reach, source_id: str) -> Iterator[None]:
+    """``reach`` held for the code inside; a connection or file it refused, however a
+    driver wrapped it, comes out as one clear `SourceUnavailable`."""
     try:
-        yield
+        with reaching(reach):
+            yield
     except Exception as exc:
         refused = refusal_in(exc)
         if refused is None:
