@@ -8,7 +8,9 @@ through; success closes the circuit, failure opens it again. No restart needed.
 Only the source's own failures count. A read that ends for the customer's
 reasons (the source refused their value) or the worker's (the job was
 cancelled) is `undecided`: it neither counts as a failure nor resets the
-count, so no customer can open a circuit for everyone else.
+count, so no customer can open a circuit for everyone else. Any other error
+(a driver's exception a connector let through included) is a failure. Every
+outcome frees the half-open trial, so a circuit never stays open for good.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from connectors.base import Connector
 from connectors.egress import Reach, reaching, refusal_in
 from worker.circuit import Circuit, CircuitOpen
 from worker.config import Tenant
-from worker.errors import ConfigError, SourceError, SourceUnavailable
+from worker.errors import ConfigError, InputRefused, SourceError, SourceUnavailable
 from worker.metrics import Metrics
 
 __all__ = ["HealthReport", "Sources"]
@@ -70,11 +70,14 @@ class Sources:
         try:
             with self._fence(source_id):
                 yield
-        except (SourceError, TimeoutError):
-            circuit.failed()
-            raise
-        except BaseException:  # a customer's value refused (InputRefused), a cancelled job
+        except InputRefused:  # the customer's value, not the source
             circuit.undecided()  # say nothing about the source, but free a trial read
+            raise
+        except Exception:  # SourceError, the deadline, a driver error a connector let through
+            circuit.failed()  # counts, and frees a trial read: no circuit stays wedged
+            raise
+        except BaseException:  # the job cancelled (the worker stops), the interpreter exiting
+            circuit.undecided()
             raise
         else:
             circuit.succeeded()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from worker.circuit import Circuit, CircuitOpen
 from worker.config import load_tenant
+from worker.errors import InputRefused, SourceUnavailable
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.sources import Sources
@@ -116,4 +118,82 @@ def test_circuit__undecided_reads_neither_count_nor_reset_and_free_the_trial() -
     circuit.undecided()  # …ended for the customer's reasons: another trial may go
     circuit.before()
     circuit.succeeded()
+    assert circuit.state == "closed"
+
+
+GUARDED = """
+tenant_id: shop
+data_sources:
+  - id: db
+    type: sqlite
+    connection: {path: shop.db}
+    circuit: {failures: 2, reset_s: 10}
+    queries:
+      order_status: SELECT status FROM orders WHERE order_id = $1
+"""
+
+
+@pytest.fixture
+def guarded_sources(tmp_path: Path) -> tuple[Sources, Clock]:
+    (tmp_path / "shop.yaml").write_text(GUARDED, encoding="utf-8")
+    sources = Sources(load_tenant(tmp_path / "shop.yaml"), Metrics())
+    clock = Clock()
+    sources.circuit("db").clock = clock
+    return sources, clock
+
+
+async def _read_raising(sources: Sources, exc: BaseException) -> None:
+    with pytest.raises(type(exc)):
+        async with sources.guarded("db"):
+            raise exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pytest.param(RuntimeError("driver blew up"), id="driver-error"),
+        pytest.param(KeyError("row"), id="connector-bug"),
+        pytest.param(SourceUnavailable("db", "down"), id="source-error"),
+        pytest.param(TimeoutError(), id="deadline"),
+    ],
+)
+async def test_guarded__any_error_of_the_read_counts_and_a_failed_trial_opens_it_again(
+    guarded_sources: tuple[Sources, Clock], exc: BaseException
+) -> None:
+    sources, clock = guarded_sources
+    circuit = sources.circuit("db")
+    for _ in range(2):
+        await _read_raising(sources, exc)
+    assert circuit.state == "open"
+    clock.now = 10
+    await _read_raising(sources, exc)  # the half-open trial fails the same way…
+    assert circuit.state == "open"  # …open again, for another reset_s
+    clock.now = 20
+    async with sources.guarded("db"):  # …and the next trial is let through: not wedged
+        pass
+    assert circuit.state == "closed"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pytest.param(InputRefused("db", "not a number"), id="refused-value"),
+        pytest.param(asyncio.CancelledError(), id="cancelled"),
+    ],
+)
+async def test_guarded__refused_values_and_cancelled_reads_free_the_trial_without_counting(
+    guarded_sources: tuple[Sources, Clock], exc: BaseException
+) -> None:
+    sources, clock = guarded_sources
+    circuit = sources.circuit("db")
+    for _ in range(5):
+        await _read_raising(sources, exc)
+    assert circuit.state == "closed"
+    for _ in range(2):
+        await _read_raising(sources, RuntimeError("down"))
+    clock.now = 10
+    await _read_raising(sources, exc)  # the trial ended for the customer's or worker's reason
+    assert circuit.state == "half-open"
+    async with sources.guarded("db"):  # another trial may go at once
+        pass
     assert circuit.state == "closed"
