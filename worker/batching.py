@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from worker.supervisor import watch
+
 __all__ = ["GroupCommit"]
 
 T = TypeVar("T")
@@ -44,7 +46,10 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="group-commit")
+            # Supervised: a writer that died would leave every later caller waiting.
+            self._writer = watch(
+                asyncio.create_task(self._drain(), name="group-commit"), may_end=True
+            )
         return await future
 
     async def close(self) -> None:

@@ -21,12 +21,14 @@ from worker.engine_client import EngineClient
 from worker.errors import ConfigError, WorkerError
 from worker.http import WorkerApp, parse_listen
 from worker.http_guard import GuardedRunner
+from worker.logs import job_context
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.queues import EngineQueue, JobQueue, StoreQueue
 from worker.runtime import RunSettings, Runtime, stop_on_signals
 from worker.sources import Sources
 from worker.stores import open_store
+from worker.supervisor import Supervisor, watch
 
 __all__ = [
     "Worker",
@@ -222,35 +224,48 @@ async def serve(
     stop: asyncio.Event | None = None,
     signals: bool = True,
 ) -> int:
-    """``worker run``: serve until SIGTERM (or, with ``once``, until the queue is empty)."""
+    """``worker run``: serve until SIGTERM (or, with ``once``, until the queue is empty).
+
+    Returns the exit status: 0, or `EXIT_TASK_DIED` when a background task died
+    (worker.supervisor): the worker then stops as on SIGTERM, so that whatever
+    runs it (a container, systemd) starts a fresh one.
+    """
     stop = stop or asyncio.Event()
+    supervisor = Supervisor(stop, tenant=tenant.tenant_id)
     for warning in tenant.warnings:
         log.warning(warning, extra={"action": "config", "tenant": tenant.tenant_id})
-    async with open_worker(tenant) as worker, http_endpoints(worker, listen):
-        with stop_on_signals(stop, enabled=signals):
-            if worker.queue is None:
-                if settings.once:
-                    raise ConfigError(
-                        "nothing to drain: set ENGINE_URL and ENGINE_TOKEN, "
-                        "or queue: in the config (or QUEUE_DSN)"
-                    )
-                log.warning(
-                    "no engine or queue configured: serving push webhooks only",
-                    extra={"action": "start", "tenant": tenant.tenant_id},
+    with job_context(tenant.tenant_id), supervisor.active():
+        async with open_worker(tenant) as worker, http_endpoints(worker, listen):
+            if worker.queue is None and settings.once:
+                raise ConfigError(
+                    "nothing to drain: set ENGINE_URL and ENGINE_TOKEN, "
+                    "or queue: in the config (or QUEUE_DSN)"
                 )
-                await stop.wait()
-                return 0
-            runtime = Runtime(worker.queue, worker.pipeline, settings)
-            if tenant.path is None and engine_settings(tenant)[0]:
-                async with asyncio.TaskGroup() as group:
-                    follower = group.create_task(
-                        follow_config(worker, runtime, stop), name="config-follower"
-                    )
-                    await runtime.run(stop)
-                    follower.cancel()
-            else:
-                await runtime.run(stop)
-    return 0
+            with stop_on_signals(stop, enabled=signals):
+                try:
+                    work = _work(worker, settings, stop, supervisor)
+                    await supervisor.run(work, name="claim-loop")
+                finally:
+                    await supervisor.close()
+    return supervisor.exit_code
+
+
+async def _work(
+    worker: Worker, settings: RunSettings, stop: asyncio.Event, supervisor: Supervisor
+) -> None:
+    """The claim loop (and the config poller beside it), or push webhooks only."""
+    tenant = worker.tenant
+    if worker.queue is None:
+        log.warning(
+            "no engine or queue configured: serving push webhooks only",
+            extra={"action": "start", "tenant": tenant.tenant_id},
+        )
+        await stop.wait()
+        return
+    runtime = Runtime(worker.queue, worker.pipeline, settings)
+    if tenant.path is None and engine_settings(tenant)[0]:
+        supervisor.start(follow_config(worker, runtime, stop), name="config-poller")
+    await runtime.run(stop)
 
 
 async def follow_config(worker: Worker, runtime: Runtime, stop: asyncio.Event) -> None:
@@ -292,7 +307,9 @@ async def follow_config(worker: Worker, runtime: Runtime, stop: asyncio.Event) -
                 tenant.etag = fresh
                 old = runtime.use(worker.switch_to(tenant))
                 log.info("config changed (%s): new jobs use it", fresh, extra=extra)
-                task = asyncio.create_task(runtime.retire(old), name="retire-pipeline")
+                task = watch(
+                    asyncio.create_task(runtime.retire(old), name="retire-pipeline"), may_end=True
+                )
                 retiring.add(task)
                 task.add_done_callback(retiring.discard)
     finally:
