@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from worker.errors import WorkerError
 from worker.http_guard import bearer_matches, read_json, refuse_undecodable_headers
 from worker.jobs import JOB_TYPE, NotOurs, normalise_query_type
+from worker.logs import job_context
 from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
 
@@ -116,6 +117,12 @@ class WorkerApp:
         lookup = normalise_query_type(request.match_info["lookup"])
         if not payload.get("query_type") and not payload.get("query"):
             payload["query_type"] = lookup
+        # The request's job id (the reply's idempotency key) names it in every log line.
+        key = request.headers.get("Idempotency-Key") or str(payload.get("job_id") or uuid.uuid4())
+        with job_context(self.pipeline.tenant.tenant_id, key):
+            return await self._push(payload, lookup, key)
+
+    async def _push(self, payload: dict[str, Any], lookup: str, key: str) -> web.Response:
         try:
             answer = await self.pipeline.answer(payload, lookup_name=lookup)
         except UnknownLookup as exc:
@@ -124,9 +131,6 @@ class WorkerApp:
             return web.json_response({"error": str(exc)}, status=422)
         sent = False
         if self.queue is not None and answer.message and answer.reply_to:
-            key = request.headers.get("Idempotency-Key") or str(
-                payload.get("job_id") or uuid.uuid4()
-            )
             try:
                 await self.queue.send(key, answer.reply_to, answer.message)
             except WorkerError as exc:

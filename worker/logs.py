@@ -11,10 +11,16 @@ unless the operator asks for them with ``WORKER_LOG_LIBRARIES=debug`` (or
 `hide_customer_values` (called once per job, where the payload is read) puts
 the job's parameters, phone and email in a context variable, which the job's
 tasks and threads inherit, and `CustomerMask` writes ``***`` in their place.
+
+A line about a job says which job even when its caller did not pass the fields:
+`job_context` (entered once per job, where the job starts being handled) puts the
+tenant and job id in a context variable, and `JobFields` adds them to every line
+that lacks them, a library's or a connector's included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import functools
@@ -23,7 +29,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -31,9 +37,11 @@ __all__ = [
     "FIELDS",
     "LIBRARIES",
     "CustomerMask",
+    "JobFields",
     "JsonFormatter",
     "TextFormatter",
     "hide_customer_values",
+    "job_context",
     "mask_customer_values",
     "setup",
 ]
@@ -141,6 +149,34 @@ class CustomerMask(logging.Filter):
         return True
 
 
+#: The tenant and job id of the job this context works on, (None, None) outside one.
+_job: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "job_fields", default=(None, None)
+)
+
+
+@contextlib.contextmanager
+def job_context(tenant: str | None, job_id: str | None = None) -> Iterator[None]:
+    """Lines logged inside (in this task, its child tasks and threads) carry these."""
+    token = _job.set((tenant, job_id))
+    try:
+        yield
+    finally:
+        _job.reset(token)
+
+
+class JobFields(logging.Filter):
+    """Adds the current job's ``tenant`` and ``job_id`` to a record that lacks them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tenant, job_id = _job.get()
+        if tenant is not None and getattr(record, "tenant", None) is None:
+            record.tenant = tenant
+        if job_id is not None and getattr(record, "job_id", None) is None:
+            record.job_id = job_id
+        return True
+
+
 def _error_text(record: logging.LogRecord) -> str:
     masked = getattr(record, "error_text", None)
     if isinstance(masked, str):
@@ -201,6 +237,7 @@ def setup(
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.addFilter(JobFields())
     handler.addFilter(CustomerMask())
     root = logging.getLogger()
     root.handlers[:] = [handler]

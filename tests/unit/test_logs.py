@@ -147,3 +147,31 @@ def test_mask__a_drivers_warning_goes_through_the_mask(stream: io.StringIO) -> N
     contextvars.copy_context().run(job)
     assert ORDER not in stream.getvalue()
     assert "Truncated incorrect INTEGER value: '***'" in stream.getvalue()
+
+
+async def test_job_context__every_line_in_the_job_carries_tenant_and_job_id(
+    stream: io.StringIO,
+) -> None:
+    _setup(stream, "INFO")
+    log = logging.getLogger("worker.test")
+
+    async def job(job_id: str) -> None:
+        with logs.job_context("shop", job_id):
+            log.warning("lookup %s fell back: %s", "order_status", "down")
+            await asyncio.to_thread(logging.getLogger("aiosqlite").warning, "in a thread")
+            await asyncio.create_task(asyncio.sleep(0))
+            log.info("explicit", extra={"tenant": "other", "job_id": "given"})
+
+    await asyncio.gather(job("1"), job("2"))
+    log.info("outside any job")
+    lines = _lines(stream)
+    inside = [
+        line for line in lines if line["msg"] != "explicit" and line["msg"] != "outside any job"
+    ]
+    assert sorted((line["job_id"], line["tenant"]) for line in inside) == [
+        ("1", "shop"), ("1", "shop"), ("2", "shop"), ("2", "shop"),
+    ]  # fmt: skip
+    explicit = [line for line in lines if line["msg"] == "explicit"]
+    assert {(line["tenant"], line["job_id"]) for line in explicit} == {("other", "given")}
+    [outside] = [line for line in lines if line["msg"] == "outside any job"]
+    assert "job_id" not in outside and "tenant" not in outside
