@@ -1,11 +1,18 @@
 """The audit log (contract §8): one ``data_access_logs`` row per data access.
 
 Rows are buffered in memory and written off the hot path, in batches, by one
-background task; `AuditLog.close` writes what is left, so a clean shutdown
-loses nothing. The customer is recorded masked (``+*******7890``) or as a keyed
-hash (``hmac:…``), never as the raw phone number. The table lives in the
-database named by ``audit: {dsn: …}`` or ``AUDIT_DSN``, else in the queue's
-database, else in a SQLite file beside the tenant config.
+background task. A row leaves the buffer only once it is stored, and
+`AuditLog.close` writes what is left, so a clean stop (or SIGTERM) loses
+nothing; a kill -9 loses at most the rows of the last flush window (``flush_s``,
+0.5 s) and of the write in flight. On the direct PostgreSQL queue with the table
+in the queue's database, a job's row is written in the statement that marks the
+job done instead, so a kill -9 loses none (`PostgresStore.carry_audit`).
+
+The customer is recorded masked (``+*******7890``) or as a keyed hash
+(``hmac:…``), never as the raw phone number. The table lives in the database
+named by ``audit: {dsn: …}`` or ``AUDIT_DSN``, else in the queue's database,
+else in a SQLite file beside the tenant config. A table that already exists is
+written as it is (`AuditTable`).
 """
 
 from __future__ import annotations
@@ -16,15 +23,27 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import operator
 import os
 import re
 import sqlite3
+import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["AuditLog", "AuditRow", "hourly_stats", "mask_identifier"]
+__all__ = [
+    "COLUMNS",
+    "AuditLog",
+    "AuditRow",
+    "AuditTable",
+    "hourly_stats",
+    "mask_identifier",
+    "postgres_columns",
+    "tenant_uuid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +61,7 @@ CREATE TABLE IF NOT EXISTS data_access_logs (
 CREATE INDEX IF NOT EXISTS data_access_logs_recent ON data_access_logs (tenant_id, accessed_at);
 """
 
-SCHEMA_SQLITE = """
+SCHEMA_SQLITE_TABLE = """
 CREATE TABLE IF NOT EXISTS data_access_logs (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
@@ -53,22 +72,41 @@ CREATE TABLE IF NOT EXISTS data_access_logs (
     response_time_ms INTEGER,
     outcome TEXT
 );
-CREATE INDEX IF NOT EXISTS data_access_logs_recent ON data_access_logs (tenant_id, accessed_at);
+"""
+SQLITE_INDEX = """
+CREATE INDEX IF NOT EXISTS data_access_logs_recent ON data_access_logs (tenant_id, accessed_at)
 """
 
-_COLUMNS = """data_access_logs (id, tenant_id, data_source_id, query_type,
-                 customer_identifier, accessed_at, response_time_ms, outcome)"""
-# One statement for a whole batch; a retried batch skips the rows it had written.
-_INSERT_POSTGRES = f"""
-INSERT INTO {_COLUMNS}
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::int[], $8::text[])
-ON CONFLICT (id) DO NOTHING
-"""  # noqa: S608 - constant SQL
-_INSERT_SQLITE = f"INSERT INTO {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"  # noqa: S608
+#: The contract's columns, in order; a table that already exists may have fewer.
+COLUMNS = (
+    "id",
+    "tenant_id",
+    "data_source_id",
+    "query_type",
+    "customer_identifier",
+    "accessed_at",
+    "response_time_ms",
+    "outcome",
+)
 
 _BATCH = 1000
 _FLUSH_S = 0.5
+#: How long a row may wait for its job's completion to carry it before the buffer takes it.
+_HOLD_S = 5.0
+#: How long `AuditLog.close` keeps trying a store that refuses rows.
+_CLOSE_S = 10.0
+#: Retries of a refusing store: capped exponential back-off.
+_RETRY_FIRST_S = 0.5
+_RETRY_CAP_S = 10.0
+#: After the store refused rows carried by completions, they go through the buffer this long.
+_CARRY_COOLDOWN_S = 60.0
+#: The same error is logged again at most this often while the store keeps refusing.
+_RELOG_S = 60.0
+
+
+def tenant_uuid(tenant_id: str, configured: uuid.UUID | None = None) -> uuid.UUID:
+    """The tenant's UUID for a ``tenant_id UUID`` column: the configured one, else name-based."""
+    return configured or uuid.uuid5(uuid.NAMESPACE_URL, "tenant:" + tenant_id)
 
 
 @dataclass(slots=True)
@@ -82,6 +120,10 @@ class AuditRow:
     outcome: str
     #: given when the row is first written, so a retried batch cannot write it twice
     id: str = ""
+    #: the config's ``tenant_uuid``; None: the name-based UUID (`tenant_uuid`)
+    tenant_uuid: uuid.UUID | None = None
+    #: set by a store that wrote the row in the statement that completed its job
+    stored: bool = False
 
 
 def _give_ids(rows: list[AuditRow]) -> None:
@@ -107,123 +149,386 @@ def mask_identifier(
     return prefix + re.sub(r"\S", "*", body[:-keep]) + body[-keep:]
 
 
-class AuditLog:
-    """Buffers rows and writes them in batches to PostgreSQL or SQLite."""
+@dataclass(frozen=True)
+class Column:
+    """One column the worker writes: its name, the array type it is sent as, its value."""
 
-    def __init__(self, target: str, *, batch: int = _BATCH, flush_s: float = _FLUSH_S) -> None:
+    name: str
+    pg_type: str
+    value: Callable[[AuditRow], Any]
+
+
+def _pg_column(name: str, type_name: str) -> Column | None:
+    """How to write the contract's column ``name`` when the table declares ``type_name``."""
+    is_uuid = type_name == "uuid"
+    is_text = type_name in ("text", "character varying", "character", "name", "citext")
+    if name == "id":
+        if is_uuid:
+            return Column(name, "uuid", lambda r: r.id)
+        return Column(name, "text", lambda r: r.id) if is_text else None  # a serial: its default
+    if name == "tenant_id":
+        if is_uuid:
+            return Column(name, "uuid", lambda r: tenant_uuid(r.tenant_id, r.tenant_uuid))
+        return Column(name, "text", lambda r: r.tenant_id)
+    if name == "accessed_at":
+        return Column(name, "timestamptz", lambda r: r.accessed_at)
+    if name == "response_time_ms":
+        return Column(name, "int", lambda r: r.response_time_ms)
+    return Column(name, "text", operator.attrgetter(name))
+
+
+def _sqlite_column(name: str, declared: str) -> Column | None:
+    declared = declared.upper()
+    if name == "id":
+        # INTEGER PRIMARY KEY is the rowid: SQLite numbers it
+        return None if "INT" in declared else Column(name, "", lambda r: r.id)
+    if name == "tenant_id" and "UUID" in declared:
+        return Column(name, "", lambda r: str(tenant_uuid(r.tenant_id, r.tenant_uuid)))
+    if name == "accessed_at":
+        return Column(name, "", lambda r: _iso(r.accessed_at))
+    return Column(name, "", operator.attrgetter(name))
+
+
+class AuditTable:
+    """The ``data_access_logs`` that is there: which contract columns it has, and their types.
+
+    A table the worker created has them all. One that existed before (the seed's
+    own: ``tenant_id UUID``, no ``outcome``) is written as it is: ``tenant_id``
+    gets the tenant's UUID when the column is a UUID, and the columns it lacks
+    are left out. Columns of its own are left to their defaults.
+    """
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        self.columns = tuple(columns)
+        self.names = ", ".join(f'"{c.name}"' for c in self.columns)
+
+    @classmethod
+    def postgres(cls, declared: Mapping[str, str]) -> AuditTable:
+        found = (_pg_column(name, declared[name]) for name in COLUMNS if name in declared)
+        return cls([c for c in found if c is not None])
+
+    @classmethod
+    def sqlite(cls, declared: Mapping[str, str]) -> AuditTable:
+        found = (_sqlite_column(name, declared[name]) for name in COLUMNS if name in declared)
+        return cls([c for c in found if c is not None])
+
+    @property
+    def casts(self) -> list[str]:
+        """``uuid[]``, ``text[]``… one array type per column, for ``unnest``."""
+        return [f"{c.pg_type}[]" for c in self.columns]
+
+    def insert_postgres(self) -> str:
+        """One statement for a batch; a retried batch skips the rows it had written."""
+        arrays = ", ".join(f"${n}::{cast}" for n, cast in enumerate(self.casts, start=1))
+        return (
+            f"INSERT INTO data_access_logs ({self.names}) "  # noqa: S608 - known column names
+            f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+        )
+
+    def insert_sqlite(self) -> str:
+        marks = ", ".join("?" for _ in self.columns)
+        return (
+            f"INSERT INTO data_access_logs ({self.names}) VALUES ({marks}) ON CONFLICT DO NOTHING"  # noqa: S608
+        )
+
+    def arrays(self, rows: Sequence[AuditRow | None]) -> list[list[Any]]:
+        """Column-wise values (one list per column); a None row gives NULLs."""
+        return [[c.value(r) if r is not None else None for r in rows] for c in self.columns]
+
+    def tuples(self, rows: Sequence[AuditRow]) -> list[tuple[Any, ...]]:
+        return [tuple(c.value(r) for c in self.columns) for r in rows]
+
+
+async def postgres_columns(conn: Any) -> dict[str, str]:
+    """The columns of the ``data_access_logs`` an unqualified name reaches, with their types."""
+    rows = await conn.fetch(
+        """SELECT attname, atttypid::regtype::text FROM pg_attribute
+           WHERE attrelid = to_regclass('data_access_logs') AND attnum > 0 AND NOT attisdropped"""
+    )
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+class AuditLog:
+    """Buffers rows and writes them in batches to PostgreSQL or SQLite.
+
+    A row is taken off the buffer only once a write has stored it, so a stop
+    during a write or a back-off loses nothing: `close` writes what is left
+    (trying a refusing store for ``close_s``). A store that refuses rows (down,
+    a constraint) is logged once and retried with back-off; rows wait in memory.
+
+    ``with_completion``: the table lives in the direct queue's PostgreSQL
+    database, so the row of a job the store completes travels in the statement
+    that marks the job done (see `PostgresStore.carry_audit`). `record` then
+    holds the row for the completion; `settle` drops it when the completion
+    stored it and buffers it otherwise. A held row nobody settles (a push
+    webhook's) is buffered after ``hold_s``: the write skips a row already
+    stored, by its id.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        batch: int = _BATCH,
+        flush_s: float = _FLUSH_S,
+        with_completion: bool = False,
+        hold_s: float = _HOLD_S,
+        close_s: float = _CLOSE_S,
+    ) -> None:
         self.target = target
         self.batch = batch
         self.flush_s = flush_s
-        self._rows: asyncio.Queue[AuditRow] = asyncio.Queue()
+        self.with_completion = with_completion
+        self.hold_s = hold_s
+        self.close_s = close_s
+        self.table: AuditTable | None = None
+        self._pending: list[AuditRow] = []
+        self._held: dict[str, tuple[AuditRow, float]] = {}
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pg: Any = None
-        self._ready = False
+        self._insert = ""
+        self._carry_off_until = 0.0
+        self._failing: _Failing | None = None
 
     @property
     def is_postgres(self) -> bool:
         return self.target.startswith(("postgres://", "postgresql://"))
 
+    @property
+    def pending(self) -> int:
+        """Rows recorded and not yet written (held ones included)."""
+        return len(self._pending) + len(self._held)
+
     def __repr__(self) -> str:
         return "<AuditLog postgres>" if self.is_postgres else f"<AuditLog {self.target}>"
 
     async def open(self) -> None:
-        if self._ready:
-            return
-        if self.is_postgres:
-            import asyncpg
+        """Find (or create) the table and start the flusher.
 
-            self._pg = await asyncpg.create_pool(self.target, min_size=1, max_size=2)
-            async with self._pg.acquire() as conn:
-                await conn.execute(SCHEMA_POSTGRES)
-        else:
-            await asyncio.to_thread(self._sqlite_script, SCHEMA_SQLITE)
-        self._ready = True
+        A store that does not answer is logged, not raised: rows wait in memory
+        and the flusher keeps trying, so an audit outage never stops answers.
+        """
+        if self._task is not None:
+            return
+        self._closing = asyncio.Event()
+        try:
+            await self._prepare()
+        except Exception as exc:
+            self._note_failure(exc, 0)
         self._task = asyncio.create_task(self._flusher(), name="audit-flusher")
 
     def record(self, row: AuditRow) -> None:
-        """Queue one row; never blocks, never raises."""
-        self._rows.put_nowait(row)
+        """Queue one row (or hold it for its job's completion); never blocks, never raises."""
+        if self._carrying():
+            if not row.id:
+                row.id = str(uuid.uuid4())
+            self._held[row.id] = (row, time.monotonic() + self.hold_s)
+        else:
+            self._pending.append(row)
+        self._wake.set()
+
+    def holding(self, row: AuditRow | None) -> bool:
+        """True when ``row`` waits for its job's completion to carry it."""
+        return row is not None and row.id in self._held
+
+    def settle(self, row: AuditRow) -> None:
+        """After the completion: forget the row if it was stored with it, else buffer it."""
+        if self._held.pop(row.id, None) is not None and not row.stored:
+            self._pending.append(row)
+            self._wake.set()
+
+    def refused(self, exc: BaseException) -> None:
+        """The store refused rows carried by completions: buffer rows for a while, say so once."""
+        first = time.monotonic() >= self._carry_off_until
+        self._carry_off_until = time.monotonic() + _CARRY_COOLDOWN_S
+        if first:
+            log.warning(
+                "the audit table refused rows written with job completions (%s: %s); "
+                "completing the jobs without them, their rows go through the audit buffer",
+                type(exc).__name__,
+                exc,
+                extra={"action": "audit"},
+            )
+
+    def _carrying(self) -> bool:
+        return (
+            self.with_completion
+            and self.table is not None
+            and time.monotonic() >= self._carry_off_until
+        )
 
     async def close(self) -> None:
-        """Stop the flusher and write everything still buffered."""
+        """Write everything recorded, trying a refusing store for ``close_s``; stop the flusher."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        rows = self._take()
-        for start in range(0, len(rows), self.batch):
-            await self._write(rows[start : start + self.batch])
+            self._closing.set()
+            self._wake.set()
+            done, _ = await asyncio.wait([task], timeout=self.close_s)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("the audit flusher died: %r", task.exception(), extra={"action": "audit"})
+        if self.pending:
+            log.error(
+                "%d audit row(s) could not be written before the worker stopped: %s",
+                self.pending,
+                self._failing.error if self._failing else "the audit store did not answer",
+                extra={"action": "audit", "rows": self.pending},
+            )
         if self._pg is not None:
-            await self._pg.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pg.close(), timeout=5)
             self._pg = None
-        self._ready = False
-
-    def _take(self, *first: AuditRow) -> list[AuditRow]:
-        """Everything queued (after ``first``), each row with its id from now on.
-
-        The id is what makes a row written twice (a retried or an interrupted
-        write) be written once.
-        """
-        rows = list(first)
-        while not self._rows.empty():
-            rows.append(self._rows.get_nowait())
-        _give_ids(rows)
-        return rows
 
     async def _flusher(self) -> None:
         """Write what came in the last ``flush_s`` (in statements of ``batch`` rows), repeat.
 
-        Everything queued is written each round, so the buffer cannot grow
-        without bound however many lookups a second the worker answers.
+        Everything buffered is written each round, so the buffer cannot grow
+        without bound however many lookups a second the worker answers. On
+        close, the wait is skipped and the loop ends once nothing is left.
         """
+        attempt = 0
         while True:
-            first = await self._rows.get()
-            await asyncio.sleep(self.flush_s)
-            pending = self._take(first)
-            for start in range(0, len(pending), self.batch):
-                rows = pending[start : start + self.batch]
-                try:
-                    await asyncio.shield(self._write(rows))
-                except asyncio.CancelledError:
-                    # close() writes what is queued: give back what this round has not
-                    # written. The statement in flight goes on; its rows keep their ids,
-                    # so whichever of the two writes comes second skips them.
-                    for row in pending[start:]:
-                        self._rows.put_nowait(row)
-                    raise
-                except Exception:  # the audit store is down: keep the rows, try again
-                    log.exception("writing %d audit row(s) failed; retrying", len(rows),
-                                  extra={"action": "audit"})  # fmt: skip
-                    for row in pending[start:]:
-                        self._rows.put_nowait(row)
-                    await asyncio.sleep(1)
-                    break
+            await self._wait_for_rows()
+            if not self._closing.is_set():
+                await self._pause(self.flush_s)
+            self._release_held(everything=self._closing.is_set())
+            try:
+                await self._write_pending()
+            except Exception as exc:  # the store refused: keep the rows, try again
+                attempt += 1
+                self._note_failure(exc, len(self._pending))
+                await self._pause(min(_RETRY_CAP_S, _RETRY_FIRST_S * 2 ** (attempt - 1)))
+                continue
+            attempt = 0
+            self._note_recovery()
+            if self._closing.is_set() and not self.pending:
+                return
+
+    async def _wait_for_rows(self) -> None:
+        """Until rows are buffered, a held row is due, or close() is called."""
+        while not self._pending and not self._closing.is_set():
+            self._wake.clear()
+            due = next(iter(self._held.values()), None)
+            if due is not None and due[1] <= time.monotonic():
+                return
+            timeout = None if due is None else due[1] - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless close() is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+
+    def _release_held(self, *, everything: bool) -> None:
+        now = time.monotonic()
+        for key, (row, due) in list(self._held.items()):
+            if not everything and due > now:
+                break  # held in order: the rest are later still
+            del self._held[key]
+            self._pending.append(row)
+
+    async def _write_pending(self) -> None:
+        """Write the buffer front to back; a row leaves it only once it is stored."""
+        while self._pending:
+            rows = self._pending[: self.batch]
+            _give_ids(rows)
+            await self._write(rows)
+            del self._pending[: len(rows)]
+
+    def _note_failure(self, exc: BaseException, rows: int) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        failing = self._failing
+        if failing is None:
+            self._failing = failing = _Failing(error, now, now)
+        elif failing.error == error and now - failing.logged < _RELOG_S:
+            return
+        failing.error, failing.logged = error, now
+        log.warning(
+            "the audit store refused %d row(s) (%s); keeping them and retrying",
+            rows,
+            error,
+            extra={"action": "audit", "rows": rows},
+        )
+
+    def _note_recovery(self) -> None:
+        if self._failing is not None:
+            log.info(
+                "the audit store takes rows again after %.1f s",
+                time.monotonic() - self._failing.since,
+                extra={"action": "audit"},
+            )
+            self._failing = None
+
+    async def _prepare(self) -> None:
+        """Connect, create the table if there is none, and learn the shape of the one there is."""
+        if self.table is not None:
+            return
+        if self.is_postgres:
+            import asyncpg
+
+            if self._pg is None:
+                self._pg = await asyncpg.create_pool(
+                    self.target, min_size=1, max_size=2, command_timeout=30
+                )
+            async with self._pg.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('data_access_logs'))")
+                    if not await postgres_columns(conn):
+                        await conn.execute(SCHEMA_POSTGRES)
+                declared = await postgres_columns(conn)
+            table = AuditTable.postgres(declared)
+            self._insert = table.insert_postgres()
+        else:
+            declared = await asyncio.to_thread(self._sqlite_prepare)
+            table = AuditTable.sqlite(declared)
+            self._insert = table.insert_sqlite()
+        self.table = table
 
     async def _write(self, rows: list[AuditRow]) -> None:
         if not rows:
             return
-        values = [
-            (r.id, r.tenant_id, r.data_source_id, r.query_type, r.customer_identifier,
-             r.accessed_at, r.response_time_ms, r.outcome)
-            for r in rows
-        ]  # fmt: skip
+        await self._prepare()
+        table = self.table
+        if table is None:  # _prepare sets it or raises
+            raise RuntimeError("the audit table is not known")
         if self._pg is not None:
-            columns = [list(c) for c in zip(*values, strict=True)]
             async with self._pg.acquire() as conn:
-                await conn.execute(_INSERT_POSTGRES, *columns)
+                await conn.execute(self._insert, *table.arrays(rows))
         else:
-            stamped = [(*v[:5], _iso(v[5]), *v[6:]) for v in values]
-            await asyncio.to_thread(self._sqlite_many, _INSERT_SQLITE, stamped)
+            await asyncio.to_thread(self._sqlite_many, self._insert, table.tuples(rows))
 
-    def _sqlite_script(self, script: str) -> None:
+    def _sqlite_prepare(self) -> dict[str, str]:
         Path(self.target).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(self.target, timeout=30)) as db, db:
-            db.executescript(script)
+            db.executescript(SCHEMA_SQLITE_TABLE)
+            declared = {
+                str(r[1]): str(r[2]) for r in db.execute("PRAGMA table_info(data_access_logs)")
+            }
+            if {"tenant_id", "accessed_at"} <= set(declared):
+                db.execute(SQLITE_INDEX)
+        return declared
 
     def _sqlite_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with contextlib.closing(sqlite3.connect(self.target, timeout=30)) as db, db:
             db.executemany(sql, rows)
+
+
+@dataclass
+class _Failing:
+    """The audit store's current refusal: what it says, since when, when it was last logged."""
+
+    error: str
+    since: float
+    logged: float
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -231,43 +536,65 @@ def _iso(moment: dt.datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-async def hourly_stats(target: str, tenant_id: str, since: dt.timedelta) -> list[dict[str, Any]]:
-    """The seed's monitoring query: average response time and count per source per hour."""
+async def hourly_stats(
+    target: str, tenant_id: str, since: dt.timedelta, *, tenant: uuid.UUID | None = None
+) -> list[dict[str, Any]]:
+    """The seed's monitoring query: average response time and count per source per hour.
+
+    ``tenant``: the config's ``tenant_uuid``, for a table whose ``tenant_id`` is a UUID.
+    """
     if target.startswith(("postgres://", "postgresql://")):
-        import asyncpg
-
-        conn = await asyncpg.connect(target)
-        try:
-            rows = await conn.fetch(
-                """SELECT data_source_id, date_trunc('hour', accessed_at) AS hour,
-                          avg(response_time_ms)::float AS avg_response_time,
-                          count(*) AS query_count
-                   FROM data_access_logs
-                   WHERE tenant_id = $1 AND accessed_at >= now() - $2::interval
-                   GROUP BY data_source_id, hour ORDER BY hour, data_source_id""",
-                tenant_id,
-                since,
-            )
-        finally:
-            await conn.close()
-        return [
-            {**dict(r), "hour": r["hour"].isoformat(), "query_count": int(r["query_count"])}
-            for r in rows
-        ]
-    return await asyncio.to_thread(_sqlite_stats, target, tenant_id, since)
+        return await _postgres_stats(target, tenant_id, since, tenant)
+    return await asyncio.to_thread(_sqlite_stats, target, tenant_id, since, tenant)
 
 
-def _sqlite_stats(path: str, tenant_id: str, since: dt.timedelta) -> list[dict[str, Any]]:
+async def _postgres_stats(
+    target: str, tenant_id: str, since: dt.timedelta, tenant: uuid.UUID | None
+) -> list[dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(target)
+    try:
+        declared = await postgres_columns(conn)
+        if "tenant_id" not in declared:
+            return []
+        key: Any = tenant_id
+        if declared["tenant_id"] == "uuid":
+            key = tenant_uuid(tenant_id, tenant)
+        rows = await conn.fetch(
+            f"""SELECT data_source_id, date_trunc('hour', accessed_at) AS hour,
+                       avg(response_time_ms)::float AS avg_response_time,
+                       count(*) AS query_count
+                FROM data_access_logs
+                WHERE tenant_id = $1::{"uuid" if isinstance(key, uuid.UUID) else "text"}
+                  AND accessed_at >= now() - $2::interval
+                GROUP BY data_source_id, hour ORDER BY hour, data_source_id""",  # noqa: S608
+            key,
+            since,
+        )
+    finally:
+        await conn.close()
+    return [
+        {**dict(r), "hour": r["hour"].isoformat(), "query_count": int(r["query_count"])}
+        for r in rows
+    ]
+
+
+def _sqlite_stats(
+    path: str, tenant_id: str, since: dt.timedelta, tenant: uuid.UUID | None
+) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
     cutoff = _iso(dt.datetime.now(dt.UTC) - since)
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        if not db.execute("PRAGMA table_info(data_access_logs)").fetchall():
+            return []
         rows = db.execute(
             """SELECT data_source_id, strftime('%Y-%m-%dT%H:00:00+00:00', accessed_at) AS hour,
                       avg(response_time_ms), count(*)
-               FROM data_access_logs WHERE tenant_id = ? AND accessed_at >= ?
+               FROM data_access_logs WHERE tenant_id IN (?, ?) AND accessed_at >= ?
                GROUP BY data_source_id, hour ORDER BY hour, data_source_id""",
-            (tenant_id, cutoff),
+            (tenant_id, str(tenant_uuid(tenant_id, tenant)), cutoff),
         ).fetchall()
     keys = ("data_source_id", "hour", "avg_response_time", "query_count")
     return [dict(zip(keys, r, strict=True)) for r in rows]

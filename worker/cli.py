@@ -550,7 +550,9 @@ def stats(tenant_id: str | None, config_path: Path | None, since: str, as_json: 
 
     async def main() -> list[dict[str, Any]]:
         tenant = await _tenant(tenant_id, config_path)
-        return await hourly_stats(audit_target(tenant), tenant.tenant_id, window)
+        return await hourly_stats(
+            audit_target(tenant), tenant.tenant_id, window, tenant=tenant.config.tenant_uuid
+        )
 
     rows = _run(main())
     if as_json:

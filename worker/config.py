@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 import re2
 import yaml
@@ -177,6 +178,7 @@ class TenantConfig(_Model):
     """The whole document of one tenant (contract §5)."""
 
     tenant_id: str = Field(pattern=_NAME)
+    tenant_uuid: UUID | None = None  # for an audit table whose tenant_id is a UUID (§8)
     engine: EngineConfig | None = None
     queue: QueueConfig | None = None
     audit: AuditConfig | None = None

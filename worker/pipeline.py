@@ -67,6 +67,8 @@ class Answer:
     source_id: str | None = None
     response_time_ms: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    #: its audit row; on the direct PostgreSQL queue it is written with the job's completion
+    audit: AuditRow | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class Pipeline:
         audit_config = tenant.config.audit
         self._identifier = audit_config.identifier if audit_config else "masked"
         self._audit_key = os.environ.get("WORKER_AUDIT_KEY", "").encode()
+        self._tenant_uuid = tenant.config.tenant_uuid
 
     async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:
         """Answer one job payload; ``lookup_name`` overrides its query_type (push webhook)."""
@@ -131,8 +134,15 @@ class Pipeline:
             answer.result = self.redactor.scrub_any(answer.result)
         self.metrics.jobs.labels(answer.outcome).inc()
         if self.audit is not None:
-            self.audit.record(self._audit_row(answer))
+            answer.audit = self._audit_row(answer)
+            self.audit.record(answer.audit)
         return answer
+
+    def release_audit(self, answer: Answer) -> None:
+        """``answer`` is settled without a store completing a job (a push webhook): its row
+        goes to the audit log's buffer now instead of waiting for a completion to carry it."""
+        if self.audit is not None and answer.audit is not None:
+            self.audit.settle(answer.audit)
 
     def _audit_row(self, answer: Answer) -> AuditRow:
         who = (
@@ -148,6 +158,7 @@ class Pipeline:
             accessed_at=dt.datetime.now(dt.UTC),
             response_time_ms=answer.response_time_ms,
             outcome=answer.outcome,
+            tenant_uuid=self._tenant_uuid,
         )
 
     def _resolve(self, query_type: str, request: JobRequest) -> Lookup | None:

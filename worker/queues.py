@@ -14,6 +14,7 @@ import abc
 import logging
 from typing import Any
 
+from worker.audit import AuditLog
 from worker.engine_client import EngineClient, with_retries
 from worker.errors import LeaseLost
 from worker.jobs import JOB_TYPE, ClaimedJob
@@ -129,7 +130,11 @@ class EngineQueue(JobQueue):
 
 
 class StoreQueue(JobQueue):
-    """Contract §4: claim from the tables directly."""
+    """Contract §4: claim from the tables directly.
+
+    ``audit``: the audit log whose table lives in the store's database; a job's
+    row then goes in its completion statement (`AuditLog.with_completion`).
+    """
 
     def __init__(
         self, store: Store, tenant_id: str, worker_id: str, *, lease_s: float = 30
@@ -137,6 +142,7 @@ class StoreQueue(JobQueue):
         super().__init__(tenant_id, worker_id)
         self.store = store
         self.lease_s = lease_s
+        self.audit: AuditLog | None = None
 
     async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
@@ -154,17 +160,24 @@ class StoreQueue(JobQueue):
         reply = None
         if answer.message and answer.reply_to:
             reply = Reply(self.tenant_id, answer.reply_to, answer.message)
-        done = await with_retries(
-            lambda: self.store.complete(
-                int(job.id),
-                outcome=answer.outcome,
-                result=answer.result,
-                attempt=job.attempt,
-                reply=reply,
-            ),
-            deadline_s=job.lease_s,
-            on_retry=self._retry_log(job, "complete"),
-        )
+        audit = self.audit
+        row = answer.audit if audit is not None and audit.holding(answer.audit) else None
+        try:
+            done = await with_retries(
+                lambda: self.store.complete(
+                    int(job.id),
+                    outcome=answer.outcome,
+                    result=answer.result,
+                    attempt=job.attempt,
+                    reply=reply,
+                    audit=row,
+                ),
+                deadline_s=job.lease_s,
+                on_retry=self._retry_log(job, "complete"),
+            )
+        finally:
+            if audit is not None and row is not None:
+                audit.settle(row)  # not stored with a completion: the buffer writes it
         if not done:
             raise LeaseLost(f"job {job.id}: the lease was lost before it completed")
 

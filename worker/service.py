@@ -155,7 +155,8 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
     """Everything one tenant's worker holds open, closed on the way out."""
     metrics = Metrics()
     sources = Sources(tenant, metrics)
-    audit = AuditLog(audit_target(tenant))
+    target = audit_target(tenant)
+    audit = AuditLog(target, flush_s=float(os.environ.get("WORKER_AUDIT_FLUSH_S", "0.5")))
     pipeline = _pipeline(tenant, sources, metrics, audit)
     queue = make_queue(tenant) if with_queue else None
     worker = Worker(tenant, sources, pipeline, queue)
@@ -163,12 +164,19 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
         await audit.open()
         if isinstance(queue, StoreQueue):
             await queue.store.open()
+            # The audit table in the queue's database: rows go with the jobs' completions.
+            same_database = audit.is_postgres and target == queue_target(tenant)
+            if same_database and queue.store.carry_audit(audit.table, audit.refused):
+                audit.with_completion = True
+                queue.audit = audit
         yield worker
     finally:
-        if queue is not None:
-            await queue.close()
-        await worker.sources.close()
-        await audit.close()
+        try:
+            if queue is not None:
+                await queue.close()
+            await worker.sources.close()
+        finally:
+            await audit.close()  # after the queue: rows of the last completions settle first
 
 
 @contextlib.asynccontextmanager

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from worker.jobs import ClaimedJob
+
+if TYPE_CHECKING:
+    from worker.audit import AuditRow, AuditTable
 
 __all__ = ["MAX_ATTEMPTS", "Claim", "JobRow", "Reply", "Store", "TokenRow", "job_number"]
 
@@ -84,6 +87,15 @@ class Store(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def carry_audit(
+        self, table: AuditTable | None, refused: Callable[[BaseException], None]
+    ) -> bool:
+        """Write jobs' audit rows (into ``table``, in this database) with their completions.
+
+        True when this store does; ``refused`` hears of rows the table refused.
+        """
+        return False
+
     @abc.abstractmethod
     async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
         """Insert a pending job; returns its id."""
@@ -127,8 +139,14 @@ class Store(abc.ABC):
         result: Any,
         attempt: int | None,
         reply: Reply | None = None,
+        audit: AuditRow | None = None,
     ) -> bool:
-        """Mark done, writing the reply in the same transaction; False if the lease is lost."""
+        """Mark done, writing the reply in the same transaction; False if the lease is lost.
+
+        ``audit``: the job's audit row, for a store that writes it in the same
+        statement (`PostgresStore.carry_audit`); it sets ``audit.stored`` when it
+        did. A store that does not leaves it for the audit log's buffer.
+        """
 
     @abc.abstractmethod
     async def fail(

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from worker.audit import AuditRow, AuditTable
 from worker.batching import GroupCommit
 from worker.errors import QueueUnavailable
 from worker.jobs import ClaimedJob
@@ -145,12 +146,13 @@ UPDATE jobs SET status = 'failed', error = 'the job payload is not a JSON object
 _OWNED = "id = $1 AND status = 'running' AND ($2::int IS NULL OR attempt = $2)"
 
 # Completions of many jobs in one statement (group commit): each job is marked done
-# and its reply written together, so one is never without the other.
-_COMPLETE = """
+# and its reply written together, so one is never without the other. With the audit
+# table in this database, the job's audit row goes in the same statement ($8 on).
+_COMPLETE_INPUT = """
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
-                         $5::text[], $6::text[], $7::text[])
-        AS t(id, attempt, outcome, result, tenant_id, "to", message)
+                         $5::text[], $6::text[], $7::text[]{audit_arrays})
+        AS t(id, attempt, outcome, result, tenant_id, "to", message{audit_names})
 ), done AS (
     UPDATE jobs AS j
        SET status = 'done', outcome = i.outcome, result = i.result::jsonb, error = NULL,
@@ -165,9 +167,30 @@ WITH input AS (
       FROM input AS i JOIN done AS d ON d.id = i.id
      WHERE i."to" IS NOT NULL
     ON CONFLICT DO NOTHING
-)
+){audit_insert}
 SELECT id FROM done
 """
+_COMPLETE = _COMPLETE_INPUT.format(audit_arrays="", audit_names="", audit_insert="")
+
+_AUDIT_INSERT = """, audit AS (
+    INSERT INTO data_access_logs ({columns})
+    SELECT {values} FROM input AS i JOIN done AS d ON d.id = i.id WHERE i.audited
+    ON CONFLICT DO NOTHING
+)"""
+
+
+def _complete_with_audit(table: AuditTable) -> str:
+    """`_COMPLETE` that also inserts each done job's audit row, in ``table``'s shape."""
+    casts = ["bool[]", *table.casts]
+    names = [f"a{n}" for n in range(len(table.columns))]
+    return _COMPLETE_INPUT.format(
+        audit_arrays="".join(f", ${n}::{cast}" for n, cast in enumerate(casts, start=8)),
+        audit_names=", audited" + "".join(f", {name}" for name in names),
+        audit_insert=_AUDIT_INSERT.format(
+            columns=table.names, values=", ".join(f"i.{name}" for name in names)
+        ),
+    )
+
 
 # Messages sent outside a job's completion (the engine's /messages/send), many at once.
 # A row names its job only when the job is the sending tenant's.
@@ -208,6 +231,7 @@ class _Completion:
     outcome: str
     result: str  # JSON text
     reply: Reply | None
+    audit: AuditRow | None = None
 
 
 async def _one_by_one_if_refused(
@@ -262,6 +286,9 @@ class PostgresStore(Store):
         self._swept: dict[str, float] = {}
         self._completions: GroupCommit[_Completion, bool] = GroupCommit(self._complete_many)
         self._sends: GroupCommit[_Send, bool] = GroupCommit(self._send_many)
+        self._audit_table: AuditTable | None = None
+        self._audit_sql = ""
+        self._audit_refused: Callable[[BaseException], None] = lambda _exc: None
 
     def __repr__(self) -> str:
         return "<PostgresStore>"  # the DSN may hold a password
@@ -350,6 +377,21 @@ class PostgresStore(Store):
             if pool is not None:
                 await pool.close()
         self._pool = self._lease_pool = None
+
+    def carry_audit(
+        self, table: AuditTable | None, refused: Callable[[BaseException], None]
+    ) -> bool:
+        """Write jobs' audit rows in their completion statements, into ``table``.
+
+        For an audit table in this database: a done job and its row commit
+        together, so no crash can leave one without the other. If the table
+        refuses a batch's rows, the jobs are completed without them and
+        ``refused`` is told (the rows then go through the audit log's buffer).
+        """
+        self._audit_table = table
+        self._audit_sql = _complete_with_audit(table) if table is not None else ""
+        self._audit_refused = refused
+        return table is not None
 
     async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
         text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -451,28 +493,51 @@ class PostgresStore(Store):
         result: Any,
         attempt: int | None,
         reply: Reply | None = None,
+        audit: AuditRow | None = None,
     ) -> bool:
+        carried = audit if self._audit_table is not None else None
         return await self._completions.submit(
-            _Completion(job_id, attempt, outcome, _json_text(result), reply)
+            _Completion(job_id, attempt, outcome, _json_text(result), reply, carried)
         )
 
     async def _complete_many(self, items: Sequence[_Completion]) -> list[bool | BaseException]:
         """One statement for many completions: atomic per job, one round trip for all."""
-        return await _one_by_one_if_refused(self._complete_batch, items)
+        if not any(c.audit is not None for c in items):
+            return await _one_by_one_if_refused(self._complete_batch, items)
+        try:
+            return list(await self._complete_batch(items, with_audit=True))
+        except asyncpg.PostgresError as exc:
+            refusal = exc
+        # Complete the jobs without their rows (which then go through the audit log's
+        # buffer); if that goes through whole, it was the audit table that refused.
+        answers = await _one_by_one_if_refused(self._complete_batch, items)
+        if not any(isinstance(a, BaseException) for a in answers):
+            self._audit_refused(refusal)
+        return answers
 
-    async def _complete_batch(self, items: Sequence[_Completion]) -> list[bool]:
+    async def _complete_batch(
+        self, items: Sequence[_Completion], *, with_audit: bool = False
+    ) -> list[bool]:
+        args: list[list[Any]] = [
+            [c.job_id for c in items],
+            [c.attempt for c in items],
+            [c.outcome for c in items],
+            [c.result for c in items],
+            [c.reply.tenant_id if c.reply else None for c in items],
+            [c.reply.to if c.reply else None for c in items],
+            [c.reply.message if c.reply else None for c in items],
+        ]
+        table = self._audit_table if with_audit else None
+        if table is not None:
+            audits = [c.audit for c in items]
+            args += [[a is not None for a in audits], *table.arrays(audits)]
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                _COMPLETE,
-                [c.job_id for c in items],
-                [c.attempt for c in items],
-                [c.outcome for c in items],
-                [c.result for c in items],
-                [c.reply.tenant_id if c.reply else None for c in items],
-                [c.reply.to if c.reply else None for c in items],
-                [c.reply.message if c.reply else None for c in items],
-            )
+            rows = await conn.fetch(self._audit_sql if table is not None else _COMPLETE, *args)
         done = {int(r[0]) for r in rows}
+        if table is not None:
+            for c in items:
+                if c.audit is not None and c.job_id in done:
+                    c.audit.stored = True
         return [c.job_id in done for c in items]
 
     async def fail(

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 
+from worker.audit import AuditRow
 from worker.jobs import ClaimedJob
 from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store, TokenRow, job_number
 
@@ -328,6 +329,7 @@ class SQLiteStore(Store):
         result: Any,
         attempt: int | None,
         reply: Reply | None = None,
+        audit: AuditRow | None = None,  # the audit log's buffer writes it
     ) -> bool:
         where, extra = self._owned(attempt)
         async with self._lock:
