@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from worker.audit import AuditLog, AuditRow, hourly_stats, mask_identifier
+from worker.audit import AuditLog, AuditRow, hourly_stats, mask_identifier, tenant_uuid
+from worker.jobs import ClaimedJob
+from worker.stores.base import Claim
+from worker.stores.postgres import PostgresStore
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -135,3 +139,173 @@ async def test_sqlite__same_table_and_stats(tmp_path: Path) -> None:
         ("crm", 15.0, 2)
     ]
     assert await hourly_stats(str(tmp_path / "none.db"), "acme", dt.timedelta(hours=1)) == []
+
+
+# -- nothing lost: stops, completions, refusals, the seed's own table (issue 11) ----------
+
+SEED_DDL = """
+CREATE TABLE data_access_logs (
+    id UUID PRIMARY KEY,
+    tenant_id UUID NOT NULL,
+    data_source_id VARCHAR(255),
+    query_type VARCHAR(100),
+    customer_identifier VARCHAR(255),
+    accessed_at TIMESTAMPTZ DEFAULT NOW(),
+    response_time_ms INTEGER
+);
+"""
+
+
+async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+async def test_close__rows_the_flusher_had_in_hand_are_written(
+    store: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    target = pg_dsn if store == "postgres" else str(tmp_path / "audit.db")
+    audit = AuditLog(target, flush_s=60)
+    await audit.open()
+    audit.record(row())
+    await asyncio.sleep(0.2)  # the flusher has seen the row and waits out its window
+    audit.record(row())
+    await audit.close()
+    stats = await hourly_stats(target, "acme", dt.timedelta(hours=1))
+    assert sum(s["query_count"] for s in stats) == 2
+
+
+async def test_postgres__the_seeds_own_table_is_written_as_it_is(pg_dsn: str) -> None:
+    await fetch(pg_dsn, SEED_DDL)
+    configured = uuid.UUID("0b9e6f3a-6d1c-4d0e-9d7a-3f1a2b3c4d5e")
+    audit = AuditLog(pg_dsn, flush_s=0.01)
+    await audit.open()
+    audit.record(row("crm", 10))
+    other = row("crm", 30)
+    other.tenant_id, other.tenant_uuid = "beta", configured
+    audit.record(other)
+    await audit.close()
+    rows = await fetch(pg_dsn, "SELECT tenant_id, data_source_id FROM data_access_logs")
+    assert sorted(str(r[0]) for r in rows) == sorted([str(tenant_uuid("acme")), str(configured)])
+    assert tenant_uuid("acme") == uuid.uuid5(uuid.NAMESPACE_URL, "tenant:acme")
+    stats = await hourly_stats(pg_dsn, "beta", dt.timedelta(hours=1), tenant=configured)
+    assert [(s["data_source_id"], s["query_count"]) for s in stats] == [("crm", 1)]
+
+
+async def test_sqlite__a_table_without_outcome_and_a_numbered_id(tmp_path: Path) -> None:
+    target = tmp_path / "audit.db"
+    with sqlite3.connect(target) as db:
+        db.execute(
+            """CREATE TABLE data_access_logs (id INTEGER PRIMARY KEY, tenant_id UUID NOT NULL,
+               data_source_id TEXT, query_type TEXT, customer_identifier TEXT,
+               accessed_at TEXT, response_time_ms INTEGER)"""
+        )
+    audit = AuditLog(str(target), flush_s=0.01)
+    await audit.open()
+    audit.record(row("crm", 10))
+    await audit.close()
+    with sqlite3.connect(target) as db:
+        written = db.execute("SELECT id, tenant_id FROM data_access_logs").fetchall()
+    assert written == [(1, str(tenant_uuid("acme")))]
+    stats = await hourly_stats(str(target), "acme", dt.timedelta(hours=1))
+    assert [s["query_count"] for s in stats] == [1]
+
+
+async def carrying(dsn: str) -> tuple[PostgresStore, AuditLog, list[BaseException]]:
+    """A store and an audit log in one database, rows going with the completions."""
+    store = PostgresStore(dsn)
+    await store.open()
+    audit = AuditLog(dsn, flush_s=0.05, with_completion=True)
+    await audit.open()
+    refusals: list[BaseException] = []
+
+    def refused(exc: BaseException) -> None:
+        refusals.append(exc)
+        audit.refused(exc)
+
+    assert store.carry_audit(audit.table, refused)
+    return store, audit, refusals
+
+
+async def claimed_job(store: PostgresStore) -> ClaimedJob:
+    await store.enqueue({"job_type": "data_lookup", "tenant_id": "acme"})
+    (job,) = await store.claim(Claim("acme", ["data_lookup"], 1, 30, "w1"))
+    return job
+
+
+async def test_completion__carries_the_row_in_its_statement(pg_dsn: str) -> None:
+    store, audit, refusals = await carrying(pg_dsn)
+    try:
+        job, lost = await claimed_job(store), await claimed_job(store)
+        first, second = row(), row()
+        audit.record(first)
+        audit.record(second)
+        assert audit.holding(first) and audit.pending == 2
+        assert await store.complete(int(job.id), outcome="ok", result={}, attempt=1, audit=first)
+        # an older attempt: the lease is lost, so the job is not done and carries no row
+        assert not await store.complete(
+            int(lost.id), outcome="ok", result={}, attempt=7, audit=second
+        )
+        assert first.stored and not second.stored
+        audit.settle(first)
+        audit.settle(second)  # a data access all the same: the buffer writes it
+    finally:
+        await store.close()
+        await audit.close()
+    ids = await fetch(pg_dsn, "SELECT id::text FROM data_access_logs ORDER BY id")
+    assert sorted(r[0] for r in ids) == sorted([first.id, second.id])
+    assert refusals == []
+
+
+async def test_completion__a_refusing_audit_table_never_costs_the_completion(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, audit, refusals = await carrying(pg_dsn)
+    try:
+        await fetch(pg_dsn, "ALTER TABLE data_access_logs ADD COLUMN must text NOT NULL")
+        job = await claimed_job(store)
+        carried = row()
+        audit.record(carried)
+        assert await store.complete(int(job.id), outcome="ok", result={}, attempt=1, audit=carried)
+        assert not carried.stored and len(refusals) == 1
+        audit.settle(carried)
+        assert not audit.holding(row()), "rows go through the buffer for a while"
+        await asyncio.sleep(0.5)  # the buffer is refused too, and retried
+        assert audit.pending == 1
+        await fetch(pg_dsn, "ALTER TABLE data_access_logs ALTER COLUMN must DROP NOT NULL")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while audit.pending and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+        await audit.close()
+    assert (await store_status(pg_dsn, int(job.id))) == "done"
+    assert [r[0] for r in await fetch(pg_dsn, "SELECT id::text FROM data_access_logs")] == [
+        carried.id
+    ]
+    refused_lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 <= len(refused_lines) <= 3
+
+
+async def store_status(dsn: str, job_id: int) -> str:
+    rows = await fetch(dsn, f"SELECT status FROM jobs WHERE id = {job_id}")
+    return str(rows[0][0])
+
+
+async def test_open__a_store_that_does_not_answer_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    audit = AuditLog(
+        f"postgresql://postgres@127.0.0.1:5432/absent_{uuid.uuid4().hex[:8]}", close_s=1
+    )
+    await audit.open()
+    audit.record(row())
+    await audit.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("refused" in m for m in messages)
+    assert any("1 audit row(s) could not be written" in m for m in messages)
