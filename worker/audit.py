@@ -150,7 +150,7 @@ def mask_identifier(
 
 
 @dataclass(frozen=True)
-class Column:
+class _Column:
     """One column the worker writes: its name, the array type it is sent as, its value."""
 
     name: str
@@ -158,35 +158,35 @@ class Column:
     value: Callable[[AuditRow], Any]
 
 
-def _pg_column(name: str, type_name: str) -> Column | None:
+def _pg_column(name: str, type_name: str) -> _Column | None:
     """How to write the contract's column ``name`` when the table declares ``type_name``."""
     is_uuid = type_name == "uuid"
     is_text = type_name in ("text", "character varying", "character", "name", "citext")
     if name == "id":
         if is_uuid:
-            return Column(name, "uuid", lambda r: r.id)
-        return Column(name, "text", lambda r: r.id) if is_text else None  # a serial: its default
+            return _Column(name, "uuid", lambda r: r.id)
+        return _Column(name, "text", lambda r: r.id) if is_text else None  # a serial: its default
     if name == "tenant_id":
         if is_uuid:
-            return Column(name, "uuid", lambda r: tenant_uuid(r.tenant_id, r.tenant_uuid))
-        return Column(name, "text", lambda r: r.tenant_id)
+            return _Column(name, "uuid", lambda r: tenant_uuid(r.tenant_id, r.tenant_uuid))
+        return _Column(name, "text", lambda r: r.tenant_id)
     if name == "accessed_at":
-        return Column(name, "timestamptz", lambda r: r.accessed_at)
+        return _Column(name, "timestamptz", lambda r: r.accessed_at)
     if name == "response_time_ms":
-        return Column(name, "int", lambda r: r.response_time_ms)
-    return Column(name, "text", operator.attrgetter(name))
+        return _Column(name, "int", lambda r: r.response_time_ms)
+    return _Column(name, "text", operator.attrgetter(name))
 
 
-def _sqlite_column(name: str, declared: str) -> Column | None:
+def _sqlite_column(name: str, declared: str) -> _Column | None:
     declared = declared.upper()
     if name == "id":
         # INTEGER PRIMARY KEY is the rowid: SQLite numbers it
-        return None if "INT" in declared else Column(name, "", lambda r: r.id)
+        return None if "INT" in declared else _Column(name, "", lambda r: r.id)
     if name == "tenant_id" and "UUID" in declared:
-        return Column(name, "", lambda r: str(tenant_uuid(r.tenant_id, r.tenant_uuid)))
+        return _Column(name, "", lambda r: str(tenant_uuid(r.tenant_id, r.tenant_uuid)))
     if name == "accessed_at":
-        return Column(name, "", lambda r: _iso(r.accessed_at))
-    return Column(name, "", operator.attrgetter(name))
+        return _Column(name, "", lambda r: _iso(r.accessed_at))
+    return _Column(name, "", operator.attrgetter(name))
 
 
 class AuditTable:
@@ -198,7 +198,7 @@ class AuditTable:
     are left out. Columns of its own are left to their defaults.
     """
 
-    def __init__(self, columns: Sequence[Column]) -> None:
+    def __init__(self, columns: Sequence[_Column]) -> None:
         self.columns = tuple(columns)
         self.names = ", ".join(f'"{c.name}"' for c in self.columns)
 
