@@ -20,8 +20,10 @@ from typing import Any
 from worker.engine_client import backoff_delays
 from worker.errors import EngineAuthError, LeaseLost, RetriableError, WorkerError
 from worker.jobs import ClaimedJob, NotOurs
+from worker.logs import job_context
 from worker.pipeline import Pipeline
 from worker.queues import JobQueue
+from worker.supervisor import watch
 
 __all__ = ["RunSettings", "Runtime", "stop_on_signals"]
 
@@ -35,6 +37,8 @@ CLAIM_BACKOFF_CAP_S = 10.0
 HEARTBEAT_MIN_S = 0.5
 #: How often the heartbeat loop looks for leases that are due.
 HEARTBEAT_TICK_S = 0.25
+#: A heartbeat error already logged is logged again after this long, if it goes on.
+HEARTBEAT_LOG_EVERY_S = 60.0
 
 
 @dataclass(eq=False)
@@ -74,6 +78,7 @@ class Runtime:
         self._using: dict[int, int] = {}  # id(pipeline) -> jobs running on it
         self._leases: dict[str, _Lease] = {}  # job id -> its lease, while in flight
         self._released = asyncio.Event()
+        self._beat_errors: dict[str, float] = {}  # error text -> when it was last logged
 
     def use(self, pipeline: Pipeline) -> Pipeline:
         """New jobs run on ``pipeline`` from now on; returns the one it replaces."""
@@ -96,7 +101,7 @@ class Runtime:
         log.info(
             "serving tenant %s", self.tenant_id, extra={"action": "start", "tenant": self.tenant_id}
         )
-        beats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
+        beats = watch(asyncio.create_task(self._heartbeat_loop(), name="heartbeats"))
         try:
             await self._claim_loop(stop)
         finally:
@@ -204,7 +209,8 @@ class Runtime:
         pipeline = self.pipeline  # a config reload mid-job leaves this job on its pipeline
         self._using[id(pipeline)] = self._using.get(id(pipeline), 0) + 1
         try:
-            await self._answer(job, pipeline)
+            with job_context(self.tenant_id, job.id):  # every line about the job names it
+                await self._answer(job, pipeline)
         finally:
             self._using[id(pipeline)] -= 1
             if not self._using[id(pipeline)]:
@@ -306,10 +312,29 @@ class Runtime:
             if self._leases.pop(job.id, None) is not None:  # not merely settled meanwhile
                 log.warning("job %s: lease lost", job.id, extra=extra)
             return
-        except WorkerError as exc:
-            log.warning("heartbeat of job %s failed: %s", job.id, exc, extra=extra)
+        except Exception as exc:  # a store's raw error too: log it, try again next round
+            self._beat_failed(job, exc, extra)
         lease.due = asyncio.get_running_loop().time() + lease.interval
         lease.beating = False
+
+    def _beat_failed(self, job: ClaimedJob, exc: Exception, extra: dict[str, Any]) -> None:
+        """Log a failed heartbeat; the same error once a minute, however many jobs it hits."""
+        text = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        now = asyncio.get_running_loop().time()
+        last = self._beat_errors.get(text)
+        if last is not None and now - last < HEARTBEAT_LOG_EVERY_S:
+            return
+        if len(self._beat_errors) >= 100:  # distinct texts (one per job id?) must not pile up
+            self._beat_errors = {
+                t: w for t, w in self._beat_errors.items() if now - w < HEARTBEAT_LOG_EVERY_S
+            }
+        self._beat_errors[text] = now
+        log.warning(
+            "heartbeat of job %s failed: %s; retrying (this error is logged once a minute)",
+            job.id,
+            text,
+            extra=extra,
+        )
 
     async def _drain(self) -> None:
         """Give in-flight jobs the grace period, then cancel (and hand back) the rest."""
