@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.supervisor import watch
+
 __all__ = [
     "COLUMNS",
     "AuditLog",
@@ -317,7 +319,8 @@ class AuditLog:
             await self._prepare()
         except Exception as exc:
             self._note_failure(exc, 0)
-        self._task = asyncio.create_task(self._flusher(), name="audit-flusher")
+        # It ends only when close() asks it to: an exception from it stops the worker.
+        self._task = watch(asyncio.create_task(self._flusher(), name="audit-flusher"), may_end=True)
 
     def record(self, row: AuditRow) -> None:
         """Queue one row (or hold it for its job's completion); never blocks, never raises."""
