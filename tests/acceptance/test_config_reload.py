@@ -143,3 +143,46 @@ def test_worker__follows_a_new_config_without_restarting(
         proc.wait(timeout=20)
     text = log.read_text()
     assert text.count("config changed") == 1  # an unchanged config (same ETag) is not reloaded
+
+
+def test_worker__a_background_task_that_dies_stops_it_with_exit_1_and_one_clear_line(
+    engine_configs: tuple[Engine, Path], tmp_path: Path
+) -> None:
+    """The config poller dies (it cannot read its interval): the worker must not go on
+    without it, quietly serving a config it no longer follows."""
+    engine, _ = engine_configs
+    empty = tmp_path / "no-local-configs"
+    empty.mkdir()
+    answered = engine.enqueue(job("order_status", order_id="12345"))
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=_env(
+                WORKER_DATA_DIR=str(tmp_path),
+                ENGINE_URL=engine.url,
+                ENGINE_TOKEN=TOKEN,
+                WORKER_CONFIG_DIR=str(empty),
+                WORKER_CONFIG_POLL_S="soon",
+            ),
+        )
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    [died] = [line for line in lines if line["level"] == "critical"]
+    assert died["msg"] == (
+        "background task 'config-poller' died: ValueError: could not convert string to "
+        "float: 'soon'; stopping so the container restarts"
+    )
+    assert died["tenant"] == "shop"
+    assert "stopped;" in lines[-1]["msg"]  # a clean stop after it: jobs drained, handed back
+    assert engine.job(answered)["status"] in {"done", "pending"}
