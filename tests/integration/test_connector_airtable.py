@@ -304,7 +304,7 @@ async def test_run__429_without_retry_after_waits_30_s_so_gives_up_at_once(
     with pytest.raises(SourceUnavailable, match="429"):
         await read(make(), ORDER_QUERY, order_id="12345")
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # not the 10 s deadline, nor the 30 s
     assert len(list_requests(stand)) == 1
 
 
@@ -328,7 +328,7 @@ async def test_run__stalled_body_ends_at_the_deadline(
     with pytest.raises(SourceTimeout):
         await read(make(), ORDER_QUERY, timeout_s=1, order_id="1")
 
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 1 + 4  # the stall lasts 20 s
 
 
 async def test_run__redirect_to_another_host_is_not_followed(

@@ -388,9 +388,9 @@ async def test_run__429_past_the_deadline_is_unavailable_at_once(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="429"):
-        await read(connector, SEED_QUERY, timeout_s=3, customer_phone="+1234567890")
+        await read(connector, SEED_QUERY, timeout_s=10, customer_phone="+1234567890")
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # neither the 30 s asked for nor the 10 s deadline
     assert len(data_requests(stand)) == 1
 
 
@@ -423,7 +423,7 @@ async def test_run__stalled_body_ends_at_the_deadline(
     with pytest.raises(SourceTimeout):
         await read(connector, SEED_QUERY, timeout_s=1, customer_phone="+1")
 
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 1 + 4  # the stall lasts 20 s
 
 
 async def test_run__redirect_to_another_host_is_not_followed(

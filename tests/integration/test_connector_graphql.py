@@ -380,7 +380,7 @@ async def test_run__endless_body_is_cut_off(
     with pytest.raises(SourceError, match="larger than 50000 bytes"):
         await read(make_connector(max_response_bytes=50_000), ORDER, timeout_s=10, order_id="1")
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # cut at the cap, not at the 10 s deadline
     assert recorder.streamed < 50_000_000
 
 
@@ -393,7 +393,7 @@ async def test_run__deadline_covers_a_stalled_body(
     with pytest.raises(SourceTimeout):
         await read(make_connector(), ORDER, timeout_s=0.5, order_id="12345")
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.5 + 4  # the stall lasts 20 s
 
 
 async def test_run__query_is_retried_on_503_with_retry_after(
@@ -412,9 +412,9 @@ async def test_run__retry_after_past_the_deadline_is_not_waited_for(
     started = time.monotonic()
 
     with pytest.raises(SourceError, match="answered 503"):
-        await read(make_connector(), ORDER, timeout_s=2, order_id="12345")
+        await read(make_connector(), ORDER, timeout_s=10, order_id="12345")
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # neither the 60 s asked for nor the 10 s deadline
     assert len(recorder.seen) == 1
 
 

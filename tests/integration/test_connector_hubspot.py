@@ -251,13 +251,13 @@ async def test_run__429_without_retry_after_backs_off_briefly(
 async def test_run__429_past_the_deadline_is_unavailable(
     make: MakeConnector, stand: HubSpotStandIn
 ) -> None:
-    stand.throttle(10, retry_after="10")
+    stand.throttle(10, retry_after="60")
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="429"):
-        await read(make(), CONTACT_QUERY, timeout_s=3, customer_phone="+1234567890")
+        await read(make(), CONTACT_QUERY, timeout_s=10, customer_phone="+1234567890")
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # neither the 60 s asked for nor the 10 s deadline
     assert len(stand.seen) == 1
 
 
@@ -288,7 +288,7 @@ async def test_run__stalled_body_ends_at_the_deadline(
     with pytest.raises(SourceTimeout):
         await read(make(), CONTACT_QUERY, timeout_s=1, customer_phone="1")
 
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 1 + 4  # the stall lasts 20 s
 
 
 async def test_run__redirect_to_another_host_is_not_followed(

@@ -460,7 +460,8 @@ async def test_run__a_huge_result_is_cut_at_the_cap_not_read_to_the_end(
     rows = await read(connector, HEAVY_ROWS.format(marker=marker), timeout_s=30)
 
     assert len(rows) == 5
-    assert time.monotonic() - started < 2, "it read far more than it returned"
+    # 1.5e8 rows would take far longer than this to stream
+    assert time.monotonic() - started < 6, "it read far more than it returned"
     assert borrowed(connector) == 0
     await gone_after(marker)  # the server gave up streaming to a closed connection
 
@@ -545,7 +546,7 @@ async def test_run__deadline_stops_the_server_query(
     with pytest.raises(SourceTimeout, match="deadline"):
         await read(connector, statement.format(marker=marker), timeout_s=0.5)
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 0.5 + 4
     assert await running(marker) == []
     assert borrowed(connector) == 0
     assert connector._pool is not None and connector._pool.pool.freesize == 1, (
@@ -565,8 +566,8 @@ async def test_run__caller_cancellation_stops_the_server_query(
         async with asyncio.timeout(wait_s):
             await read(connector, f"SELECT SLEEP(30) AS {marker}", timeout_s=60)
 
-    assert time.monotonic() - started < wait_s + 0.5
-    assert await gone_after(marker, within_s=0.5) < 0.5  # killed, not left to its 60 s
+    assert time.monotonic() - started < wait_s + 4
+    assert await gone_after(marker, within_s=5) < 5  # killed, not left to its 30 s
     assert borrowed(connector) == 0
 
 
@@ -587,7 +588,7 @@ async def test_run__without_a_server_time_limit_kill_query_still_stops_the_state
     ):
         await read(connector, f"SELECT SLEEP(30) AS {marker}", timeout_s=0.5)
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.5 + 4
     assert "KILL QUERY only" in caplog.text
     assert not connector._pool.server_deadline
     await gone_after(marker, within_s=0.5)
@@ -672,7 +673,7 @@ async def test_run__waiting_for_a_busy_pool_counts_against_timeout_s(
     with pytest.raises(SourceTimeout):
         await read(connector, ORDER_STATUS, "12345", timeout_s=0.3)
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 0.3 + 4  # the hog holds the slot for 30 s
     hog.cancel()
     with pytest.raises(asyncio.CancelledError):
         await hog
@@ -722,9 +723,9 @@ async def test_run__unreachable_server_is_unavailable_fast(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match=f"cannot reach {re.escape(host)}:{port}"):
-        await read(connector, ORDER_STATUS, "12345")
+        await read(connector, ORDER_STATUS, "12345", timeout_s=30)
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # not the 30 s deadline
     with pytest.raises(SourceUnavailable):
         await connector.open()
 

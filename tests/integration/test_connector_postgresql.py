@@ -535,7 +535,7 @@ async def test_run__the_cap_stops_fetching_instead_of_slicing(
     rows = await read(connector, "SELECT generate_series(1, 1000000000) AS n", timeout_s=10)
 
     assert rows == [{"n": 1}, {"n": 2}, {"n": 3}]
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 6  # within the 10 s deadline: it stopped fetching
 
 
 async def test_run__sql_error_is_a_source_error(make_connector: MakeConnector) -> None:
@@ -698,8 +698,8 @@ async def test_run__deadline_stops_the_server_query(
     with pytest.raises(SourceTimeout, match="deadline"):
         await read(connector, sql, timeout_s=0.5)
 
-    assert time.monotonic() - started < 1.5
-    await eventually(lambda: _none_running(database, marker), within_s=1)
+    assert time.monotonic() - started < 0.5 + 4  # the query sleeps 30 s
+    await eventually(lambda: _none_running(database, marker), within_s=5)
     assert nothing_borrowed(connector)
 
 
@@ -727,7 +727,7 @@ async def test_run__server_statement_timeout_stops_a_query_on_its_own(
     with pytest.raises(SourceTimeout, match="server stopped it"):
         await read(connector, sql, timeout_s=20)
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.3 + 4  # neither the 30 s sleep nor the 20 s deadline
     assert await running(database, marker) == 0
     assert nothing_borrowed(connector)
 
@@ -744,9 +744,9 @@ async def test_run__cancelled_read_returns_its_connection_and_stops_the_query(
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    took = await eventually(lambda: _none_running(database, marker), within_s=1)
+    took = await eventually(lambda: _none_running(database, marker), within_s=5)
     assert nothing_borrowed(connector)
-    assert took < 1
+    assert took < 5  # stopped, not left to its 30 s
     async with asyncio.timeout(1):  # the only connection is free again
         assert await read(connector, ORDER_STATUS, "12345")
 
@@ -801,9 +801,9 @@ async def test_run__unreachable_port_is_unavailable_fast(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="connection refused"):
-        await read(connector, ORDER_STATUS, "12345")
+        await read(connector, ORDER_STATUS, "12345", timeout_s=30)
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # not the 30 s deadline
 
 
 async def test_run__seed_host_that_does_not_resolve_is_unavailable_fast(
@@ -836,7 +836,7 @@ async def test_run__silent_server_gives_up_within_timeout_s(
     with pytest.raises(SourceUnavailable, match="no answer in time"):
         await read(connector, ORDER_STATUS, "12345", timeout_s=1)
 
-    assert 0.9 < time.monotonic() - started < 2
+    assert 0.9 < time.monotonic() - started < 1 + 4  # the server never answers
 
 
 async def test_open__reports_an_unreachable_server(make_connector: MakeConnector) -> None:

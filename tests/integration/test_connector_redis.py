@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: keys holding this text hang in `TarpitProxy`
 TARPIT = "tarpit"
 #: how long `CLIENT PAUSE` stops the real server: every client of it waits that long
-PAUSE_MS = 1500
+PAUSE_MS = 8000
 
 MakeConnector = Callable[..., RedisConnector]
 
@@ -880,9 +880,9 @@ async def test_run__closed_port_is_unavailable_at_once(make_connector: MakeConne
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match=rf"cannot reach Redis at 127\.0\.0\.1:{port}"):
-        await read(connector, hgetall("x:"), order_id="1")
+        await read(connector, hgetall("x:"), order_id="1", timeout_s=30)
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5  # not the 30 s deadline
 
 
 async def test_health_check__closed_port_is_unavailable(make_connector: MakeConnector) -> None:
@@ -910,7 +910,7 @@ async def test_run__a_server_that_accepts_and_never_answers_times_out(
         started = time.monotonic()
         with pytest.raises(SourceTimeout):
             await read(connector, hgetall("x:"), order_id="1", timeout_s=0.4)
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 0.4 + 4  # the server never answers
         assert connector.pool_stats() == PoolStats(idle=0, in_use=0)
         async with asyncio.timeout(2):  # the connector hung up: the handler saw EOF
             await asyncio.gather(*handlers)
@@ -928,7 +928,7 @@ async def test_run__a_hung_server_gives_source_timeout_and_the_socket_is_closed(
     with pytest.raises(SourceTimeout, match=r"did not answer GET within 0\.3 s"):
         await read(connector, {"command": "GET", "key": f"{shop}{TARPIT}"}, timeout_s=0.3)
 
-    assert time.monotonic() - started < 0.8
+    assert time.monotonic() - started < 0.3 + 4  # the tarpit never answers
     await tarpit.wait_for(lambda: tarpit.hung == 0)  # the connector hung up on it
     assert connector.pool_stats() == PoolStats(idle=0, in_use=0)
     async with asyncio.timeout(1):  # the only slot is free again
@@ -1091,7 +1091,12 @@ class OwnRedis:
 
     def client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis(
-            host=HOST, port=self.port, password=self.password, decode_responses=True, protocol=2
+            host=HOST,
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            protocol=2,
+            socket_timeout=60,  # DEBUG SLEEP's own answer comes after PAUSE_MS
         )
 
 
@@ -1174,8 +1179,8 @@ async def test_run__while_the_server_is_down_reads_fail_fast_then_recover(
     await own_redis.stop()
     started = time.monotonic()
     with pytest.raises(SourceUnavailable, match="cannot reach Redis"):
-        await read(connector, hgetall(""), order_id="12345")
-    assert time.monotonic() - started < 1.0
+        await read(connector, hgetall(""), order_id="12345", timeout_s=30)
+    assert time.monotonic() - started < 5  # not the 30 s deadline
 
     await own_redis.start()
     await fill_own(own_redis)
@@ -1222,7 +1227,7 @@ async def test_run__deadline_on_a_stalled_server_ends_the_session(
         elapsed = time.monotonic() - started
         await stalled
 
-        assert 0.4 < elapsed < 1.0, f"the read ended after {elapsed:.2f} s"
+        assert 0.4 < elapsed < 0.5 + 4, f"the read ended after {elapsed:.2f} s"  # not at 8 s
         assert connector.pool_stats() == PoolStats(idle=0, in_use=0)
         # Answered once the server moves again: by then the session that carried
         # the timed-out HGETALL is gone, and its command with it.

@@ -461,7 +461,7 @@ async def test_run__endless_body_is_cut_off_at_max_response_bytes(
     with pytest.raises(SourceError, match="larger than 100000 bytes"):
         await read(make_connector(max_response_bytes=100_000), STOCK, timeout_s=10, sku="x")
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # cut at the cap, not at the 10 s deadline
     assert recorder.streamed < 50_000_000  # the client hung up long before the server's cap
 
 
@@ -483,7 +483,7 @@ async def test_run__deadline_covers_a_body_that_stalls_after_the_headers(
     with pytest.raises(SourceTimeout):
         await read(make_connector(), STOCK, timeout_s=0.5, sku="SKU-789")
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.5 + 4  # the stall lasts 20 s
     assert len(recorder.seen) == 1  # a timeout is not retried
 
 
@@ -540,9 +540,9 @@ async def test_run__retry_after_past_the_deadline_is_not_waited_for(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="rate limited"):
-        await read(make_connector(), STOCK, timeout_s=2, sku="SKU-789")
+        await read(make_connector(), STOCK, timeout_s=10, sku="SKU-789")
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # neither the 30 s asked for nor the 10 s deadline
     assert len(recorder.seen) == 1
 
 
@@ -576,7 +576,7 @@ async def test_run__connect_retries_stay_within_the_deadline(tmp_path: Path) -> 
         finally:
             await connector.close()
 
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 0.5 + 4
     assert 1 <= len(accepted) < 6
 
 

@@ -310,9 +310,9 @@ async def test_run__503_past_the_deadline_is_unavailable(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="503"):
-        await read(connector, {"soql": STATUS}, timeout_s=3, order_id="00012345")
+        await read(connector, {"soql": STATUS}, timeout_s=10, order_id="00012345")
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # neither the 30 s asked for nor the 10 s deadline
     assert len([p for p in rest_requests(stand) if "/query/" in p]) == 1
 
 
@@ -369,7 +369,7 @@ async def test_run__stalled_body_ends_at_the_deadline(
     with pytest.raises(SourceTimeout):
         await read(connector, {"soql": STATUS}, timeout_s=1, order_id="1")
 
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 1 + 4  # the stall lasts 20 s
 
 
 async def test_run__redirect_to_another_host_is_not_followed(

@@ -443,7 +443,7 @@ async def test_open__endless_wsdl_is_cut_off(
     with pytest.raises(SourceError, match="larger than 20000 bytes"):
         await make_connector(wsdl=f"{proxy}/?wsdl", max_response_bytes=20_000).open()
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # cut at the cap: the body would go on for 20 s
 
 
 # -- HTTP safety of reads ---------------------------------------------------------------------
@@ -509,7 +509,7 @@ async def test_run__endless_body_is_cut_off(
     with pytest.raises(SourceError, match="larger than 30000 bytes"):
         await read(connector, ORDER_STATUS, timeout_s=10, order_id="12345")
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # cut at the cap, not at the 10 s deadline
     assert recorder.streamed < 50_000_000
 
 
@@ -524,7 +524,7 @@ async def test_run__deadline_covers_a_stalled_body(
     with pytest.raises(SourceTimeout):
         await read(connector, ORDER_STATUS, timeout_s=0.5, order_id="12345")
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.5 + 4  # the stall lasts 20 s
 
 
 async def test_run__a_post_is_not_retried_by_default(
@@ -559,9 +559,9 @@ async def test_run__retry_after_past_the_deadline_is_not_waited_for(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="rate limited"):
-        await read(connector, {**ORDER_STATUS, "idempotent": True}, timeout_s=2, order_id="1")
+        await read(connector, {**ORDER_STATUS, "idempotent": True}, timeout_s=10, order_id="1")
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # neither the 30 s asked for nor the 10 s deadline
     assert len(recorder.seen) == 1
 
 

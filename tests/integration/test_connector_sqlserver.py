@@ -395,9 +395,9 @@ async def test_run__closed_port_is_unavailable_at_once(
     started = time.monotonic()
 
     with pytest.raises(SourceUnavailable, match="cannot reach SQL Server") as caught:
-        await read(connector, ORDER_STATUS, "12345")
+        await read(connector, ORDER_STATUS, "12345", timeout_s=30)
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5  # not the 30 s deadline
     assert "crm" in str(caught.value)
     assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
 
@@ -464,8 +464,8 @@ async def test_run__cancelled_login_frees_its_slot_once_the_thread_ends(
     # The one slot is back when the login gives up (1 s): the next read gets it.
     started = time.monotonic()
     with pytest.raises(SourceUnavailable):
-        await read(connector, ORDER_STATUS, "1", timeout_s=5)
-    assert time.monotonic() - started < 1 + 1 + 0.5
+        await read(connector, ORDER_STATUS, "1", timeout_s=30)
+    assert time.monotonic() - started < 1 + 1 + 4  # not the 30 s deadline
     await connector.close()
     await connector.close()
 

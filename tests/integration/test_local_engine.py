@@ -164,7 +164,7 @@ async def test_auth__every_call_without_the_token_is_401(
     assert status == 401
     assert isinstance(answer["error"], str)
     assert answer["error"]
-    assert time.monotonic() - start < 1.0  # refused at once, not after a long poll
+    assert time.monotonic() - start < 5  # refused at once, not after a long poll
     row = await store.job(1)
     assert row is not None
     assert (row.status, row.attempt) == ("pending", 0)
@@ -218,13 +218,13 @@ async def test_next_job__long_poll_returns_a_job_enqueued_later(
     async with asyncio.TaskGroup() as tasks:
         enqueued = tasks.create_task(enqueue_later())
         status, answer = await call(
-            http, local_engine, "POST", "/queue/next-job", {**NEXT_JOB, "wait_s": 2}
+            http, local_engine, "POST", "/queue/next-job", {**NEXT_JOB, "wait_s": 20}
         )
     elapsed = time.monotonic() - start
 
     assert status == 200
     assert [j["id"] for j in answer["jobs"]] == [enqueued.result()]
-    assert 0.25 < elapsed < 1.0
+    assert 0.25 < elapsed < 0.3 + 4  # woken by the job, not at the end of the 20 s
 
 
 async def test_next_job__empty_list_after_wait_s_when_nothing_comes(
@@ -239,7 +239,7 @@ async def test_next_job__empty_list_after_wait_s_when_nothing_comes(
     elapsed = time.monotonic() - start
 
     assert (status, answer) == (200, {"jobs": []})
-    assert 0.45 < elapsed < 1.5
+    assert 0.45 < elapsed < 0.5 + 4
 
 
 async def test_next_job__respects_max_jobs_and_tenant(
@@ -616,7 +616,7 @@ async def test_with_retries__retries_until_the_deadline_then_reraises() -> None:
 
     assert len(retried) >= 2
     assert all(isinstance(exc, EngineUnavailable) for exc in retried)
-    assert elapsed < 1.5
+    assert elapsed < 1.0 + 4  # the deadline ends the retries
 
 
 async def test_with_retries__returns_once_the_engine_answers(

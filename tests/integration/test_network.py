@@ -140,12 +140,12 @@ async def test_ssh__a_key_the_bastion_does_not_accept_is_refused(sshd: SSHD) -> 
 
 
 async def test_ssh__an_unreachable_bastion_fails_fast(sshd: SSHD) -> None:
-    settings = bastion(sshd, port=closed_port(), connect_timeout_s=3)
+    settings = bastion(sshd, port=closed_port(), connect_timeout_s=30)
     tunnel = SSHTunnel(settings, source_id="crm", base_dir=Path("/"))
     started = time.monotonic()
     with pytest.raises(SourceUnavailable, match="cannot open the SSH tunnel"):
         await tunnel.open("127.0.0.1", 5432)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # refused at once, not the 30 s connect timeout
 
 
 def test_ssh__host_key_check_cannot_be_left_out() -> None:

@@ -230,7 +230,7 @@ async def test_run__long_recursive_cte_is_interrupted_by_timeout_s(
     with pytest.raises(SourceTimeout, match="deadline"):
         await read(connector, FOREVER, timeout_s=0.3)
 
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 0.3 + 4
     async with asyncio.timeout(1):  # the only connection is free again: the CTE stopped
         assert await read(connector, ORDER_STATUS, "12345")
 

@@ -330,7 +330,7 @@ def test_render__huge_range_is_refused_at_once(renderer: Renderer) -> None:
     started = time.monotonic()
     with pytest.raises(RenderError, match=f"range\\(\\) is limited to {MAX_RANGE} items"):
         _render(renderer, "{% for i in range(10**9) %}{{ i }}{% endfor %}")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
@@ -358,7 +358,7 @@ def test_render__slow_template_is_cut_off(source: str) -> None:
     started = time.monotonic()
     with pytest.raises(RenderError, match=r"rendering took longer than 0.2 s"):
         _render(renderer, source)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
@@ -396,7 +396,7 @@ def test_render__oversized_values_are_refused(renderer: Renderer, source: str) -
     started = time.monotonic()
     with pytest.raises(RenderError, match="the sandbox refused it"):
         _render(renderer, source)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5
 
 
 def test_render__ordinary_arithmetic_and_strings_still_work(renderer: Renderer) -> None:
@@ -617,7 +617,7 @@ def test_render__size_multiplying_filters_are_refused_before_building(
     started = time.monotonic()
     with pytest.raises(RenderError, match="the sandbox refused it"):
         _render(renderer, source)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
