@@ -129,6 +129,7 @@ class WorkerApp:
             return web.json_response({"error": str(exc)}, status=404)
         except NotOurs as exc:
             return web.json_response({"error": str(exc)}, status=422)
+        self.pipeline.release_audit(answer)  # no completion carries a push's audit row
         sent = False
         if self.queue is not None and answer.message and answer.reply_to:
             try:
