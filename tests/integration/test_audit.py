@@ -12,27 +12,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support.databases import fresh_postgres
 from worker.audit import AuditLog, AuditRow, hourly_stats, mask_identifier, tenant_uuid
 from worker.jobs import ClaimedJob
 from worker.stores.base import Claim
 from worker.stores.postgres import PostgresStore
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 @pytest.fixture
 async def pg_dsn() -> AsyncIterator[str]:
-    name = f"lookup_audit_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        await admin.execute(f'DROP DATABASE "{name}"')
-    finally:
-        await admin.close()
+    async with fresh_postgres("lookup_audit") as target:
+        yield target
 
 
 def row(source: str = "crm", ms: int = 10, outcome: str = "ok", ago_h: float = 0) -> AuditRow:

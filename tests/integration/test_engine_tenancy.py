@@ -8,26 +8,23 @@ suppresses a job's reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.conftest import ENGINE_TOKEN
+from tests.support.databases import fresh_postgres
 from worker.local_engine import LocalEngine, issue_token, serve_engine, token_digest
 from worker.stores import Store, open_store
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 A, B = "acme", "intruder"
 
 
@@ -72,29 +69,13 @@ class Engine:
         return str(answer["id"])
 
 
-@contextlib.asynccontextmanager
-async def fresh_postgres() -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database, dropped afterwards."""
-    name = f"lookup_tenancy_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        await admin.execute(f'DROP DATABASE "{name}"')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """What ``--db`` names: a SQLite file, or a fresh PostgreSQL database's DSN."""
     if request.param == "sqlite":
         yield str(tmp_path / "engine.db")
         return
-    async with fresh_postgres() as dsn:
+    async with fresh_postgres("lookup_tenancy") as dsn:
         yield dsn
 
 

@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
+from tests.support.databases import fresh_postgres
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
 from worker.stores.postgres import MIGRATIONS, PostgresStore
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 async def dsn() -> AsyncIterator[str]:
-    name = f"lookup_queue_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        await admin.execute(f'DROP DATABASE "{name}"')
-    finally:
-        await admin.close()
+    async with fresh_postgres("lookup_queue") as target:
+        yield target
 
 
 @pytest.fixture
