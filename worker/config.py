@@ -106,6 +106,44 @@ class ParamRule(_Model):
         return value
 
 
+class RouteConfig(_Model):
+    """How a customer's free text reaches a lookup (contract §5 ``route``)."""
+
+    keywords: list[str] = Field(default_factory=list, max_length=200)
+    extract: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords_have_words(cls, value: list[str]) -> list[str]:
+        from worker.router import normalise
+
+        for keyword in value:
+            if not normalise(keyword):
+                raise ValueError(f"keyword {keyword!r} has no letters or digits to match")
+        return value
+
+    @field_validator("extract")
+    @classmethod
+    def _extract_compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        # Extractors run on RE2 too, on the customer's text: linear time whatever it says.
+        for name, pattern in value.items():
+            options = re2.Options()
+            options.log_errors = False
+            try:
+                compiled = re2.compile(pattern, options)
+            except re2.error as exc:
+                reason = exc.args[0] if exc.args else exc
+                if isinstance(reason, bytes):
+                    reason = reason.decode("utf-8", "replace")
+                raise ValueError(f"extract.{name}: pattern cannot run on RE2: {reason}") from None
+            if compiled.groups < 1:
+                raise ValueError(
+                    f"extract.{name}: the pattern needs a capturing group: "
+                    "its first group gives the value, e.g. '#?([0-9]{3,12})'"
+                )
+        return value
+
+
 class LookupConfig(_Model):
     """One named lookup (``query_type``): where it reads and how it answers."""
 
@@ -119,6 +157,7 @@ class LookupConfig(_Model):
     invalid_input: str | None = None
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=120)
     description: str | None = None
+    route: RouteConfig | None = None
 
 
 class CircuitConfig(_Model):

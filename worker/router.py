@@ -1,0 +1,259 @@
+"""Routing a customer's free text to a lookup (contract §5 ``route``).
+
+Each lookup may declare ``route: {keywords: [...], extract: {param: pattern}}``.
+`route_text` picks the lookup a sentence is about, and its parameters:
+
+- The text is *normalised*: Unicode NFKD, accents and other combining marks
+  dropped, casefolded, apostrophes removed, every other character that is not
+  a letter or digit (punctuation, emoji, ``#``) turned into a space. Keywords
+  are normalised the same way, so ``¿Dónde está mi PEDIDO?`` holds ``pedido``.
+- A keyword matches as a whole word or a whole phrase of words (``where is
+  my`` never matches inside ``somewhere``). A keyword word of 4 letters or more
+  also matches a text word of 4 letters or more within a typo
+  (`rapidfuzz.fuzz.ratio` ≥ 85: ``ordr`` → ``order``, ``pedidio`` →
+  ``pedido``); shorter words, and words with digits, only match exactly.
+- Score of a lookup: each matching keyword counts 2 per word when exact, 1 per
+  word when only within a typo; each of its ``extract`` parameters found in the
+  text adds 1. A lookup with no matching keyword does not take part at all, so
+  small talk (``hi``, ``thanks!``, ``👍``) routes nowhere. The highest score
+  wins; two or more lookups sharing the highest score are *ambiguous*: nothing
+  is routed and `Route.ambiguous` names them.
+- Each ``extract`` pattern (RE2, linear time) runs on the original text, then
+  on the normalised text if it found nothing there; its first group is the
+  value. ``sender`` (the customer's number) is the ``customer_phone``
+  parameter, and wins over any number written in the text: a customer cannot
+  ask about someone else's account by typing their number.
+- A routed lookup's required parameters that neither the text nor the sender
+  gave are listed in `Route.missing`; the caller answers with the lookup's
+  ``invalid_input`` text instead of running it.
+
+Only the first `MAX_TEXT_CHARS` characters of a text are read. The keyword
+index is built once per loaded `Tenant` and reused.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import re2
+from rapidfuzz import fuzz, process
+
+from worker.config import Tenant
+
+__all__ = ["MAX_TEXT_CHARS", "Route", "normalise", "route_text"]
+
+#: a customer's message is read up to this many characters
+MAX_TEXT_CHARS = 4096
+#: a typo is tolerated between words this long or longer …
+_FUZZY_MIN_LEN = 4
+#: … when `fuzz.ratio` (0–100) is at least this
+_FUZZY_CUTOFF = 85.0
+_EXACT_WEIGHT = 2.0
+_FUZZY_WEIGHT = 1.0
+_EXTRACT_BONUS = 1.0
+
+_APOSTROPHES = frozenset("'’`´ʼ")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a customer's text goes."""
+
+    query_type: str | None  # the lookup; None when nothing matched (or a tie)
+    parameters: dict[str, str]  # extracted values (+ customer_phone from `sender`)
+    missing: tuple[str, ...] = ()  # required params of the matched lookup the text lacks
+    ambiguous: tuple[str, ...] = ()  # lookups that tied (query_type is None then)
+    reasons: tuple[str, ...] = ()  # human-readable explanation, for --explain
+
+    @property
+    def routed(self) -> bool:
+        return self.query_type is not None
+
+
+def normalise(text: str) -> str:
+    """Lower-case words and digits only, accents dropped, one space between them."""
+    out: list[str] = []
+    for char in unicodedata.normalize("NFKD", text[:MAX_TEXT_CHARS]):
+        if unicodedata.combining(char) or char in _APOSTROPHES:
+            continue
+        out.append(char if char.isalnum() else " ")
+    return " ".join("".join(out).casefold().split())
+
+
+# -- the per-tenant index ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    keywords: tuple[tuple[str, ...], ...]  # each keyword as normalised words
+    extract: tuple[tuple[str, re2._Regexp], ...]
+    required: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Index:
+    candidates: tuple[_Candidate, ...]
+    #: every keyword word a typo may reach (long enough, no digits)
+    fuzzy_vocab: tuple[str, ...]
+    #: the exact words of all keywords: a text word among them is no typo
+    words: frozenset[str] = field(default_factory=frozenset)
+
+
+_lock = threading.Lock()
+_indexes: dict[int, tuple[weakref.ref[Tenant], _Index]] = {}
+
+
+def _index(tenant: Tenant) -> _Index:
+    key = id(tenant)
+    entry = _indexes.get(key)
+    if entry is not None and entry[0]() is tenant:
+        return entry[1]
+    index = _build_index(tenant)
+    with _lock:
+        _indexes[key] = (weakref.ref(tenant, lambda _ref: _indexes.pop(key, None)), index)
+    return index
+
+
+def _build_index(tenant: Tenant) -> _Index:
+    candidates = []
+    for name, config in tenant.config.lookups.items():
+        if config.route is None or name not in tenant.lookups:
+            continue
+        keywords = tuple(dict.fromkeys(tuple(normalise(k).split()) for k in config.route.keywords))
+        extract = tuple((param, _compile(p)) for param, p in config.route.extract.items())
+        params = tenant.lookups[name].params
+        required = tuple(p for p, rule in params.items() if rule.required)
+        candidates.append(_Candidate(name, tuple(k for k in keywords if k), extract, required))
+    words = frozenset(w for c in candidates for k in c.keywords for w in k)
+    vocab = tuple(sorted(w for w in words if _fuzzy_able(w)))
+    return _Index(tuple(candidates), vocab, words)
+
+
+def _compile(pattern: str) -> re2._Regexp:
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _fuzzy_able(word: str) -> bool:
+    return len(word) >= _FUZZY_MIN_LEN and word.isalpha()
+
+
+# -- routing -----------------------------------------------------------------
+
+
+def route_text(tenant: Tenant, text: str, *, sender: str | None = None) -> Route:
+    """The lookup a customer's ``text`` is about, with the parameters it gives."""
+    index = _index(tenant)
+    original = text[:MAX_TEXT_CHARS]
+    normal = normalise(original)
+    tokens = normal.split()
+    typos = _typos(tokens, index)
+    reasons = [f"normalised text: {normal!r}"]
+    scored: list[tuple[float, _Candidate, dict[str, str]]] = []
+    for candidate in index.candidates:
+        score, why = _keyword_score(candidate, tokens, typos)
+        if score == 0:
+            reasons.append(f"{candidate.name}: 0 (no keyword)")
+            continue
+        found = _extract(candidate, original, normal)
+        score += _EXTRACT_BONUS * len(found)
+        why += [f"{p}={v!r} extracted (+{_EXTRACT_BONUS:g})" for p, v in found.items()]
+        reasons.append(f"{candidate.name}: {score:g} ({'; '.join(why)})")
+        scored.append((score, candidate, found))
+    return _decide(scored, sender, reasons)
+
+
+def _decide(
+    scored: list[tuple[float, _Candidate, dict[str, str]]],
+    sender: str | None,
+    reasons: list[str],
+) -> Route:
+    sender_params = {"customer_phone": sender} if sender else {}
+    if not scored:
+        reasons.append("no lookup matches: no keyword of any lookup is in the text")
+        return Route(None, sender_params, reasons=tuple(reasons))
+    best = max(score for score, _, _ in scored)
+    top = [(c, found) for score, c, found in scored if score == best]
+    if len(top) > 1:
+        names = tuple(sorted(c.name for c, _ in top))
+        reasons.append(f"ambiguous: {', '.join(names)} tie at {best:g}")
+        return Route(None, sender_params, ambiguous=names, reasons=tuple(reasons))
+    candidate, found = top[0]
+    parameters = {**found, **sender_params}
+    missing = tuple(p for p in candidate.required if p not in parameters)
+    reasons.append(f"routed to {candidate.name} (score {best:g})")
+    if missing:
+        reasons.append(f"missing required parameters: {', '.join(missing)}")
+    return Route(candidate.name, parameters, missing=missing, reasons=tuple(reasons))
+
+
+def _typos(tokens: Iterable[str], index: _Index) -> dict[str, frozenset[str]]:
+    """For each text word that is no keyword, the keyword words it is a typo of."""
+    typos: dict[str, frozenset[str]] = {}
+    if not index.fuzzy_vocab:
+        return typos
+    for token in set(tokens):
+        if token in index.words or not _fuzzy_able(token):
+            continue
+        hits = process.extract(
+            token, index.fuzzy_vocab, scorer=fuzz.ratio, score_cutoff=_FUZZY_CUTOFF, limit=None
+        )
+        if hits:
+            typos[token] = frozenset(hit[0] for hit in hits)
+    return typos
+
+
+def _keyword_score(
+    candidate: _Candidate, tokens: list[str], typos: dict[str, frozenset[str]]
+) -> tuple[float, list[str]]:
+    score = 0.0
+    why: list[str] = []
+    for keyword in candidate.keywords:
+        match = _find(keyword, tokens, typos)
+        if match == "exact":
+            score += _EXACT_WEIGHT * len(keyword)
+            why.append(f"keyword {' '.join(keyword)!r} (+{_EXACT_WEIGHT * len(keyword):g})")
+        elif match == "typo":
+            score += _FUZZY_WEIGHT * len(keyword)
+            why.append(
+                f"keyword {' '.join(keyword)!r} within a typo (+{_FUZZY_WEIGHT * len(keyword):g})"
+            )
+    return score, why
+
+
+def _find(keyword: tuple[str, ...], tokens: list[str], typos: dict[str, frozenset[str]]) -> str:
+    """``exact``, ``typo`` or ``""``: how the keyword's words appear in a row in the text."""
+    found = ""
+    width = len(keyword)
+    for start in range(len(tokens) - width + 1):
+        exact = True
+        for offset, word in enumerate(keyword):
+            token = tokens[start + offset]
+            if token == word:
+                continue
+            if word not in typos.get(token, ()):
+                break
+            exact = False
+        else:
+            if exact:
+                return "exact"
+            found = "typo"
+    return found
+
+
+def _extract(candidate: _Candidate, original: str, normal: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for param, pattern in candidate.extract:
+        for text in (original, normal):
+            match = pattern.search(text)
+            value = match.group(1) if match is not None else None
+            if value:
+                found[param] = value
+                break
+    return found
