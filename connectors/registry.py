@@ -32,6 +32,7 @@ KNOWN_TYPES: dict[str, str | None] = {
     "csv": None,
     "excel": "excel",
     "json": None,
+    "webhook": "rest",
 }
 
 
