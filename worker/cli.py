@@ -11,7 +11,7 @@ import secrets as pysecrets
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,6 +20,9 @@ from worker import secrets as worker_secrets
 from worker.config import Tenant
 from worker.errors import ConfigError, ConfigErrors, FatalError, WorkerError
 from worker.runtime import RunSettings
+
+if TYPE_CHECKING:
+    from worker.router import Route
 
 __all__ = ["main"]
 
@@ -182,6 +185,63 @@ def lookup(
     click.echo("reply:")
     for line in (result["message"] or "(none)").splitlines():
         click.echo(f"  {line}")
+
+
+@cli.command()
+@tenant_option
+@config_option
+@click.argument("text")
+@click.option("--from", "sender", metavar="PHONE", help="The customer's number (customer_phone).")
+@json_option
+@click.option("--explain", is_flag=True, help="Also show the normalised text and each score.")
+def route(
+    tenant_id: str | None,
+    config_path: Path | None,
+    text: str,
+    sender: str | None,
+    as_json: bool,
+    explain: bool,
+) -> None:
+    """Which lookup a customer's TEXT goes to, with which parameters (exit 1: none)."""
+    from worker.router import route_text
+
+    tenant = _run(_tenant(tenant_id, config_path))
+    found = route_text(tenant, text, sender=sender)
+    if as_json:
+        body: dict[str, Any] = {"query_type": found.query_type, "parameters": found.parameters}
+        if found.missing:
+            body["missing"] = list(found.missing)
+        if found.ambiguous:
+            body["ambiguous"] = list(found.ambiguous)
+        if explain:
+            body["reasons"] = list(found.reasons)
+        click.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        for reason in found.reasons if explain else ():
+            click.echo(f"  {reason}")
+        _print_route(found, text)
+    if not found.routed:
+        raise SystemExit(1)
+
+
+def _print_route(found: Route, text: str) -> None:
+    if found.ambiguous:
+        click.secho(
+            f"ambiguous: {', '.join(found.ambiguous)} match equally; nothing routed", fg="yellow"
+        )
+        return
+    if not found.routed:
+        click.secho(f"no lookup matches: {text!r}", fg="yellow")
+        return
+    click.echo(f"lookup:     {click.style(found.query_type, fg='green', bold=True)}")
+    pairs = " ".join(f"{k}={v}" for k, v in found.parameters.items())
+    click.echo(f"parameters: {pairs or '(none)'}")
+    if found.missing:
+        click.secho(
+            f"missing:    {', '.join(found.missing)} (the customer gets the lookup's "
+            "invalid_input text asking for it)",
+            fg="yellow",
+        )
 
 
 @cli.command()

@@ -70,8 +70,25 @@ DEFAULT_INVALID = (
     "Sorry, I couldn't read that: {{ errors | join_and }}. Please check it and try again."
 )
 
-# Without a template, a reply lists the first row's fields, one a line.
-DEFAULT_TEMPLATE = "{% for key, value in row.items() %}{{ key }}: {{ value }}\n{% endfor %}"
+# Without a template, a reply reads the row to the customer: "Status: shipped" one field a
+# line (names humanised, up to 10 fields, nested objects left out, lists joined); several
+# rows, one line each (up to 5).
+DEFAULT_TEMPLATE = """\
+{%- macro fields(r, sep) -%}
+{%- for key, value in r.items() if value is not none and value is not mapping
+    and not (value is sequence and value is not string and value | select("mapping") | list) -%}
+{%- if loop.index <= 10 -%}
+{%- set name = key | string | replace("_", " ") | trim -%}
+{{ sep if loop.index > 1 }}{{ name[:1] | upper }}{{ name[1:] }}: {{ value | join(", ")
+    if value is sequence and value is not string else value }}
+{%- endif -%}
+{%- endfor -%}
+{%- endmacro -%}
+{%- if rows | length > 1 -%}
+{%- for r in rows[:5] -%}{{ fields(r, ", ") }}{{ "\n" if not loop.last }}{%- endfor -%}
+{%- if rows | length > 5 %}{{ "\n" }}…and {{ rows | length - 5 }} more{% endif -%}
+{%- elif row is mapping -%}{{ fields(row, "\n") }}
+{%- endif -%}"""
 
 
 class _Model(BaseModel):
@@ -304,8 +321,16 @@ class Tenant:
         """Sources that cannot serve (no connector, bad settings): for ``config check``."""
         return [f"data_sources.{s.id}: {s.problem}" for s in self.sources.values() if s.problem]
 
+    def find_query(self, query_type: str) -> tuple[str, ...]:
+        """The sources that have a query (or endpoint) named ``query_type``, in config order."""
+        return tuple(s.id for s in self.sources.values() if query_type in s.queries)
+
     def source_lookup(self, query_type: str, source_id: str) -> Lookup | None:
-        """The contract's implicit lookup: a query of that name on the named source."""
+        """The contract's implicit lookup: a query of that name on the named source.
+
+        Its ``$n`` bind from the query's ``args``, else from the columns they are
+        compared with; a query with neither has empty args (answered invalid_input).
+        """
         source = self.sources.get(source_id)
         named = source.queries.get(query_type) if source else None
         if source is None or named is None:
@@ -488,6 +513,7 @@ def _build(
     }
     defaults["template"] = _compile(renderer, DEFAULT_TEMPLATE, ("defaults",), errors)
     tenant = Tenant(config, path, base_dir, sources, {}, renderer, defaults)  # type: ignore[arg-type]
+    tenant.warnings.extend(_unnamed_queries(sources))
     for name, lookup in config.lookups.items():
         built = _build_lookup(tenant, name, lookup, ("lookups", name), errors)
         if built is not None:
@@ -516,7 +542,7 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
         if prepared is not None:
             args = _args_of(raw)
             _check_args(prepared, args, (*at, key, qname), errors, required=False)
-            queries[qname] = NamedQuery(qname, prepared, args)
+            queries[qname] = NamedQuery(qname, prepared, args or _args_from_columns(prepared))
     return Source(source.id, source.type, cls, settings, queries, limits, circuit=source.circuit)
 
 
@@ -536,9 +562,8 @@ def _unbuilt_source(
     queries = {}
     for qname, raw in _reads(source):
         where = (*at, _read_key(source, qname), qname)
-        queries[qname] = NamedQuery(
-            qname, _unbuilt_prepare(source.type, raw, where, errors), _args_of(raw)
-        )
+        prepared = _unbuilt_prepare(source.type, raw, where, errors)
+        queries[qname] = NamedQuery(qname, prepared, _args_of(raw) or _args_from_columns(prepared))
     return Source(source.id, source.type, None, None, queries, limits, problem)
 
 
@@ -577,6 +602,28 @@ def _args_of(raw: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _args_from_columns(prepared: PreparedQuery) -> tuple[str, ...] | None:
+    """``$1…$n`` named after the columns they are compared with, when every one is."""
+    columns = prepared.columns
+    if not prepared.positional or len(columns) != prepared.positional:
+        return None
+    if any(column is None for column in columns):
+        return None
+    return tuple(str(column) for column in columns)
+
+
+def _unnamed_queries(sources: Mapping[str, Source]) -> Iterator[str]:
+    """A warning for each query whose ``$n`` neither ``args`` nor column names bind."""
+    for source in sources.values():
+        for named in source.queries.values():
+            if named.prepared.positional and named.args is None:
+                yield (
+                    f"data_sources.{source.id}: query {named.name!r} takes "
+                    f"{named.prepared.positional} value(s) ($1…) compared with no single column: "
+                    "jobs for it are invalid_input unless a lookup or the query lists them in args"
+                )
+
+
 def _prepare(
     cls: type[Connector], raw: Any, at: tuple[str | int, ...], errors: _Errors
 ) -> PreparedQuery | None:
@@ -600,7 +647,9 @@ def _check_args(
     if args is None:
         if required and prepared.positional:
             errors.add(
-                at, f"the query takes {prepared.positional} value(s) ($1…): list them in args"
+                at,
+                f"the query takes {prepared.positional} value(s) ($1…) not each compared with "
+                "one column (WHERE order_id = $1 binds order_id): list them in args",
             )
         return
     if len(args) != prepared.positional:
@@ -643,10 +692,12 @@ def _build_lookup(
         return None
     elif source.connector_cls is None:
         prepared = _unbuilt_prepare(source.type_name, spec.query, (*at, "query"), errors)
-        args = tuple(spec.args or ())
+        args = tuple(spec.args) if spec.args is not None else _args_from_columns(prepared) or ()
     else:
         prepared = _prepare(source.connector_cls, spec.query, (*at, "query"), errors)
         args = tuple(spec.args) if spec.args is not None else None
+        if args is None and prepared is not None:
+            args = _args_from_columns(prepared)
     if prepared is None:
         return None
     if source.connector_cls is not None:

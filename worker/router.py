@@ -18,9 +18,10 @@ Each lookup may declare ``route: {keywords: [...], extract: {param: pattern}}``.
   small talk (``hi``, ``thanks!``, ``👍``) routes nowhere. The highest score
   wins; two or more lookups sharing the highest score are *ambiguous*: nothing
   is routed and `Route.ambiguous` names them.
-- Each ``extract`` pattern (RE2, linear time) runs on the original text, then
-  on the normalised text if it found nothing there; its first group is the
-  value. ``sender`` (the customer's number) is the ``customer_phone``
+- Each ``extract`` pattern (RE2, linear time) runs on the original text, then,
+  if it found nothing there, on the text *folded* (NFKD, accents dropped,
+  casefolded, punctuation kept: ``１２３４５`` → ``12345``, ``Nº`` → ``no``);
+  its first group is the value. ``sender`` (the customer's number) is the ``customer_phone``
   parameter, and wins over any number written in the text: a customer cannot
   ask about someone else's account by typing their number.
 - A routed lookup's required parameters that neither the text nor the sender
@@ -76,12 +77,14 @@ class Route:
 
 def normalise(text: str) -> str:
     """Lower-case words and digits only, accents dropped, one space between them."""
-    out: list[str] = []
-    for char in unicodedata.normalize("NFKD", text[:MAX_TEXT_CHARS]):
-        if unicodedata.combining(char) or char in _APOSTROPHES:
-            continue
-        out.append(char if char.isalnum() else " ")
-    return " ".join("".join(out).casefold().split())
+    out = [c if c.isalnum() else " " for c in _fold(text) if c not in _APOSTROPHES]
+    return " ".join("".join(out).split())
+
+
+def _fold(text: str) -> str:
+    """Compatibility forms decomposed (``１２`` → ``12``), accents dropped, casefolded."""
+    decomposed = unicodedata.normalize("NFKD", text[:MAX_TEXT_CHARS])
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 # -- the per-tenant index ----------------------------------------------------
@@ -151,6 +154,7 @@ def route_text(tenant: Tenant, text: str, *, sender: str | None = None) -> Route
     """The lookup a customer's ``text`` is about, with the parameters it gives."""
     index = _index(tenant)
     original = text[:MAX_TEXT_CHARS]
+    folded = _fold(original)
     normal = normalise(original)
     tokens = normal.split()
     typos = _typos(tokens, index)
@@ -161,7 +165,7 @@ def route_text(tenant: Tenant, text: str, *, sender: str | None = None) -> Route
         if score == 0:
             reasons.append(f"{candidate.name}: 0 (no keyword)")
             continue
-        found = _extract(candidate, original, normal)
+        found = _extract(candidate, original, folded)
         score += _EXTRACT_BONUS * len(found)
         why += [f"{p}={v!r} extracted (+{_EXTRACT_BONUS:g})" for p, v in found.items()]
         reasons.append(f"{candidate.name}: {score:g} ({'; '.join(why)})")
@@ -247,10 +251,10 @@ def _find(keyword: tuple[str, ...], tokens: list[str], typos: dict[str, frozense
     return found
 
 
-def _extract(candidate: _Candidate, original: str, normal: str) -> dict[str, str]:
+def _extract(candidate: _Candidate, original: str, folded: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for param, pattern in candidate.extract:
-        for text in (original, normal):
+        for text in (original, folded):
             match = pattern.search(text)
             value = match.group(1) if match is not None else None
             if value:
