@@ -100,11 +100,14 @@ class PreparedQuery:
     ``spec`` is the connector's own parsed form (SQL text in the driver's
     placeholder style, a filter document…). ``positional`` counts SQL ``$n``
     placeholders; ``names`` lists ``{name}`` placeholders in order of first use.
+    ``columns`` names, for each ``$n`` in turn, the column it is compared with
+    (``WHERE order_id = $1`` → ``"order_id"``), or None where no single column is.
     """
 
     spec: Any
     positional: int = 0
     names: tuple[str, ...] = ()
+    columns: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)

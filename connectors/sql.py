@@ -36,6 +36,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 try:  # the postgresql extra: without it, PostgreSQL queries are read by sqlglot
     from pglast import ast as pg
     from pglast import parse_sql as pg_parse
+    from pglast.enums import A_Expr_Kind
     from pglast.parser import ParseError as PGParseError
 except ImportError:  # pragma: no cover - every test environment installs it
     pg = None  # type: ignore[assignment]
@@ -45,12 +46,13 @@ __all__ = [
     "Dialect",
     "SQLSpec",
     "mysql_write_access",
+    "placeholder_columns",
     "postgresql_write_access",
     "prepare_sql",
 ]
 
 Style = Literal["dollar", "qmark_numbered", "format"]
-_ScanStyle = Literal[Style, "parse"]
+_ScanStyle = Literal[Style, "parse", "mark"]
 Dialect = Literal["postgresql", "mysql", "sqlserver", "sqlite"]
 
 # String literals, quoted identifiers and comments: skipped by the scanners below.
@@ -125,7 +127,40 @@ def prepare_sql(sql: str, *, style: Style, dialect: Dialect) -> PreparedQuery:
     _check_tokens(_scan(sql, _SKIP_BACKSLASH, style))
     # Only `%s` binds by position of appearance; `$n` and `?n` bind by number.
     spec_order = tuple(scan.order) if style == "format" else tuple(range(count))
-    return PreparedQuery(spec=SQLSpec(text=scan.text, order=spec_order), positional=count)
+    return PreparedQuery(
+        spec=SQLSpec(text=scan.text, order=spec_order),
+        positional=count,
+        columns=placeholder_columns(sql, dialect=dialect, count=count),
+    )
+
+
+def placeholder_columns(sql: str, *, dialect: Dialect, count: int) -> tuple[str | None, ...]:
+    """For each of ``$1…$count``, the column it is compared with, or None.
+
+    Read with the dialect's parser, like the read-only check: ``col = $1``,
+    ``$1 = t.col``, ``col IN ($1, …)``, ``col LIKE $1``, and ``<>``, ``<``, ``>``,
+    ``<=``, ``>=``, ``ILIKE``, casts on either side ignored. A placeholder compared
+    with no column (``lower(col) = $1``, ``SELECT $1``) or with two different
+    columns has no name; nor have two placeholders compared with the same column
+    (``day >= $1 AND day < $2``): their order cannot come from the name.
+    """
+    if count == 0:
+        return ()
+    found: dict[int, set[str]] = {}
+    try:
+        if dialect == "postgresql" and pg is not None:
+            pairs = _pg_comparisons(sql)
+        else:
+            pairs = _sqlglot_comparisons(_scan(sql, _SKIP, "mark").text, dialect)
+        for number, column in pairs:
+            found.setdefault(number, set()).add(column)
+    except (ConfigError, SqlglotError, ValueError, RecursionError):
+        return (None,) * count
+    names = [
+        next(iter(found[n])) if len(found.get(n, ())) == 1 else None for n in range(1, count + 1)
+    ]
+    shared = {name for name in names if name is not None and names.count(name) > 1}
+    return tuple(None if name in shared else name for name in names)
 
 
 @dataclass(frozen=True)
@@ -179,6 +214,8 @@ def _escape(text: str, style: _ScanStyle) -> str:
 def _placeholder(style: _ScanStyle, n: int) -> str:
     if style == "parse":
         return "?"
+    if style == "mark":  # a column-like marker the parser keeps where it stands
+        return f"{_MARK}{n}__"
     if style == "dollar":
         return f"${n}"
     if style == "qmark_numbered":
@@ -396,7 +433,108 @@ def _pg_nodes(root: Any) -> Iterator[Any]:
             stack.extend(getattr(node, attr, None) for attr in getattr(node, "__slots__", ()))
 
 
+#: PostgreSQL's comparison operators that name a parameter after its column
+_PG_COMPARE = {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "~~*"}
+
+
+def _pg_comparisons(sql: str) -> Iterator[tuple[int, str]]:
+    """``(n, column)`` for each ``$n`` compared with a column, in PostgreSQL's reading."""
+    try:
+        statements = pg_parse(sql)
+    except PGParseError:
+        return
+    kinds = {A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE}
+    kinds.add(A_Expr_Kind.AEXPR_OP)
+    for node in _pg_nodes([s.stmt for s in statements]):
+        if not isinstance(node, pg.A_Expr) or node.kind not in kinds:
+            continue
+        op = node.name[-1].sval if node.name else ""
+        if node.kind == A_Expr_Kind.AEXPR_OP and op not in _PG_COMPARE:
+            continue
+        left = node.lexpr
+        rights = node.rexpr if isinstance(node.rexpr, list | tuple) else (node.rexpr,)
+        for right in rights:
+            for a, b in ((left, right), (right, left)):
+                number, column = _pg_param(a), _pg_column(b)
+                if number and column:
+                    yield number, column
+
+
+def _pg_unwrap(node: Any) -> Any:
+    while isinstance(node, pg.TypeCast):
+        node = node.arg
+    return node
+
+
+def _pg_param(node: Any) -> int | None:
+    node = _pg_unwrap(node)
+    return node.number if isinstance(node, pg.ParamRef) else None
+
+
+def _pg_column(node: Any) -> str | None:
+    node = _pg_unwrap(node)
+    if not isinstance(node, pg.ColumnRef) or not node.fields:
+        return None
+    last = node.fields[-1]
+    return last.sval if isinstance(last, pg.String) else None
+
+
 # --- MySQL, T-SQL, SQLite: sqlglot ------------------------------------------------------
+
+_MARK = "__lookup_param_"
+_MARKED = re.compile(re.escape(_MARK) + r"(\d+)__")
+_SQLGLOT_COMPARE: tuple[type, ...] = (
+    exp.EQ,
+    exp.NEQ,
+    exp.LT,
+    exp.GT,
+    exp.LTE,
+    exp.GTE,
+    exp.Like,
+    exp.ILike,
+)
+
+
+def _sqlglot_comparisons(text: str, dialect: Dialect) -> Iterator[tuple[int, str]]:
+    """``(n, column)`` for each marked ``$n`` compared with a column, in sqlglot's reading."""
+    reader = SQLGlotDialect.get_or_raise(_SQLGLOT_READ[dialect])
+    for tree in reader.parse(text):
+        if tree is None:
+            continue
+        for node in tree.walk():
+            if isinstance(node, _SQLGLOT_COMPARE):
+                pairs = [(node.this, node.expression)]
+            elif isinstance(node, exp.In):
+                pairs = [(node.this, value) for value in node.expressions]
+            else:
+                continue
+            for left, right in pairs:
+                for a, b in ((left, right), (right, left)):
+                    number, column = _sqlglot_param(a), _sqlglot_column(b)
+                    if number and column:
+                        yield number, column
+
+
+def _sqlglot_unwrap(node: Any) -> Any:
+    while isinstance(node, exp.Cast | exp.Paren):
+        node = node.this
+    return node
+
+
+def _sqlglot_param(node: Any) -> int | None:
+    node = _sqlglot_unwrap(node)
+    if isinstance(node, exp.Column) and not node.table:
+        marked = _MARKED.fullmatch(node.name)
+        return int(marked.group(1)) if marked else None
+    return None
+
+
+def _sqlglot_column(node: Any) -> str | None:
+    node = _sqlglot_unwrap(node)
+    if isinstance(node, exp.Column) and node.name and not _MARKED.fullmatch(node.name):
+        return str(node.name)
+    return None
+
 
 #: nodes that make a statement more than a read, wherever they appear
 _NOT_READ_NODES: tuple[type, ...] = tuple(

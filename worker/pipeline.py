@@ -108,7 +108,10 @@ class Pipeline:
         except InvalidInput as exc:
             return self._finish(self._invalid(exc, None, {}), started)
         query_type = lookup_name or request.query_type
-        lookup = self._resolve(query_type, request)
+        try:
+            lookup = self._resolve(query_type, request)
+        except InvalidInput as exc:
+            return self._finish(self._invalid(exc, None, request), started)
         if lookup is None:
             return self._finish(self._unknown(query_type, request), started)
         answer = await self._run(lookup, request)
@@ -162,12 +165,45 @@ class Pipeline:
         )
 
     def _resolve(self, query_type: str, request: JobRequest) -> Lookup | None:
+        """The lookup entry of that name; else the query of that name on the job's
+        ``data_source``; else on the one source that has it (contract §5).
+
+        A ``data_source`` that is not a configured source (the seed's jobs name
+        ``crm_api``) or lacks the query does not stop the one source that has it;
+        several sources with it and none named is `InvalidInput`.
+        """
         lookup = self.tenant.lookups.get(query_type)
         if lookup is not None:
             return lookup
-        if request.data_source:
-            return self.tenant.source_lookup(query_type, request.data_source)
-        return None
+        named = request.data_source
+        holders = self.tenant.find_query(query_type)
+        if named in holders:
+            return self.tenant.source_lookup(query_type, str(named))
+        if len(holders) > 1:
+            raise InvalidInput(
+                [
+                    f"the question {query_type!r} is set up on several data sources "
+                    f"({', '.join(holders)}): say which data source"
+                ],
+                request.reply_to,
+            )
+        if not holders:
+            return None
+        if named:
+            why = (
+                "has no query of that name"
+                if named in self.tenant.sources
+                else ("is not a configured source")
+            )
+            log.info(
+                "the job's data_source %r %s: %s runs on %r, the one source that has it",
+                named,
+                why,
+                query_type,
+                holders[0],
+                extra={"action": "lookup", "source": holders[0]},
+            )
+        return self.tenant.source_lookup(query_type, holders[0])
 
     def _unknown(self, query_type: str, request: JobRequest) -> Answer:
         if "fallback" not in self.tenant.config.defaults.model_fields_set:

@@ -304,7 +304,7 @@ def test_load__write_query_refused_on_unbuilt_sql_type(tmp_path: Path) -> None:
     [
         pytest.param("    args: [order_id, customer_phone]\n", 12, id="too-many"),
         pytest.param("    args: []\n", 12, id="too-few"),
-        pytest.param("    query: SELECT 1 WHERE a = $1\n", 10, id="none-for-inline-query"),
+        pytest.param("    query: SELECT 1 WHERE lower(a) = $1\n", 10, id="unnamed-inline-query"),
     ],
 )
 def test_load__args_count_must_match_placeholders(tmp_path: Path, lookup: str, line: int) -> None:
@@ -577,12 +577,48 @@ def test_source_lookup__named_placeholders(implicit: Tenant) -> None:
     assert lookup.timeout_s == DEFAULT_TIMEOUT_S
 
 
-def test_source_lookup__dollar_query_without_args_has_empty_args(implicit: Tenant) -> None:
+def test_source_lookup__dollar_binds_the_column_it_is_compared_with(implicit: Tenant) -> None:
     lookup = implicit.source_lookup("bare", "db")
 
     assert lookup is not None
     assert lookup.query.positional == 1
+    assert lookup.args == ("order_id",)  # WHERE order_id = $1
+    assert set(lookup.params) == {"order_id"}
+
+
+def test_source_lookup__unnamed_dollar_has_empty_args_and_a_warning(tmp_path: Path) -> None:
+    tenant = load_tenant(
+        _write(tmp_path, BASE, "      by_name: SELECT status FROM orders WHERE lower(name) = $1\n")
+    )
+
+    lookup = tenant.source_lookup("by_name", "db")
+
+    assert lookup is not None
     assert lookup.args == ()  # the order is unknown: the job is answered invalid_input
+    assert len(tenant.warnings) == 1
+    assert "data_sources.db: query 'by_name' takes 1 value(s)" in tenant.warnings[0]
+
+
+def test_lookup__named_query_without_args_binds_by_column(tmp_path: Path) -> None:
+    tenant = load_tenant(_write(tmp_path, BASE, "lookups:\n  order_status: {source: db}\n"))
+
+    assert tenant.lookups["order_status"].args == ("order_id",)
+    assert tenant.warnings == []
+
+
+def test_find_query__every_source_with_that_query(tmp_path: Path) -> None:
+    tenant = load_tenant(
+        _write(
+            tmp_path,
+            IMPLICIT,
+            "  - id: db2\n    type: sqlite\n    connection: {path: b.db}\n",
+            "    queries: {bare: 'SELECT 1 FROM t WHERE order_id = $1'}\n",
+        )
+    )
+
+    assert tenant.find_query("bare") == ("db", "db2")
+    assert tenant.find_query("check_stock") == ("stock",)
+    assert tenant.find_query("nothing") == ()
 
 
 def test_source_lookup__dollar_query_with_args(implicit: Tenant) -> None:
@@ -614,4 +650,4 @@ def test_source_lookup__seed_query_on_unbuilt_source() -> None:
 
     assert lookup is not None
     assert lookup.source_id == "primary_crm"
-    assert lookup.args == ()
+    assert lookup.args == ("order_id",)

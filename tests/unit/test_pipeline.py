@@ -35,7 +35,14 @@ data_sources:
     connection: {{path: nowhere.db}}
     queries:
       order_status: SELECT status FROM orders WHERE order_id = $1
-      by_id: SELECT status FROM orders WHERE order_id = $1
+      by_id: SELECT status FROM orders WHERE lower(order_id) = $1
+      twice: SELECT status FROM orders WHERE order_id = $1
+  - id: more
+    type: sqlite
+    connection: {{path: shop.db}}
+    queries:
+      twice: SELECT status FROM orders WHERE order_id = $1
+      by_column: SELECT status, tracking FROM orders WHERE order_id = $1
 lookups:
   order_status:
     source: db
@@ -152,7 +159,37 @@ async def test_answer__implicit_lookup_runs_a_source_query_by_name(pipeline: Pip
     answer = await pipeline.answer(payload)
     assert answer.outcome == Outcome.OK
     assert answer.result == [{"name": "Ana Souza"}]
-    assert "name: Ana Souza" in (answer.message or "")
+    assert answer.message == "Name: Ana Souza"
+
+
+@pytest.mark.parametrize(
+    "data_source",
+    [
+        pytest.param(None, id="no-data-source"),
+        pytest.param("crm_api", id="not-a-configured-source"),
+        pytest.param("db", id="a-source-without-that-query"),
+        pytest.param("more", id="the-source-itself"),
+    ],
+)
+async def test_answer__query_in_one_source_runs_there_binding_by_column(
+    pipeline: Pipeline, data_source: str | None
+) -> None:
+    payload: dict[str, Any] = {**job("by_column", order_id="12345")}
+    if data_source:
+        payload["data_source"] = data_source
+    answer = await pipeline.answer(payload)
+    assert (answer.outcome, answer.source_id) == (Outcome.OK, "more")
+    assert answer.message == "Status: shipped\nTracking: UPS123456"
+
+
+async def test_answer__query_in_two_sources_needs_a_data_source(pipeline: Pipeline) -> None:
+    answer = await pipeline.answer(job("twice", order_id="12345"))
+    assert answer.outcome == Outcome.INVALID_INPUT
+    assert "say which data source" in str(answer.result)
+    assert "(gone, more)" in str(answer.result)
+
+    named = await pipeline.answer({**job("twice", order_id="12345"), "data_source": "more"})
+    assert (named.outcome, named.source_id) == (Outcome.OK, "more")
 
 
 async def test_answer__implicit_dollar_query_without_args_is_invalid_input(

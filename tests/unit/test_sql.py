@@ -397,3 +397,69 @@ def test_prepare_sql__any_text_loads_or_is_a_config_error(dialect: Dialect, sql:
     except ConfigError:
         return
     assert isinstance(prepared.spec, SQLSpec)
+
+
+# --- $n named after the column it is compared with ---------------------------------------
+
+_STYLES: dict[str, Style] = {
+    "postgresql": "dollar",
+    "mysql": "format",
+    "sqlite": "qmark_numbered",
+    "sqlserver": "format",
+}
+
+
+@pytest.mark.parametrize("dialect", list(_STYLES))
+@pytest.mark.parametrize(
+    ("sql", "columns"),
+    [
+        pytest.param(
+            "SELECT status, tracking_number FROM orders WHERE order_id = $1",
+            ("order_id",),
+            id="seed",
+        ),
+        pytest.param(
+            "SELECT * FROM orders o WHERE $2 = o.customer_phone AND o.status IN ($1) "
+            "AND name LIKE $3",
+            ("status", "customer_phone", "name"),
+            id="reversed-qualified-in-like",
+        ),
+        pytest.param(
+            "SELECT a FROM t WHERE b <> $1 OR c < $2 OR d > $3 OR e <= $4 OR f >= $5",
+            ("b", "c", "d", "e", "f"),
+            id="comparisons",
+        ),
+        pytest.param(
+            "SELECT a FROM t WHERE CAST(a AS varchar(20)) = CAST($1 AS varchar(20))",
+            ("a",),
+            id="casts",
+        ),
+        pytest.param("SELECT 1 FROM t WHERE lower(a) = $1", (None,), id="expression"),
+        pytest.param("SELECT $1 AS x", (None,), id="no-comparison"),
+        pytest.param("SELECT 1 FROM t WHERE a = $1 OR b = $1", (None,), id="two-columns"),
+        pytest.param(
+            "SELECT 1 FROM t WHERE d >= $1 AND d < $2", (None, None), id="one-column-twice"
+        ),
+        pytest.param(
+            "SELECT $1 AS asked, status FROM orders WHERE order_id = $1",
+            ("order_id",),
+            id="other-uses-ignored",
+        ),
+        pytest.param(
+            "SELECT a FROM t WHERE a = 'x = $1' AND b = $1", ("b",), id="dollar-in-a-string"
+        ),
+        pytest.param(
+            "SELECT a FROM t WHERE a IN (SELECT a FROM u WHERE u.sku = $1)",
+            ("sku",),
+            id="subquery",
+        ),
+    ],
+)
+def test_prepare_sql__columns_name_each_placeholder(
+    dialect: Dialect, sql: str, columns: tuple[str | None, ...]
+) -> None:
+    assert prepare_sql(sql, style=_STYLES[dialect], dialect=dialect).columns == columns
+
+
+def test_prepare_sql__no_placeholders_no_columns() -> None:
+    assert prepare_sql("SELECT 1", style="dollar", dialect="postgresql").columns == ()
