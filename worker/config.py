@@ -41,6 +41,8 @@ __all__ = [
     "CircuitConfig",
     "Defaults",
     "EngineConfig",
+    "FallbackConfig",
+    "Knowledge",
     "Lookup",
     "LookupConfig",
     "NamedQuery",
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
+#: how long a knowledge-base fallback may read, after the primary source has failed
+DEFAULT_KNOWLEDGE_TIMEOUT_S = 5.0
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
 
 DEFAULT_NOT_FOUND = (
@@ -89,6 +93,14 @@ DEFAULT_TEMPLATE = """\
 {%- if rows | length > 5 %}{{ "\n" }}…and {{ rows | length - 5 }} more{% endif -%}
 {%- elif row is mapping -%}{{ fields(row, "\n") }}
 {%- endif -%}"""
+
+
+# A knowledge base's row read to the customer: its answer (or text), else the readable default.
+KNOWLEDGE_TEMPLATE = (
+    "{%- if row.answer -%}{{ row.answer }}{%- elif row.text -%}{{ row.text }}{%- else -%}"
+    + DEFAULT_TEMPLATE
+    + "{%- endif -%}"
+)
 
 
 class _Model(BaseModel):
@@ -161,6 +173,24 @@ class RouteConfig(_Model):
         return value
 
 
+class FallbackConfig(_Model):
+    """A fallback that asks a knowledge source before giving up with static text.
+
+    When the lookup's own source fails, ``query`` of ``source`` runs with the same
+    validated parameters; its rows render with ``template`` (default: the row's
+    ``answer`` or ``text`` field, else the readable default). If that read fails or
+    finds nothing, the customer gets ``text`` (default: the tenant's fallback text).
+    """
+
+    source: str = Field(pattern=_NAME)
+    #: a query of that source by name, or an inline query; None: the source's only query
+    query: str | dict[str, Any] | None = None
+    args: list[str] | None = None
+    template: str | None = None
+    text: str | None = None
+    timeout_s: float = Field(default=DEFAULT_KNOWLEDGE_TIMEOUT_S, gt=0, le=60)
+
+
 class LookupConfig(_Model):
     """One named lookup (``query_type``): where it reads and how it answers."""
 
@@ -170,7 +200,7 @@ class LookupConfig(_Model):
     args: list[str] | None = None
     template: str | None = None
     not_found: str | None = None
-    fallback: str | None = None
+    fallback: str | FallbackConfig | None = None
     invalid_input: str | None = None
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=120)
     description: str | None = None
@@ -225,7 +255,7 @@ class Defaults(_Model):
     """Tenant-wide texts used where a lookup has none of its own."""
 
     not_found: str = DEFAULT_NOT_FOUND
-    fallback: str = DEFAULT_FALLBACK
+    fallback: str | FallbackConfig = DEFAULT_FALLBACK
     invalid_input: str = DEFAULT_INVALID
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=120)
 
@@ -278,6 +308,17 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Knowledge:
+    """A knowledge-base fallback ready to run (`FallbackConfig`, loaded)."""
+
+    source_id: str
+    query: PreparedQuery
+    args: tuple[str, ...]
+    template: Template
+    timeout_s: float
+
+
+@dataclass(frozen=True)
 class Lookup:
     """A lookup ready to run: prepared query, parameter rules, compiled texts."""
 
@@ -291,6 +332,8 @@ class Lookup:
     fallback: Template
     invalid_input: Template
     timeout_s: float
+    #: asked when the source fails, before the static fallback text
+    knowledge: Knowledge | None = None
 
 
 @dataclass
@@ -311,6 +354,8 @@ class Tenant:
     etag: str | None = None
     #: where its sources may reach (contract §5.0): unrestricted for an operator's file
     reach: Reach = UNRESTRICTED
+    #: the tenant's knowledge-base fallback (``defaults.fallback``), for lookups without one
+    knowledge: Knowledge | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -351,6 +396,7 @@ class Tenant:
             fallback=self.defaults["fallback"],
             invalid_input=self.defaults["invalid_input"],
             timeout_s=self.config.defaults.timeout_s,
+            knowledge=self.knowledge,
         )
 
 
@@ -508,11 +554,17 @@ def _build(
             continue
         sources[source.id] = _build_source(source, at, errors)
     defaults = {
-        key: _compile(renderer, getattr(config.defaults, key), ("defaults", key), errors)
+        key: _compile(
+            renderer,
+            _default_text(getattr(config.defaults, key)),
+            ("defaults", key),
+            errors,
+        )
         for key in ("not_found", "fallback", "invalid_input")
     }
     defaults["template"] = _compile(renderer, DEFAULT_TEMPLATE, ("defaults",), errors)
     tenant = Tenant(config, path, base_dir, sources, {}, renderer, defaults)  # type: ignore[arg-type]
+    tenant.knowledge = _build_knowledge(tenant, config.defaults.fallback, ("defaults",), errors)
     tenant.warnings.extend(_unnamed_queries(sources))
     for name, lookup in config.lookups.items():
         built = _build_lookup(tenant, name, lookup, ("lookups", name), errors)
@@ -720,6 +772,11 @@ def _build_lookup(
         fallback=texts["fallback"] or tenant.defaults["fallback"],
         invalid_input=texts["invalid_input"] or tenant.defaults["invalid_input"],
         timeout_s=spec.timeout_s,
+        knowledge=(
+            tenant.knowledge
+            if spec.fallback is None
+            else _build_knowledge(tenant, spec.fallback, at, errors)
+        ),
     )
 
 
@@ -727,9 +784,59 @@ def _texts(tenant: Tenant, spec: LookupConfig) -> Iterator[tuple[str, str, Rende
     defaults = tenant.config.defaults
     yield "template", spec.template or DEFAULT_TEMPLATE, tenant.renderer
     yield "not_found", spec.not_found or defaults.not_found, tenant.renderer
-    yield "fallback", spec.fallback or defaults.fallback, tenant.renderer
+    fallback = _static_text(spec.fallback) or _static_text(defaults.fallback)
+    yield "fallback", fallback or DEFAULT_FALLBACK, tenant.renderer
     yield "invalid_input", spec.invalid_input or defaults.invalid_input, tenant.renderer
 
 
 def _only_source(tenant: Tenant) -> str | None:
     return next(iter(tenant.sources)) if len(tenant.sources) == 1 else None
+
+
+def _static_text(value: str | FallbackConfig | None) -> str | None:
+    """The static text of a fallback: the string itself, or a knowledge fallback's ``text``."""
+    return value.text if isinstance(value, FallbackConfig) else value
+
+
+def _default_text(value: str | FallbackConfig) -> str:
+    """A tenant default's text; a knowledge fallback without ``text`` says the default."""
+    return value if isinstance(value, str) else (value.text or DEFAULT_FALLBACK)
+
+
+def _build_knowledge(
+    tenant: Tenant, spec: str | FallbackConfig | None, at: tuple[str | int, ...], errors: _Errors
+) -> Knowledge | None:
+    """A `FallbackConfig` checked against the tenant's sources; None for static text."""
+    if not isinstance(spec, FallbackConfig):
+        return None
+    at = (*at, "fallback")
+    source = tenant.sources.get(spec.source)
+    if source is None:
+        errors.add((*at, "source"), f"names no configured data source ({spec.source!r})")
+        return None
+    query = spec.query
+    if query is None and len(source.queries) == 1:
+        query = next(iter(source.queries))
+    if query is None:
+        errors.add((*at, "query"), f"say which query of {source.id!r} answers (query: …)")
+        return None
+    if isinstance(query, str) and query in source.queries:
+        named = source.queries[query]
+        prepared: PreparedQuery | None = named.prepared
+        args = tuple(spec.args) if spec.args is not None else named.args
+    elif source.connector_cls is None:
+        prepared = _unbuilt_prepare(source.type_name, query, (*at, "query"), errors)
+        args = tuple(spec.args or ())
+    else:
+        prepared = _prepare(source.connector_cls, query, (*at, "query"), errors)
+        args = tuple(spec.args) if spec.args is not None else None
+    if prepared is None:
+        return None
+    if source.connector_cls is not None:
+        _check_args(prepared, args, (*at, "args"), errors, required=True)
+    template = _compile(
+        tenant.renderer, spec.template or KNOWLEDGE_TEMPLATE, (*at, "template"), errors
+    )
+    if template is None:
+        return None
+    return Knowledge(source.id, prepared, args or (), template, spec.timeout_s)

@@ -21,7 +21,7 @@ from jinja2 import Template
 
 from connectors.base import Bound, ReadResult
 from worker.audit import AuditLog, AuditRow, mask_identifier
-from worker.config import Lookup, Tenant
+from worker.config import Knowledge, Lookup, Tenant
 from worker.errors import InputRefused, SourceError
 from worker.jobs import (
     InvalidInput,
@@ -246,7 +246,8 @@ class Pipeline:
                 reason,
                 extra={"action": "lookup", "source": lookup.source_id},
             )
-            return self._fallback(lookup, request, params, reason)
+            known = await self._knowledge(lookup, request, params, reason)
+            return known or self._fallback(lookup, request, params, reason)
         return self._reply(lookup, request, params, result)
 
     async def _read(self, lookup: Lookup, bound: Bound) -> ReadResult:
@@ -306,6 +307,45 @@ class Pipeline:
             lookup.source_id,
             params=params,
         )
+
+    async def _knowledge(
+        self, lookup: Lookup, request: JobRequest, params: dict[str, Any], reason: str
+    ) -> Answer | None:
+        """The knowledge base's answer when the source failed; None: use the static text."""
+        known = lookup.knowledge
+        if known is None:
+            return None
+        bound = Bound(args=tuple(params.get(a) for a in known.args), params=params)
+        try:
+            result = await self._read_knowledge(known, bound)
+            if not result.found:
+                return None
+            context = self._context(lookup, request, params, result)
+            message = self.tenant.renderer.render(known.template, context)
+        except (SourceError, InputRefused, TimeoutError, RenderError) as exc:
+            log.warning(
+                "lookup %s: the knowledge base failed too: %s",
+                lookup.name,
+                getattr(exc, "message", None) or type(exc).__name__,
+                extra={"action": "lookup", "source": known.source_id},
+            )
+            return None
+        if not message.strip():
+            return None
+        return Answer(
+            Outcome.FALLBACK,
+            message,
+            request.reply_to,
+            f"{reason}; answered from the knowledge base {known.source_id!r}",
+            lookup.name,
+            known.source_id,
+            params=params,
+        )
+
+    async def _read_knowledge(self, known: Knowledge, bound: Bound) -> ReadResult:
+        async with self.sources.guarded(known.source_id), asyncio.timeout(known.timeout_s):
+            connector = await self.sources.get(known.source_id)
+            return await connector.run(known.query, bound, timeout_s=known.timeout_s)
 
     def _refused(self, exc: InputRefused, lookup: Lookup, request: JobRequest) -> Answer:
         """The source refused the customer's value: `invalid_input`, the source is not at fault."""
