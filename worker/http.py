@@ -16,10 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.errors import WorkerError
 from worker.http_guard import bearer_matches, read_json, refuse_undecodable_headers
+from worker.inbound import BadInbound, inbound_job, read_inbound
 from worker.jobs import JOB_TYPE, NotOurs, normalise_query_type
 from worker.logs import job_context
 from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
+from worker.router import route_text
 
 __all__ = ["WorkerApp", "parse_listen"]
 
@@ -27,6 +29,40 @@ MAX_BODY = 4 * 1024 * 1024
 READY_TIMEOUT_S = 3.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: keys that make a pushed body a job payload (contract §2); any other object is n8n-style
+_JOB_KEYS = frozenset({"job_type", "parameters", "query_type", "query"})
+#: the keys of the item n8n's Webhook node emits, when a workflow forwards it whole
+_N8N_ITEM_KEYS = frozenset({"headers", "params", "query", "body", "webhookUrl", "executionMode"})
+#: a flat body's keys that are the job's own, not parameters
+_JOB_LEVEL_KEYS = ("tenant_id", "job_id", "reply_to", "customer_context", "data_source")
+#: where a flat body's reply address is read from, first found
+_ADDRESS_KEYS = ("customer_phone", "phone", "from")
+
+
+def job_from_flat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A pushed body as a job payload: a job payload as it is; otherwise (n8n's webhooks
+    post ``{"order_id": "12345", "customer_phone": "+1…"}``) the body's fields are the
+    parameters, its ``customer_phone``/``phone``/``from`` the reply address. The item n8n's
+    Webhook node emits (``{"headers", "params", "query", "body"}``) is read by its ``body``.
+    """
+    if _JOB_KEYS & body.keys() and not _is_n8n_item(body):
+        return body
+    if _is_n8n_item(body):
+        body = dict(body["body"])
+        if _JOB_KEYS & body.keys():
+            return body
+    job: dict[str, Any] = {key: body[key] for key in _JOB_LEVEL_KEYS if key in body}
+    job["parameters"] = {k: v for k, v in body.items() if k not in _JOB_LEVEL_KEYS}
+    address = next((body[k] for k in _ADDRESS_KEYS if isinstance(body.get(k), str)), None)
+    if address and "reply_to" not in job:
+        job["reply_to"] = address
+    return job
+
+
+def _is_n8n_item(body: dict[str, Any]) -> bool:
+    return isinstance(body.get("body"), dict) and body.keys() <= _N8N_ITEM_KEYS
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -54,6 +90,7 @@ class WorkerApp:
                 web.get("/metrics", self.metrics),
                 web.post("/webhook/data/test-connection", self._guarded(self.test_connection)),
                 web.post("/webhook/data/{lookup}", self._guarded(self.push)),
+                web.post("/webhook/inbound", self._guarded(self.inbound)),
             ]
         )
         return app
@@ -112,6 +149,7 @@ class WorkerApp:
         payload = await self._json(request)
         if not isinstance(payload, dict):
             return web.json_response({"error": "the body must be a JSON object"}, status=422)
+        payload = job_from_flat_body(payload)
         payload.setdefault("job_type", JOB_TYPE)
         payload.setdefault("tenant_id", self.pipeline.tenant.tenant_id)
         lookup = normalise_query_type(request.match_info["lookup"])
@@ -123,19 +161,63 @@ class WorkerApp:
             return await self._push(payload, lookup, key)
 
     async def _push(self, payload: dict[str, Any], lookup: str, key: str) -> web.Response:
+        body, status = await self._answer_and_send(payload, lookup, key)
+        return web.json_response(body, status=status)
+
+    async def _answer_and_send(
+        self, payload: dict[str, Any], lookup: str, key: str
+    ) -> tuple[dict[str, Any], int]:
+        """Run a pushed job and send its reply (``key``: its idempotency key)."""
         try:
             answer = await self.pipeline.answer(payload, lookup_name=lookup)
         except UnknownLookup as exc:
-            return web.json_response({"error": str(exc)}, status=404)
+            return {"error": str(exc)}, 404
         except NotOurs as exc:
-            return web.json_response({"error": str(exc)}, status=422)
+            return {"error": str(exc)}, 422
         self.pipeline.release_audit(answer)  # no completion carries a push's audit row
         sent = False
         if self.queue is not None and answer.message and answer.reply_to:
             try:
                 await self.queue.send(key, answer.reply_to, answer.message)
             except WorkerError as exc:
-                body = {**answer.as_json(), "sent": False, "error": f"reply not delivered: {exc}"}
-                return web.json_response(body, status=502)
+                return {
+                    **answer.as_json(),
+                    "sent": False,
+                    "error": f"reply not delivered: {exc}",
+                }, 502
             sent = True
-        return web.json_response({**answer.as_json(), "sent": sent})
+        return {**answer.as_json(), "sent": sent}, 200
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """A customer's free text (push mode): route it, answer it, send the reply.
+
+        The reply's idempotency key is the request's ``Idempotency-Key``, else the
+        provider's message id (``message_id`` / ``id`` in the body), else a fresh one.
+        """
+        tenant_id = self.pipeline.tenant.tenant_id
+        try:
+            message = read_inbound(await self._json(request))
+        except BadInbound as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        if message.tenant_id not in (None, tenant_id):
+            error = f"this worker serves tenant {tenant_id!r}, not {message.tenant_id!r}"
+            return web.json_response({"error": error}, status=422)
+        route = route_text(self.pipeline.tenant, message.text, sender=message.sender)
+        if route.query_type is None:
+            unrouted: dict[str, Any] = {"outcome": "unrouted", "sent": False}
+            if route.ambiguous:
+                unrouted["ambiguous"] = list(route.ambiguous)
+            return web.json_response(unrouted)
+        key = request.headers.get("Idempotency-Key") or message.message_id or str(uuid.uuid4())
+        with job_context(tenant_id, key):
+            return await self._inbound(
+                route.query_type, inbound_job(tenant_id, route, message), key
+            )
+
+    async def _inbound(self, query_type: str, payload: dict[str, Any], key: str) -> web.Response:
+        # A matched lookup missing a required parameter goes through the pipeline too: its
+        # parameter rules answer `invalid_input` with the lookup's text, and no source is read.
+        body, status = await self._answer_and_send(payload, query_type, key)
+        if status in (200, 502):
+            body = {**body, "query_type": query_type, "parameters": payload["parameters"]}
+        return web.json_response(body, status=status)

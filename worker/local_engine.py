@@ -8,6 +8,9 @@ few of its own, for people and tests (all behind the same bearer token):
 - ``GET /messages[?tenant_id=t]`` → the messages sent, oldest first
 - ``GET /healthz`` (no token)
 
+and the seed's ``POST /webhook/inbound`` (contract §6): a customer's free text,
+routed with the tenant's config from the config folder and enqueued as a job.
+
 Callers send the engine's own token (every tenant) or a token scoped to one
 tenant (`issue_token`, ``worker engine token --tenant T``; only its SHA-256 is
 stored). With a scoped token every call sees and changes only that tenant's
@@ -36,9 +39,11 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.config import find_config, load_tenant
+from worker.config import Tenant, find_config, load_tenant
 from worker.errors import ConfigError, ConfigErrors
 from worker.http_guard import GuardedRunner, bearer_matches, read_json, refuse_undecodable_headers
+from worker.inbound import BadInbound, inbound_job, read_inbound
+from worker.router import route_text
 from worker.stores.base import Claim, JobRow, Reply, Store, job_number
 
 __all__ = ["LocalEngine", "issue_token", "serve_engine", "token_digest"]
@@ -161,6 +166,8 @@ class LocalEngine:
         self.token = token
         self.config_dir = config_dir
         self.lease_s = lease_s
+        #: tenant → (its config file's mtime and size, the config loaded from it), for routing
+        self._routing: dict[str, tuple[tuple[Path, int, int], Tenant]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -179,6 +186,7 @@ class LocalEngine:
                 web.get("/messages", self.list_messages),
                 web.get("/routes/tenants/{tenant_id}/data-sources", self.tenant_config),
                 web.put("/routes/tenants/{tenant_id}/data-sources", self.put_tenant_config),
+                web.post("/webhook/inbound", self.inbound),
             ]
         )
         return app
@@ -329,8 +337,8 @@ class LocalEngine:
             tenant_id = scope
         return web.json_response(await self.store.messages(tenant_id))
 
-    def _config_path(self, request: web.Request) -> Path:
-        tenant_id = request.match_info["tenant_id"]
+    def _config_path(self, request: web.Request, tenant_id: str | None = None) -> Path:
+        tenant_id = tenant_id if tenant_id is not None else request.match_info["tenant_id"]
         _only_for_scope(request, tenant_id)
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", tenant_id) or ".." in tenant_id:
             raise web.HTTPNotFound(
@@ -401,6 +409,74 @@ class LocalEngine:
             "config of %s replaced", tenant_id, extra={"action": "config", "tenant": tenant_id}
         )
         return web.json_response({"status": "updated", "etag": _etag(document)})
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """The seed's free-text call: route with the tenant's config, enqueue the job."""
+        try:
+            message = read_inbound(await read_json(request))
+        except BadInbound as exc:
+            return _error(422, str(exc))
+        tenant_id = message.tenant_id or _scope(request)
+        if tenant_id is None:
+            return _error(422, "`tenant_id` is required: which tenant is the message for?")
+        tenant = self._routing_config(request, tenant_id)
+        route = route_text(tenant, message.text, sender=message.sender)
+        if route.query_type is None:
+            unrouted: dict[str, Any] = {"routed": False}
+            if route.ambiguous:
+                unrouted["ambiguous"] = list(route.ambiguous)
+            return web.json_response(unrouted)
+        payload = inbound_job(tenant_id, route, message)
+        job_id = await self.store.enqueue(payload)
+        log.info(
+            "inbound message routed to %s",
+            route.query_type,
+            extra={"action": "inbound", "tenant": tenant_id, "job_id": str(job_id)},
+        )
+        return web.json_response(
+            {
+                "job_id": str(job_id),
+                "query_type": route.query_type,
+                "parameters": payload["parameters"],
+            },
+            status=202,
+        )
+
+    def _routing_config(self, request: web.Request, tenant_id: str) -> Tenant:
+        """The tenant's config as the folder holds it now (cached while the file is unchanged).
+
+        It is loaded as the worker loads a config file, without decrypting anything:
+        routing reads only lookups, and the engine never opens a source. (An engine-served
+        load would refuse file sources unless ``WORKER_DATA_DIR`` is set, though the
+        engine never reads them; what a PUT stores was checked as the tenant's.)
+        """
+        path = self._config_path(request, tenant_id)
+        try:
+            stat = path.stat()
+        except OSError:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no config for tenant {tenant_id!r}"}),
+                content_type="application/json",
+            ) from None
+        version = (path, stat.st_mtime_ns, stat.st_size)
+        cached = self._routing.get(tenant_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            tenant = load_tenant(path, tenant_id=tenant_id, decrypt=False)
+        except ConfigError as exc:
+            log.warning(
+                "config of %s does not load: %s",
+                tenant_id,
+                exc,
+                extra={"action": "inbound", "tenant": tenant_id},
+            )
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": f"the config of tenant {tenant_id!r} does not load"}),
+                content_type="application/json",
+            ) from None
+        self._routing[tenant_id] = (version, tenant)
+        return tenant
 
 
 def _etag(document: Any) -> str:
