@@ -47,6 +47,16 @@ def test_demo__answers_every_sample_question() -> None:
     assert re.search(r"(\d+) of \1 jobs answered", out)
 
 
+def test_demo__customers_words_become_replies_through_the_engines_inbound() -> None:
+    done = worker("demo")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "❯ Where is my order #12345?  (from +1234567890)\n  routed to order_status" in out
+    assert "routed to order_status (order_id=12346)" in out
+    assert "routed to check_stock (sku=SKU-789)" in out
+    assert "❯ hi there 👋  (from +1234567890)\n  no lookup matches: nothing queued" in out
+
+
 def test_seed_config__loads_and_reports_unreachable_sources_without_crashing() -> None:
     config = str(REPO / "config" / "tenants" / "whappstream.json")
     check = worker("config", "check", "--config", config)
