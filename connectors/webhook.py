@@ -32,8 +32,10 @@ list is one row per item, an object one row, a scalar the row ``{"value": …}``
 A 404, an empty body, ``null``, ``[]`` or ``{}`` is *not found*; 401/403 (the
 receiver refused the signature), 429, 5xx, a timeout, a redirect or an answer
 that is not JSON is a source failure (the lookup's fallback). A POST is never
-retried and never redirected. Everything else about the wire (size cap, the
-deadline, the reach of an engine-served config) is `connectors.http_base.SafeHTTP`'s.
+retried and never redirected. ``worker test-connection`` sends the event
+``ping`` with empty parameters: any answer but 401/403/429/5xx is healthy.
+Everything else about the wire (size cap, the deadline, the reach of an
+engine-served config) is `connectors.http_base.SafeHTTP`'s.
 """
 
 from __future__ import annotations

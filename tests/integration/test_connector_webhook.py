@@ -8,6 +8,7 @@ verify is refused with 401, which the lookup turns into its fallback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from connectors.base import (
     SourceAuthError,
     SourceError,
     SourceTimeout,
+    SourceUnavailable,
 )
+from connectors.egress import Reach, parse_networks
 from connectors.registry import load
 from connectors.testing import ConnectorContract, RawQuery
 from connectors.webhook import (
@@ -330,3 +333,45 @@ def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert {s.type_name for s in tenant.sources.values()} == {"webhook"}
     assert set(tenant.lookups) == {"order_status", "customer_orders"}
+
+
+# -- an engine-served config (contract §5.0) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allow", "reached"),
+    [
+        pytest.param("", False, id="loopback-refused"),
+        pytest.param("127.0.0.1/32", True, id="allowed-network-read"),
+    ],
+)
+async def test_egress__an_untrusted_config_reaches_only_what_the_operator_allows(
+    hook_url: str, seen: Receiver, tmp_path: Path, allow: str, reached: bool
+) -> None:
+    source = {
+        "id": "orders_hook",
+        "type": "webhook",
+        "connection": {"url": hook_url, "secret": SECRET},
+        "queries": {"order_status": "order_status"},
+    }
+    tenant = load_tenant(document={"tenant_id": "acme", "data_sources": [source]})
+    reach = Reach(trusted=False, data_dir=None, allow_networks=parse_networks(allow))
+    sources = Sources(dataclasses.replace(tenant, reach=reach, base_dir=tmp_path))
+    prepared = tenant.sources["orders_hook"].queries["order_status"].prepared
+
+    async def ask() -> Any:
+        async with sources.guarded("orders_hook"):
+            connector = await sources.get("orders_hook")
+            bound = Bound(params={"order_id": "12345"})
+            return await connector.run(prepared, bound, timeout_s=5)
+
+    try:
+        if reached:
+            assert (await ask()).rows == [ORDERS["12345"]]
+        else:
+            with pytest.raises(SourceUnavailable, match="not a public address"):
+                await ask()
+    finally:
+        await sources.close()
+
+    assert seen.hits == (1 if reached else 0)
