@@ -28,6 +28,10 @@ Each lookup may declare ``route: {keywords: [...], extract: {param: pattern}}``.
   gave are listed in `Route.missing`; the caller answers with the lookup's
   ``invalid_input`` text instead of running it.
 
+A config without any ``route`` block (the seed's) routes by names instead: each
+lookup, and each source read no lookup shadows, is reached by the words of its
+name, its parameters found by what they are called (`_implicit_candidates`).
+
 Only the first `MAX_TEXT_CHARS` characters of a text are read. The keyword
 index is built once per loaded `Tenant` and reused.
 """
@@ -132,9 +136,63 @@ def _build_index(tenant: Tenant) -> _Index:
         params = tenant.lookups[name].params
         required = tuple(p for p, rule in params.items() if rule.required)
         candidates.append(_Candidate(name, tuple(k for k in keywords if k), extract, required))
+    if not candidates:
+        candidates = list(_implicit_candidates(tenant))
     words = frozenset(w for c in candidates for k in c.keywords for w in k)
     vocab = tuple(sorted(w for w in words if _fuzzy_able(w)))
     return _Index(tuple(candidates), vocab, words)
+
+
+# -- implicit routes: a config with no `route` block at all (the seed's) --------
+
+#: words of a read's name too general to route on by themselves
+_GENERIC = frozenset({"check", "get", "find", "show", "list", "lookup", "query", "data", "info",
+                      "details", "detail", "by", "of", "the", "for"})  # fmt: skip
+#: a parameter's value, found in free text by what the parameter is called
+_BY_NAME: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("sku", "_sku", "_code", "code"),
+     r"\b([A-Za-z]{1,8}-[A-Za-z0-9]{1,12}|[A-Za-z]{2,8}[0-9]{2,12})\b"),
+    (("email", "_email"), r"([^\s@]+@[^\s@]+\.[A-Za-z]{2,})"),
+    (("id", "_id", "number", "_number", "_no", "_num"), r"(?:^|[^A-Za-z0-9-])#?([0-9]{3,12})\b"),
+)  # fmt: skip
+
+
+def _implicit_candidates(tenant: Tenant) -> Iterable[_Candidate]:
+    """Routes read from names: each lookup, and each source read no lookup shadows, is
+    reached by its name's words (``order_status``: *order status*, *order*, *status*),
+    with its parameters found by what they are called (``*_id``: a number, ``sku``: a
+    code like ``SKU-789``, ``email``); ``customer_phone`` is the sender's number."""
+    reads: dict[str, tuple[str, ...]] = {
+        name: tuple(lookup.params) for name, lookup in tenant.lookups.items()
+    }
+    owners: dict[str, list[str]] = {}
+    for source in tenant.sources.values():
+        for name in source.queries:
+            owners.setdefault(name, []).append(source.id)
+    for name, sources in owners.items():
+        if name in reads or len(sources) != 1:
+            continue
+        implicit = tenant.source_lookup(name, sources[0])
+        if implicit is not None:
+            reads[name] = tuple(implicit.params)
+    for name, params in reads.items():
+        words = tuple(normalise(name.replace("_", " ")).split())
+        if not words:
+            continue
+        singles = [(w,) for w in words if len(w) >= _FUZZY_MIN_LEN and w not in _GENERIC]
+        keywords = tuple(dict.fromkeys([words, *singles]))
+        extract = tuple((p, _compile(pattern)) for p in params if (pattern := _by_name(p)))
+        yield _Candidate(name, keywords, extract, params)
+
+
+def _by_name(param: str) -> str | None:
+    lowered = param.lower()
+    if lowered in ("customer_phone", "phone"):
+        return None  # the sender's number
+    for suffixes, pattern in _BY_NAME:
+        if any(lowered == s.lstrip("_") or lowered.endswith(s) for s in suffixes):
+            return pattern
+    return None
 
 
 def _compile(pattern: str) -> re2._Regexp:

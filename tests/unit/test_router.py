@@ -333,3 +333,47 @@ def _write(tmp_path: Path, lookups: str) -> Path:
 
 def _tenant(tmp_path: Path, lookups: str) -> Tenant:
     return load_tenant(_write(tmp_path, lookups))
+
+
+SEED = REPO / "config" / "tenants" / "whappstream.json"
+
+
+@pytest.fixture(scope="module")
+def seed() -> Tenant:
+    return load_tenant(SEED)
+
+
+@pytest.mark.parametrize(
+    ("text", "query_type", "params"),
+    [
+        pytest.param("Order status 12345", "order_status", {"order_id": "12345"}, id="seed-dev"),
+        pytest.param(
+            "What is the status of order #12345?",
+            "order_status",
+            {"order_id": "12345"},
+            id="seed-customer",
+        ),
+        pytest.param("is SKU-789 in stock?", "check_stock", {"sku": "SKU-789"}, id="stock"),
+        pytest.param(
+            "product details SKU-790", "product_details", {"sku": "SKU-790"}, id="details"
+        ),
+    ],
+)
+def test_route__a_config_without_routes_routes_by_its_read_names(
+    seed: Tenant, text: str, query_type: str, params: dict[str, str]
+) -> None:
+    """The seed's config has no `route` block: its query and endpoint names route it."""
+    routed = route_text(seed, text, sender="+1234567890")
+    assert routed.query_type == query_type, routed.reasons
+    assert routed.parameters == {**params, "customer_phone": "+1234567890"}
+    assert routed.missing == ()
+
+
+@pytest.mark.parametrize("text", ["hi", "thanks!", "👍", "12345"])
+def test_route__implicit_routes_leave_small_talk_alone(seed: Tenant, text: str) -> None:
+    assert not route_text(seed, text, sender="+1234567890").routed
+
+
+def test_route__explicit_routes_turn_implicit_ones_off(demo: Tenant) -> None:
+    """Once any lookup has a `route`, only those take part (the demo has some)."""
+    assert not route_text(demo, "faq shipping", sender="+1234567890").routed
