@@ -267,3 +267,40 @@ def test_cli_lookup__prints_json_and_refuses_bad_values(tenant_config: Any) -> N
     assert unknown.returncode == 2 and "order_status" in unknown.stderr
     malformed = lookup("order_status", "order_id")
     assert malformed.returncode == 2 and "key=value" in malformed.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "to"),
+    [
+        pytest.param({"order_id": "12345", "customer_phone": "+15550011"}, "+15550011", id="flat"),
+        pytest.param({"order_id": 12345, "phone": "+15550012"}, "+15550012", id="flat-phone"),
+        pytest.param(
+            {
+                "headers": {"content-type": "application/json"},
+                "params": {},
+                "query": {},
+                "body": {"order_id": "12345", "from": "+15550013"},
+            },
+            "+15550013",
+            id="n8n-webhook-item",
+        ),
+    ],
+)
+def test_push__n8n_flat_body_is_the_parameters(
+    running: str, engine: Engine, body: dict[str, Any], to: str
+) -> None:
+    status, answer = post_raw(f"{running}/webhook/data/order-status", json.dumps(body).encode())
+
+    assert (status, answer["outcome"], answer["sent"]) == (200, "ok", True), answer
+    assert answer["message"].startswith(SHIPPED_START)
+    sent = [m["message"] for m in engine.messages() if m["to"] == to]
+    assert sent == [answer["message"]]
+
+
+def test_push__n8n_flat_body_with_a_bad_value_is_invalid_input(running: str) -> None:
+    body = {"order_id": "12 OR 1=1", "customer_phone": "+15550014"}
+    status, answer = post_raw(f"{running}/webhook/data/order-status", json.dumps(body).encode())
+
+    assert (status, answer["outcome"]) == (200, "invalid_input")
+    assert answer["message"] == "Bad order number: the order id is not in the expected format."
+    assert source_reads(running) == 0
