@@ -23,7 +23,7 @@ from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
 from worker.router import route_text
 
-__all__ = ["WorkerApp", "parse_listen"]
+__all__ = ["WorkerApp", "job_from_flat_body", "parse_listen"]
 
 MAX_BODY = 4 * 1024 * 1024
 READY_TIMEOUT_S = 3.0
