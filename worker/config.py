@@ -48,6 +48,7 @@ __all__ = [
     "NamedQuery",
     "ParamRule",
     "QueueConfig",
+    "RouteConfig",
     "Source",
     "SourceConfig",
     "StoreConfig",
