@@ -135,21 +135,37 @@ def dig(document: Any, path: str | None) -> Any:
 class SafeHTTP:
     """One pooled httpx client bound to one origin, with the rules of the module docstring."""
 
-    def __init__(self, source_id: str, settings: HTTPSettings, *, base_dir: Path) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        settings: HTTPSettings,
+        *,
+        base_dir: Path,
+        redirects: int = _MAX_REDIRECTS,
+    ) -> None:
         self.source_id = source_id
         self.settings = settings
         self.base_dir = base_dir
+        #: same-origin redirects followed at most (0: none, e.g. for a POST that must go once)
+        self.redirects = redirects
         self._origin = _origin(settings.base_url)
         self._client: httpx.AsyncClient | None = None
 
     @classmethod
     def within(
-        cls, source_id: str, settings: HTTPSettings, *, max_bytes: int, base_dir: Path
+        cls,
+        source_id: str,
+        settings: HTTPSettings,
+        *,
+        max_bytes: int,
+        base_dir: Path,
+        redirects: int = _MAX_REDIRECTS,
     ) -> SafeHTTP:
         """A client whose response cap is the source's own or the worker's, whichever is less."""
         capped = min(settings.max_response_bytes, max_bytes)
         update = {"max_response_bytes": capped}
-        return cls(source_id, settings.model_copy(update=update), base_dir=base_dir)
+        copied = settings.model_copy(update=update)
+        return cls(source_id, copied, base_dir=base_dir, redirects=redirects)
 
     def headers(self) -> dict[str, str]:
         """Configured headers with ``{field}`` filled from the connection, never from a job."""
@@ -253,10 +269,14 @@ class SafeHTTP:
         content: bytes | None,
         headers: Mapping[str, str] | None,
     ) -> HTTPResponse:
-        for _ in range(_MAX_REDIRECTS + 1):
+        for _ in range(self.redirects + 1):
             response = await self._send(method, url, left, params, json_body, content, headers)
             if response.status not in (301, 302, 303, 307, 308):
                 return response
+            if not self.redirects:
+                raise SourceError(
+                    self.source_id, f"the source redirected ({response.status}); not followed"
+                )
             target = urljoin(url, response.headers.get("location", ""))
             if _origin(target) != self._origin:
                 raise SourceError(

@@ -57,7 +57,6 @@ from connectors.base import (
     Connector,
     PreparedQuery,
     ReadResult,
-    SourceError,
     bind_placeholders,
     first_error,
     placeholder_names,
@@ -158,25 +157,6 @@ class WebhookQuery(BaseModel):
         return value
 
 
-class _OnePost(SafeHTTP):
-    """SafeHTTP that never follows a redirect: a POST goes to the configured URL only."""
-
-    async def _follow(
-        self,
-        method: str,
-        url: str,
-        left: float,
-        params: Mapping[str, Any] | None,
-        json_body: Any,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-    ) -> HTTPResponse:
-        response = await self._send(method, url, left, params, json_body, content, headers)
-        if 300 <= response.status < 400:
-            raise SourceError(self.source_id, f"the webhook redirected ({response.status})")
-        return response
-
-
 class WebhookConnector(Connector):
     """Asks the tenant's own signed webhook for the data of a lookup."""
 
@@ -191,11 +171,12 @@ class WebhookConnector(Connector):
 
     def setup(self) -> None:
         self._secret = self.settings.secret.get_secret_value()
-        self._http = _OnePost.within(
+        self._http = SafeHTTP.within(
             self.source_id,
             self.settings.http(),
             max_bytes=self.limits.max_bytes,
             base_dir=self.base_dir,
+            redirects=0,  # a POST goes to the configured URL once
         )
 
     @classmethod
