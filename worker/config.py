@@ -487,27 +487,12 @@ def load_tenant(
     (the engine checking a config it cannot read the secrets of) ``enc:v1:``
     values and ``${env:…}`` references are checked as they are, not resolved.
     """
-    lines: dict[tuple[str | int, ...], int] = {}
-    if path is not None:
-        label = name or str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config: {exc.strerror}", where=label) from exc
-        data, lines = parse_document(text, name=label)
-        base_dir = path.resolve().parent
-    else:
-        label = name or "engine config"
-        data = dict(document or {})
-        base_dir = Path.cwd()
-    errors = _Errors(label, lines)
-    if not isinstance(data, Mapping):
-        raise ConfigError("the config must be a mapping at the top level", where=label)
-    data = dict(data)
+    data, errors, base_dir = _read(path, document, name)
     if "tenant_id" not in data:
         data["tenant_id"] = tenant_id or (path.stem if path else "")
     if path is not None:
         origin = "file"
+    label = errors.name
     reach = trust.reach_for(origin)
     if not reach.trusted:
         trust.check_untrusted(data, reach, errors.add)
@@ -530,6 +515,28 @@ def load_tenant(
     tenant.warnings.extend(secrets.plaintext_warnings(data, label))
     tenant.secrets.update(secrets_in(resolved))
     return tenant
+
+
+def _read(
+    path: Path | None, document: Mapping[str, Any] | None, name: str | None
+) -> tuple[dict[str, Any], _Errors, Path]:
+    """The document as a dict, an error collector that knows its lines, and its folder."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    if path is not None:
+        label = name or str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config: {exc.strerror}", where=label) from exc
+        data, lines = parse_document(text, name=label)
+        base_dir = path.resolve().parent
+    else:
+        label = name or "engine config"
+        data = dict(document or {})
+        base_dir = Path.cwd()
+    if not isinstance(data, Mapping):
+        raise ConfigError("the config must be a mapping at the top level", where=label)
+    return dict(data), _Errors(label, lines), base_dir
 
 
 def _templates_dir(config: TenantConfig, base_dir: Path, override: Path | None) -> Path | None:
@@ -731,28 +738,10 @@ def _build_lookup(
     if source is None:
         errors.add((*at, "source"), f"names no configured data source ({source_id!r})")
         return None
-    query_name = (
-        spec.query if isinstance(spec.query, str) and spec.query in source.queries else None
-    )
-    if spec.query is None and name in source.queries:
-        query_name = name
-    if query_name is not None:
-        named = source.queries[query_name]
-        prepared: PreparedQuery | None = named.prepared
-        args = tuple(spec.args) if spec.args is not None else named.args
-    elif spec.query is None:
-        errors.add((*at, "query"), f"source {source.id!r} has no query named {name!r}")
+    read = _lookup_read(source, name, spec, at, errors)
+    if read is None:
         return None
-    elif source.connector_cls is None:
-        prepared = _unbuilt_prepare(source.type_name, spec.query, (*at, "query"), errors)
-        args = tuple(spec.args) if spec.args is not None else _args_from_columns(prepared) or ()
-    else:
-        prepared = _prepare(source.connector_cls, spec.query, (*at, "query"), errors)
-        args = tuple(spec.args) if spec.args is not None else None
-        if args is None and prepared is not None:
-            args = _args_from_columns(prepared)
-    if prepared is None:
-        return None
+    prepared, args = read
     if source.connector_cls is not None:
         _check_args(prepared, args, (*at, "args"), errors, required=True)
     params = dict(spec.params)
@@ -779,6 +768,31 @@ def _build_lookup(
             else _build_knowledge(tenant, spec.fallback, at, errors)
         ),
     )
+
+
+def _lookup_read(
+    source: Source, name: str, spec: LookupConfig, at: tuple[str | int, ...], errors: _Errors
+) -> tuple[PreparedQuery, tuple[str, ...] | None] | None:
+    """The lookup's prepared query (a named one of its source, or inline) and its args."""
+    query_name = (
+        spec.query if isinstance(spec.query, str) and spec.query in source.queries else None
+    )
+    if spec.query is None and name in source.queries:
+        query_name = name
+    given = tuple(spec.args) if spec.args is not None else None
+    if query_name is not None:
+        named = source.queries[query_name]
+        return named.prepared, given if given is not None else named.args
+    if spec.query is None:
+        errors.add((*at, "query"), f"source {source.id!r} has no query named {name!r}")
+        return None
+    if source.connector_cls is None:
+        prepared = _unbuilt_prepare(source.type_name, spec.query, (*at, "query"), errors)
+        return prepared, given if given is not None else _args_from_columns(prepared) or ()
+    built = _prepare(source.connector_cls, spec.query, (*at, "query"), errors)
+    if built is None:
+        return None
+    return built, given if given is not None else _args_from_columns(built)
 
 
 def _texts(tenant: Tenant, spec: LookupConfig) -> Iterator[tuple[str, str, Renderer]]:
