@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,6 +139,16 @@ class Engine:
     def messages(self) -> list[dict[str, Any]]:
         return list(_request(f"{self.url}/messages", self.token))
 
+    def curl_inbound(self, body: str) -> tuple[str, Any]:
+        """The seed's ``curl -X POST …/webhook/inbound -d BODY``: status and answer."""
+        done = subprocess.run(
+            ["curl", "-sS", "-w", "\n%{http_code}", "-X", "POST", f"{self.url}/webhook/inbound",
+             "-H", f"Authorization: Bearer {self.token}", "-d", body],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        text, _, status = done.stdout.rpartition("\n")
+        return status, json.loads(text)
+
     def put_config(self, document: Any, tenant: str = "shop") -> tuple[int, Any]:
         """The seed's tenant-settings call; the status and the answer, errors included."""
         url = f"{self.url}/routes/tenants/{tenant}/data-sources"
@@ -166,40 +177,37 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers ``url`` (its ``/healthz``, say) at all."""
+    try:
+        _request(url, None)
+    except OSError:  # refused, reset, or an HTTP error status
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def serve_engine(
+    db: Path,
+    config_dir: Path,
+    *,
+    token: str = TOKEN,
+    lease_s: float | None = None,
+    **env: str,
+) -> Iterator[Engine]:
+    """``worker engine serve`` on a free port, serving ``config_dir``; stopped afterwards."""
     port = free_port()
-    db = tmp_path / "engine.db"
-    cmd = [
-        *WORKER,
-        "engine",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--db",
-        str(db),
-        "--token",
-        TOKEN,
-        "--lease-s",
-        "2",
-        "--config-dir",
-        str(REPO / "config" / "tenants"),
-    ]
+    cmd = [*WORKER, "engine", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db)]
+    cmd += ["--token", token, "--config-dir", str(config_dir)]
+    if lease_s is not None:
+        cmd += ["--lease-s", f"{lease_s:g}"]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd, cwd=REPO, env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            _request(f"{url}/healthz", None)
-        except (urllib.error.URLError, ConnectionError):
-            return False
-        return True
-
     try:
-        wait_until(up, what="the local engine to listen")
-        yield Engine(url, TOKEN, db, proc)
+        wait_until(lambda: answers(f"{url}/healthz"), what="the local engine to listen")
+        yield Engine(url, token, db, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -207,8 +215,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with serve_engine(tmp_path / "engine.db", REPO / "config" / "tenants", lease_s=2) as served:
+        yield served
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from tests.acceptance.conftest import (
     Engine,
     _env,
     _request,
-    free_port,
     job,
+    serve_engine,
     wait_until,
 )
 
@@ -49,42 +49,9 @@ def engine_configs(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
     configs.mkdir()
     (tmp_path / "shop.db").write_bytes((REPO / "config" / "demo" / "shop.db").read_bytes())
     (configs / "shop.json").write_text(json.dumps(shop_config(tmp_path, "v1: {{ row.status }}")))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *WORKER,
-            "engine",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--db",
-            str(tmp_path / "engine.db"),
-            "--token",
-            TOKEN,
-            "--config-dir",
-            str(configs),
-        ],
-        cwd=REPO,
-        # an engine-served config reads files only below the operator's WORKER_DATA_DIR
-        env=_env(WORKER_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    engine = Engine(f"http://127.0.0.1:{port}", TOKEN, tmp_path / "engine.db", proc)
-    try:
-        wait_until(lambda: _ok(lambda: _request(f"{engine.url}/healthz", None)), what="engine")
-        yield engine, tmp_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-
-
-def _ok(call: Any) -> bool:
-    try:
-        call()
-    except OSError:
-        return False
-    return True
+    # an engine-served config reads files only below the operator's WORKER_DATA_DIR
+    with serve_engine(tmp_path / "engine.db", configs, WORKER_DATA_DIR=str(tmp_path)) as served:
+        yield served, tmp_path
 
 
 def test_put__invalid_config_is_refused_and_the_old_one_kept(

@@ -22,8 +22,8 @@ from tests.acceptance.conftest import (
     Engine,
     WorkerProcs,
     _env,
-    _request,
-    free_port,
+    answers,
+    serve_engine,
     wait_until,
 )
 
@@ -54,43 +54,8 @@ def tenant_config(tenant_config: Path) -> Path:
 @pytest.fixture
 def engine(tmp_path: Path, tenant_config: Path) -> Iterator[Engine]:
     """`worker engine serve` whose config folder holds the routed tenant (``shop``)."""
-    port = free_port()
-    db = tmp_path / "engine.db"
-    cmd = [
-        *WORKER,
-        "engine",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--db",
-        str(db),
-        "--token",
-        TOKEN,
-        "--config-dir",
-        str(tenant_config.parent),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            _request(f"{url}/healthz", None)
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_until(up, what="the local engine to listen")
-        yield Engine(url, TOKEN, db, proc)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_engine(tmp_path / "engine.db", tenant_config.parent) as served:
+        yield served
 
 
 @pytest.fixture
@@ -98,15 +63,7 @@ def running(workers: WorkerProcs) -> Iterator[str]:
     """A `worker run` serving the routed tenant; yields its HTTP base URL."""
     proc = workers.start()
     url: str = proc.http  # type: ignore[attr-defined]
-
-    def up() -> bool:
-        try:
-            _request(f"{url}/healthz", None)
-        except OSError:
-            return False
-        return True
-
-    wait_until(up, what="the worker's HTTP endpoints")
+    wait_until(lambda: answers(f"{url}/healthz"), what="the worker's HTTP endpoints")
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0, workers.log_of(proc)
@@ -142,28 +99,8 @@ def test_engine_inbound__the_seeds_curl_is_routed_enqueued_and_answered_by_a_wor
 ) -> None:
     # The seed's own call, byte for byte but the tenant: curl sends no JSON content type.
     body = '{"from":"+1234567890","message":"Order status 12345","tenant_id":"shop"}'
-    curl = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-            f"{engine.url}/webhook/inbound",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    text, _, status = curl.stdout.rpartition("\n")
-    answer = json.loads(text)
-    assert status == "202", curl.stdout
+    status, answer = engine.curl_inbound(body)
+    assert status == "202", answer
     assert answer["query_type"] == "order_status"
     assert answer["parameters"] == {"order_id": "12345", "customer_phone": "+1234567890"}
     queued = engine.job(answer["job_id"])

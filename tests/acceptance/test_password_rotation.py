@@ -9,6 +9,7 @@ answered twice, and none fails after the new config is in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -20,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import REPO, TOKEN, WORKER, Engine, _env, free_port, job, wait_until
-from tests.acceptance.test_config_reload import _ok
+from tests.acceptance.conftest import REPO, TOKEN, WORKER, _env, job, serve_engine, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -116,28 +116,11 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
     (configs / "shop.json").write_text(
         json.dumps(config(scram_database, encrypt("first-Pa55", key)))
     )
-    port = free_port()
-    engine_proc = subprocess.Popen(
-        [
-            *WORKER,
-            "engine",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--db",
-            str(tmp_path / "engine.db"),
-            "--token",
-            TOKEN,
-            "--config-dir",
-            str(configs),
-        ],
-        cwd=REPO,
-        # an engine-served config reaches only public addresses unless the operator allows more
-        env=_env(WORKER_ALLOW_NETWORKS="127.0.0.0/8"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    stack = contextlib.ExitStack()
+    # an engine-served config reaches only public addresses unless the operator allows more
+    engine = stack.enter_context(
+        serve_engine(tmp_path / "engine.db", configs, WORKER_ALLOW_NETWORKS="127.0.0.0/8")
     )
-    engine = Engine(f"http://127.0.0.1:{port}", TOKEN, tmp_path / "engine.db", engine_proc)
     log = tmp_path / "worker.log"
     worker_proc: subprocess.Popen[bytes] | None = None
     enqueued: list[tuple[float, str]] = []
@@ -151,7 +134,6 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
             time.sleep(0.02)
 
     try:
-        wait_until(lambda: _ok(lambda: engine.messages()), what="the engine")
         with log.open("wb") as sink:
             worker_proc = subprocess.Popen(
                 [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
@@ -193,8 +175,7 @@ def test_rotate_password_under_load__no_job_lost_or_failed_after_the_change(
         if worker_proc is not None:
             worker_proc.send_signal(signal.SIGTERM)
             worker_proc.wait(timeout=30)
-        engine_proc.send_signal(signal.SIGTERM)
-        engine_proc.wait(timeout=10)
+        stack.close()
 
     assert len(ids) > 100
     assert all(len(replies.get(i, [])) == 1 for i in ids), "a job was lost or answered twice"

@@ -27,7 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import REPO, WORKER, Engine, _env, _request, free_port, wait_until
+from tests.acceptance.conftest import (
+    REPO,
+    WORKER,
+    Engine,
+    _env,
+    _request,
+    free_port,
+    serve_engine,
+    wait_until,
+)
 from worker import secrets
 
 pytestmark = pytest.mark.slow
@@ -81,41 +90,14 @@ def engine(tmp_path: Path, data_dir: Path) -> Iterator[Engine]:
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "shop.json").write_text(json.dumps(shop(data_dir)), encoding="utf-8")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *WORKER,
-            "engine",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--db",
-            str(tmp_path / "engine.db"),
-            "--token",
-            PLATFORM_TOKEN,
-            "--config-dir",
-            str(configs),
-        ],
-        cwd=REPO,
-        env=_env(WORKER_DATA_DIR=str(data_dir), WORKER_SECRET_KEYS=KEY),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    engine = Engine(f"http://127.0.0.1:{port}", PLATFORM_TOKEN, tmp_path / "engine.db", proc)
-    try:
-        wait_until(lambda: _answers(f"{engine.url}/healthz"), what="the engine")
-        yield engine
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        _request(url, None)
-    except OSError:
-        return False
-    return True
+    with serve_engine(
+        tmp_path / "engine.db",
+        configs,
+        token=PLATFORM_TOKEN,
+        WORKER_DATA_DIR=str(data_dir),
+        WORKER_SECRET_KEYS=KEY,
+    ) as served:
+        yield served
 
 
 def _attacks(engine_db: Path, engine_port: int) -> list[Any]:
