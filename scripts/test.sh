@@ -14,13 +14,18 @@ fi
 # Servers. PostgreSQL, MariaDB and Redis run on every machine (started before
 # each session and CI run); services.sh starts any of them that a previous run
 # stopped. The tests switch TLS on in PostgreSQL themselves. The SSH-tunnel
-# tests start their own OpenSSH server: install it if missing.
+# tests start their own OpenSSH server, the PgBouncer tests their own
+# PgBouncer: install them if missing.
 ./scripts/services.sh
-if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q openssh-server >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; }
-fi
+install_missing() {  # install_missing BINARY PACKAGE
+    if [ ! -x "$1" ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "$2" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
+    fi
+}
+install_missing /usr/sbin/sshd openssh-server
+install_missing /usr/sbin/pgbouncer pgbouncer
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
