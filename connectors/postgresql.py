@@ -119,8 +119,13 @@ class PostgreSQLSettings(ConnectionSettings):
     username: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None
     dsn: SecretStr | None = None
-    #: most connections open at once; one read uses one at a time
-    pool_size: int = Field(default=10, ge=1, le=100)
+    #: most connections open at once; one read uses one at a time. The pool opens
+    #: them as reads need them and closes them after ``pool_idle_s`` unused, so 25
+    #: costs a quiet tenant one connection, a busy one a quarter of a small
+    #: server's 100 (worker.sources caps reads in flight at this too)
+    pool_size: int = Field(default=25, ge=1, le=100)
+    #: a pooled connection unused this long is closed (the pool keeps one)
+    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     #: a server-side cap on one statement, below the lookup's ``timeout_s``
     statement_timeout_ms: int | None = Field(default=None, ge=1, le=3_600_000)
     #: TLS to the server, and an SSH bastion in front of it (connectors.network)
@@ -384,12 +389,14 @@ class PostgreSQLConnector(Connector):
         return out
 
     def _server_ms(self, attempt: _Attempt) -> int:
-        """The session's statement_timeout for this read: its whole ``timeout_s``, capped.
+        """The session's statement_timeout for this read: its ``timeout_s`` (what is left of
+        the job's deadline) rounded up to the second, capped.
 
-        The read's own deadline (what is left of it) is enforced by a cancel
-        request; this is the server's own stop, should the worker not get to send one.
+        The read's own deadline is enforced by a cancel request; this is the
+        server's own stop, should the worker not get to send one. Whole seconds
+        keep most reads on the value their session already has (no ``SET``).
         """
-        ms = max(1, math.ceil(attempt.timeout_s * 1000))
+        ms = max(1, math.ceil(attempt.timeout_s)) * 1000
         cap = self.settings.statement_timeout_ms
         return min(ms, cap) if cap is not None else ms
 
@@ -419,6 +426,9 @@ class PostgreSQLConnector(Connector):
                     init_size=_MIN_POOL,
                     min_size=_MIN_POOL,
                     max_size=self.settings.pool_size,
+                    # asyncpg hands out the most recently used connection first, so
+                    # after a burst the surplus sits unused and is closed here
+                    max_inactive_connection_lifetime=self.settings.pool_idle_s,
                     connect=self._connect,
                     init=_init_connection,
                     reset=_check_session,

@@ -93,9 +93,9 @@ def cli(log_level: str, log_json: bool | None) -> None:
 @click.option(
     "--max-in-flight",
     type=click.IntRange(1, 10_000),
-    default=100,
+    default=RunSettings.max_in_flight,
     show_default=True,
-    help="Jobs worked on at the same time.",
+    help="Jobs worked on at the same time (fewer while the sources are slow: admission).",
 )
 @click.option(
     "--grace",

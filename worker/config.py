@@ -228,6 +228,9 @@ class SourceConfig(_Model):
     max_rows: int = Field(default=100, ge=1, le=100_000)
     max_bytes: int = Field(default=5_000_000, ge=1_000, le=500_000_000)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    #: most reads in flight at once on the source (the rest wait, within their deadline);
+    #: None: its ``connection.pool_size`` where it has one, else 25 (worker.sources)
+    max_concurrency: int | None = Field(default=None, ge=1, le=1000)
 
 
 class EngineConfig(_Model):

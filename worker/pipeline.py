@@ -103,6 +103,7 @@ class Pipeline:
     async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:
         """Answer one job payload; ``lookup_name`` overrides its query_type (push webhook)."""
         started = time.perf_counter()
+        begun = asyncio.get_running_loop().time()  # deadlines count from here (wait included)
         try:
             request = read_payload(payload, self.tenant.tenant_id)
         except InvalidInput as exc:
@@ -114,7 +115,7 @@ class Pipeline:
             return self._finish(self._invalid(exc, None, request), started)
         if lookup is None:
             return self._finish(self._unknown(query_type, request), started)
-        answer = await self._run(lookup, request)
+        answer = await self._run(lookup, request, begun + lookup.timeout_s)
         return self._finish(answer, started)
 
     async def lookup(
@@ -218,7 +219,8 @@ class Pipeline:
             lookup=query_type,
         )
 
-    async def _run(self, lookup: Lookup, request: JobRequest) -> Answer:
+    async def _run(self, lookup: Lookup, request: JobRequest, deadline: float) -> Answer:
+        """``deadline`` is on the event loop's clock: the job's start plus the lookup's timeout."""
         try:
             params = validate_params(lookup, request.parameters, reply_to=request.reply_to)
             if request.reply_to is None:
@@ -231,7 +233,7 @@ class Pipeline:
             return self._invalid(exc, lookup, request)
         bound = Bound(args=tuple(params.get(a) for a in lookup.args), params=params)
         try:
-            result = await self._read(lookup, bound)
+            result = await self._read(lookup, bound, deadline)
         except InputRefused as exc:
             return self._refused(exc, lookup, request)
         except (SourceError, TimeoutError) as exc:
@@ -250,13 +252,13 @@ class Pipeline:
             return known or self._fallback(lookup, request, params, reason)
         return self._reply(lookup, request, params, result)
 
-    async def _read(self, lookup: Lookup, bound: Bound) -> ReadResult:
+    async def _read(self, lookup: Lookup, bound: Bound, deadline: float) -> ReadResult:
         started = time.perf_counter()
         try:
-            # The circuit sits outside the deadline so that a timeout counts as a failure.
-            async with self.sources.guarded(lookup.source_id), asyncio.timeout(lookup.timeout_s):
-                connector = await self.sources.get(lookup.source_id)
-                return await connector.run(lookup.query, bound, timeout_s=lookup.timeout_s)
+            # A wait for a free slot on the source counts against the deadline; the
+            # server is given what is left of it.
+            async with self.sources.reading(lookup.source_id, deadline) as connector:
+                return await connector.run(lookup.query, bound, timeout_s=_left(deadline))
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.latency.labels(lookup.source_id).observe(elapsed)
@@ -343,9 +345,9 @@ class Pipeline:
         )
 
     async def _read_knowledge(self, known: Knowledge, bound: Bound) -> ReadResult:
-        async with self.sources.guarded(known.source_id), asyncio.timeout(known.timeout_s):
-            connector = await self.sources.get(known.source_id)
-            return await connector.run(known.query, bound, timeout_s=known.timeout_s)
+        deadline = asyncio.get_running_loop().time() + known.timeout_s
+        async with self.sources.reading(known.source_id, deadline) as connector:
+            return await connector.run(known.query, bound, timeout_s=_left(deadline))
 
     def _refused(self, exc: InputRefused, lookup: Lookup, request: JobRequest) -> Answer:
         """The source refused the customer's value: `invalid_input`, the source is not at fault."""
@@ -412,3 +414,8 @@ class Pipeline:
         except RenderError as exc:
             log.error("reply text failed to render: %s", exc, extra={"action": "render"})
             return "Sorry, something went wrong on our side. Please try again later."
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (the event loop's clock), for a source's own time limit."""
+    return max(0.001, deadline - asyncio.get_running_loop().time())

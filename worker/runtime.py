@@ -1,5 +1,14 @@
 """The run loop: claim in batches, keep up to N jobs in flight, heartbeat, stop cleanly.
 
+Admission, not expiry: the loop claims only as many jobs as its sources can
+start and answer before the jobs' deadlines (`Sources.room`), never more than
+the free ``max_in_flight`` slots. With no room it claims nothing and waits for
+a read or a job to end; the jobs it leaves stay ``pending`` in the queue, for
+another replica or for this one a moment later, instead of being claimed here
+to time out in memory. Claims take the queue's order (oldest first), so a job
+on a quiet source waits behind the busy source's jobs that came before it, and
+no longer.
+
 On stop (SIGTERM, or the queue drained with ``once``) the loop stops claiming,
 gives the jobs in flight ``grace_s`` to finish, then cancels the rest; each
 cancelled job is handed back to the queue (``fail`` with ``retry``) so another
@@ -53,7 +62,9 @@ class _Lease:
 
 @dataclass(frozen=True)
 class RunSettings:
-    max_in_flight: int = 100
+    #: jobs in the worker at once, over all sources; admission keeps it lower while
+    #: the sources are slow (25 reads at once on a 1 s source take ~190 in 10 s)
+    max_in_flight: int = 200
     #: most jobs one claim asks for (never more than the free slots); the engine API's cap
     claim_batch: int = 1000
     wait_s: float = 20.0
@@ -120,7 +131,7 @@ class Runtime:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         delays = backoff_delays(cap_s=CLAIM_BACKOFF_CAP_S)
         while not stop.is_set():
-            free = await self._wait_for_slot(stop)
+            free = await self._wait_for_room(stop)
             if free == 0:
                 break
             try:
@@ -146,16 +157,30 @@ class Runtime:
                     break
                 await self._idle.wait()
 
-    async def _wait_for_slot(self, stop: asyncio.Event) -> int:
-        """Block until at least one slot is free; 0 if stopped meanwhile."""
-        while len(self._tasks) >= self.settings.max_in_flight:
+    async def _wait_for_room(self, stop: asyncio.Event) -> int:
+        """Block until a job claimed now could start in time; how many; 0 if stopped.
+
+        Room frees when a job or a read ends (a slot freed, a read time learned),
+        or when a busy source stalls (`Sources.room`): the wait is for the first
+        of those, never a polling timer.
+        """
+        while not stop.is_set():
+            room = self._room()
+            if room > 0:
+                return room
+            sources = self.pipeline.sources
             self._freed.clear()
-            freed = asyncio.ensure_future(self._freed.wait())
-            if not await _first_of(freed, stop):
-                freed.cancel()
-            if stop.is_set():
-                return 0
-        return self.settings.max_in_flight - len(self._tasks)
+            sources.freed.clear()
+            freed = asyncio.ensure_future(_either(self._freed, sources.freed))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sources.stall_in()):
+                    await _first_of(freed, stop)
+            freed.cancel()
+        return 0
+
+    def _room(self) -> int:
+        free = self.settings.max_in_flight - len(self._tasks)
+        return min(free, self.pipeline.sources.room(len(self._tasks))) if free > 0 else 0
 
     async def _claim(self, stop: asyncio.Event, count: int) -> list[ClaimedJob]:
         wait_s = 1.0 if self.settings.once else self.settings.wait_s
@@ -351,6 +376,16 @@ class Runtime:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _either(one: asyncio.Event, other: asyncio.Event) -> None:
+    """Return once ``one`` or ``other`` is set."""
+    waits = {asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _first_of(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:

@@ -4,6 +4,13 @@ Opening a source, its reads and its health check run inside
 `connectors.egress.reaching` the tenant's reach: for a config the engine
 serves, every connection its driver makes and every file it names is checked
 (contract §5.0), and a refusal is answered as one clear `SourceUnavailable`.
+
+Each source has a `Gate`: at most ``max_concurrency`` reads on it at once
+(protecting the tenant's system; for a pooled source never more than its
+``pool_size``, since a read holds a connection), the rest wait in arrival
+order. The wait counts against the job's deadline. The gate also knows how
+long a read holds its slot, which is what the run loop's admission asks
+(`Sources.room`): how many more jobs could start and finish in time.
 """
 
 from __future__ import annotations
@@ -11,20 +18,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from connectors.base import Connector
 from connectors.egress import Reach, reaching, refusal_in
 from worker.circuit import Circuit, CircuitOpen
 from worker.config import Tenant
-from worker.errors import ConfigError, InputRefused, SourceError, SourceUnavailable
+from worker.errors import (
+    ConfigError,
+    InputRefused,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
 from worker.metrics import Metrics
 
-__all__ = ["HealthReport", "Sources"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "Gate", "HealthReport", "Sources"]
 
 log = logging.getLogger(__name__)
+
+#: reads at once on a source without ``max_concurrency`` or a ``pool_size`` of its
+#: own: the SQL pools' default too, so 100 simultaneous lookups on a 2 s source end
+#: within 8 s, while one worker takes at most a quarter of a small database's 100
+#: connections
+DEFAULT_MAX_CONCURRENCY = 25
+#: the share of a deadline admission plans to fill with waiting and reading: read
+#: times vary, and a job spends a little time before and after its read
+ADMIT_SHARE = 0.75
+#: weight of the newest read in the moving average of how long a read holds a slot
+_HOLD_WEIGHT = 0.2
+#: `Sources.room` of a tenant with no sources: nothing to protect, the run loop's own cap rules
+_NO_SOURCE_ROOM = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -37,8 +65,108 @@ class HealthReport:
     warnings: tuple[str, ...] = ()
 
 
+class Gate:
+    """At most ``cap`` reads at once on one source; the others wait, first come first served.
+
+    A slot freed goes straight to the longest waiter, so ``in_use`` never drops
+    while anyone waits and a late arrival cannot overtake. A waiter cancelled
+    (its deadline, the worker stopping) leaves the line and frees nothing it
+    did not take; one cancelled just as a slot reached it passes the slot on.
+    """
+
+    def __init__(
+        self,
+        cap: int,
+        deadline_s: float,
+        freed: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cap < 1:
+            raise ValueError("a gate needs at least one slot")
+        self.cap = cap
+        #: the shortest deadline of the lookups that read this source
+        self.deadline_s = deadline_s
+        self.in_use = 0
+        #: moving average of how long a read held its slot; None before the first ends
+        self.hold_s: float | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        #: set whenever a read ends here (shared by a tenant's gates: the run loop waits on it)
+        self.freed = freed if freed is not None else asyncio.Event()
+        self.clock = clock
+        #: when a read last ended, or the gate last went from idle to busy
+        self._progress = clock()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def busy(self) -> int:
+        return self.in_use + len(self._waiters)
+
+    def room(self) -> int:
+        """How many more reads could start now and end within ``deadline_s``.
+
+        ``cap`` slots serve ``deadline_s / hold_s`` reads each in a deadline; the
+        reads in use and waiting come first. Until a read has ended, only what
+        can start at once is safe. Never less than ``cap − busy``: those start now.
+        """
+        if self.hold_s is None:
+            can = self.cap
+        else:
+            rounds = ADMIT_SHARE * self.deadline_s / max(self.hold_s, 1e-3)
+            can = max(self.cap, math.floor(self.cap * rounds))
+        return can - self.busy
+
+    def stall_in(self) -> float | None:
+        """Seconds until this busy gate counts as stalled if no read ends before (≤ 0:
+        it is; None: idle). Twice the usual read time without one ending, or, before
+        any has ended, the share of the deadline admission plans with."""
+        if not self.busy:
+            return None
+        patience = ADMIT_SHARE * self.deadline_s if self.hold_s is None else 2 * self.hold_s
+        return self._progress + patience - self.clock()
+
+    async def acquire(self) -> None:
+        if not self.busy:
+            self._progress = self.clock()
+        if self.in_use < self.cap and not self._waiters:
+            self.in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on()  # the slot reached us as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self, held_s: float) -> None:
+        """Give a slot back after holding it ``held_s`` seconds."""
+        if self.hold_s is None:
+            self.hold_s = held_s
+        else:
+            self.hold_s += _HOLD_WEIGHT * (held_s - self.hold_s)
+        self._progress = self.clock()
+        self._hand_on()
+        self.freed.set()
+
+    def _hand_on(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands: in_use stays
+                return
+        self.in_use -= 1
+
+
 class Sources:
-    """One connector per configured source, opened on first use, each behind a circuit."""
+    """One connector per configured source, opened on first use, each behind a circuit
+    and a gate."""
 
     def __init__(self, tenant: Tenant, metrics: Metrics | None = None) -> None:
         self.tenant = tenant
@@ -46,6 +174,90 @@ class Sources:
         self._live: dict[str, Connector] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._circuits: dict[str, Circuit] = {}
+        self._gates: dict[str, Gate] = {}
+        #: set whenever a read on any of the tenant's sources ends
+        self.freed = asyncio.Event()
+
+    def gate(self, source_id: str) -> Gate:
+        gate = self._gates.get(source_id)
+        if gate is None:
+            gate = Gate(self._cap(source_id), self._deadline_s(source_id), self.freed)
+            self._gates[source_id] = gate
+        return gate
+
+    def _cap(self, source_id: str) -> int:
+        """``max_concurrency``, within the source's ``pool_size`` if it has one."""
+        declared = next(
+            (s.max_concurrency for s in self.tenant.config.data_sources if s.id == source_id),
+            None,
+        )
+        source = self.tenant.sources.get(source_id)
+        pool = getattr(source.settings, "pool_size", None) if source else None
+        caps = [c for c in (declared, pool) if isinstance(c, int)]
+        return min(caps) if caps else DEFAULT_MAX_CONCURRENCY
+
+    def _deadline_s(self, source_id: str) -> float:
+        """The shortest deadline of the lookups (and knowledge fallbacks) on the source."""
+        deadlines = [self.tenant.config.defaults.timeout_s]
+        for lookup in self.tenant.lookups.values():
+            if lookup.source_id == source_id:
+                deadlines.append(lookup.timeout_s)
+            if lookup.knowledge is not None and lookup.knowledge.source_id == source_id:
+                deadlines.append(lookup.knowledge.timeout_s)
+        return min(deadlines)
+
+    def room(self, in_flight: int) -> int:
+        """How many more jobs the sources can start and answer before their deadlines.
+
+        A job's source is known only once it is claimed, so the answer is safe
+        for the case where every new job lands on the tightest source: the
+        least room among the busy sources (all of them when none is busy), less
+        the ``in_flight`` jobs not yet at any gate (they may land there too). An
+        idle source does not hold back the others' jobs, and neither does a
+        stalled one (`Gate.stalls_at`): jobs behind it in the queue for other
+        sources go on being claimed, while its own wait for it within their deadline.
+        """
+        gates = [self.gate(source_id) for source_id in self.tenant.sources]
+        if not gates:
+            return _NO_SOURCE_ROOM
+        busy = [g for g in gates if g.busy]
+        unplaced = max(0, in_flight - sum(g.busy for g in busy))
+        limiting = [g for g in busy if (g.stall_in() or 0) > 0] or [g for g in gates if not g.busy]
+        if not limiting:  # every source is stalled: the run loop's own cap rules
+            return _NO_SOURCE_ROOM
+        return max(0, min(g.room() for g in limiting) - unplaced)
+
+    def stall_in(self) -> float | None:
+        """Seconds until a busy source counts as stalled (and `room` may grow): when to
+        look again if no read ends before; None when no source is busy."""
+        times = [t for g in self._gates.values() if (t := g.stall_in()) is not None and t > 0]
+        return min(times) if times else None
+
+    @contextlib.asynccontextmanager
+    async def reading(self, source_id: str, deadline: float) -> AsyncIterator[Connector]:
+        """The source's connector for one read, with a slot of its gate, inside its
+        circuit, all before ``deadline`` (the event loop's clock).
+
+        Waiting for the slot counts against the deadline; a wait that runs out
+        says nothing about the source, so the circuit does not count it.
+        """
+        circuit = self.circuit(source_id)
+        if circuit.state == "open":  # fail at once rather than after queueing
+            raise _circuit_open(source_id, circuit)
+        gate = self.gate(source_id)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await gate.acquire()
+        except TimeoutError:
+            busy = f"all {gate.cap} of the source's read slots stayed busy until the deadline"
+            raise SourceTimeout(source_id, busy) from None
+        started = time.perf_counter()
+        try:
+            # The circuit sits outside the deadline so that a timeout counts as a failure.
+            async with self.guarded(source_id), asyncio.timeout_at(deadline):
+                yield await self.get(source_id)
+        finally:
+            gate.release(time.perf_counter() - started)
 
     def circuit(self, source_id: str) -> Circuit:
         circuit = self._circuits.get(source_id)
@@ -63,10 +275,7 @@ class Sources:
         try:
             circuit.before()
         except CircuitOpen:
-            raise SourceUnavailable(
-                source_id,
-                f"skipped: the source failed repeatedly (circuit open for {circuit.reset_s:g} s)",
-            ) from None
+            raise _circuit_open(source_id, circuit) from None
         try:
             with self._fence(source_id):
                 yield
@@ -165,6 +374,13 @@ class Sources:
                 await connector.close()
             except Exception:  # closing must go on for the others
                 log.exception("closing source %s failed", source_id, extra={"action": "close"})
+
+
+def _circuit_open(source_id: str, circuit: Circuit) -> SourceUnavailable:
+    return SourceUnavailable(
+        source_id,
+        f"skipped: the source failed repeatedly (circuit open for {circuit.reset_s:g} s)",
+    )
 
 
 @contextlib.contextmanager

@@ -274,7 +274,7 @@ def test_settings__the_seed_connection_validates_as_written() -> None:
 
     parsed = PostgreSQLSettings.model_validate(seed)
 
-    assert (parsed.host, parsed.port, parsed.pool_size) == ("tenant-db.company.com", 5432, 10)
+    assert (parsed.host, parsed.port, parsed.pool_size) == ("tenant-db.company.com", 5432, 25)
     assert parsed.statement_timeout_ms is None
     assert "encrypted_password" not in repr(parsed)
 

@@ -1,0 +1,224 @@
+"""Admission, not expiry: a real ``worker run`` on the direct PostgreSQL queue, reading a
+PostgreSQL source slower than its pool, at default settings unless a test says otherwise.
+
+No wall-clock asserts: each test waits, with seconds of margin, for what the queue's
+``jobs`` table says, and checks outcomes and attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from connectors.base import Bound
+from connectors.postgresql import APPLICATION_NAME, PostgreSQLConnector, PostgreSQLSettings
+from tests.support.databases import fresh_postgres
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIG = """\
+tenant_id: burst
+data_sources:
+  - id: crm
+    type: postgresql
+    connection: {{host: 127.0.0.1, database: {database}, username: postgres{connection}}}
+    {source}
+    queries:
+      slow: SELECT $1::text AS id, pg_sleep({sleep_s}) IS NULL AS slept
+lookups:
+  slow:
+    source: crm
+    query: slow
+    args: [id]
+    template: "done {{{{ row.id }}}}"
+"""
+
+
+@dataclass
+class Burst:
+    """A queue database, a source database and a tenant config reading it."""
+
+    queue: str
+    source: str
+    config: Path
+
+    async def enqueue(self, count: int) -> None:
+        payloads = [
+            json.dumps(
+                {
+                    "job_type": "data_lookup",
+                    "tenant_id": "burst",
+                    "query_type": "slow",
+                    "parameters": {"id": str(n)},
+                    "reply_to": "+15550001",
+                }
+            )
+            for n in range(count)
+        ]
+        conn = await asyncpg.connect(self.queue)
+        try:  # one statement: the jobs arrive at once
+            await conn.execute(
+                "INSERT INTO jobs (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p", payloads
+            )
+        finally:
+            await conn.close()
+
+    async def statuses(self) -> dict[str, int]:
+        conn = await asyncpg.connect(self.queue)
+        try:
+            rows = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY status")
+        finally:
+            await conn.close()
+        return {r[0]: r[1] for r in rows}
+
+    async def outcomes(self) -> dict[tuple[str | None, int], int]:
+        """How many jobs ended with each (outcome, attempt)."""
+        conn = await asyncpg.connect(self.queue)
+        try:
+            rows = await conn.fetch("SELECT outcome, attempt, count(*) FROM jobs GROUP BY 1, 2")
+        finally:
+            await conn.close()
+        return {(r[0], r[1]): r[2] for r in rows}
+
+
+@pytest.fixture
+async def databases() -> AsyncIterator[tuple[str, str]]:
+    async with fresh_postgres("lookup_admit_q") as queue, fresh_postgres("lookup_admit_s") as src:
+        yield queue, src
+
+
+def make_burst(
+    databases: tuple[str, str],
+    tmp_path: Path,
+    *,
+    sleep_s: float,
+    connection: str = "",
+    source: str = "",
+) -> Burst:
+    queue, src = databases
+    subprocess.run(
+        [sys.executable, "-m", "worker.cli", "queue", "init", "--dsn", queue],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    config = tmp_path / "burst.yaml"
+    database = src.rsplit("/", 1)[1]
+    config.write_text(
+        CONFIG.format(database=database, connection=connection, source=source, sleep_s=sleep_s),
+        encoding="utf-8",
+    )
+    return Burst(queue, src, config)
+
+
+@pytest.fixture
+def worker_run(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`worker run` processes started by a test; stopped (SIGTERM) afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_worker(burst: Burst, procs: list[subprocess.Popen[bytes]], log: Path) -> None:
+    cmd = [sys.executable, "-m", "worker.cli", "--log-json", "run", "--config", str(burst.config)]
+    with log.open("wb") as sink:
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--listen", ""],
+                cwd=REPO,
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "QUEUE_DSN": burst.queue},
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+        )
+
+
+async def wait_for(burst: Burst, done: int, timeout_s: float) -> list[dict[str, int]]:
+    """Poll the jobs table until ``done`` jobs are done; every sample seen on the way."""
+    seen: list[dict[str, int]] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            seen.append(await burst.statuses())
+            if seen[-1].get("done", 0) >= done:
+                return seen
+            await asyncio.sleep(0.2)
+
+
+async def test_burst_larger_than_the_pool__is_answered_ok_at_default_settings(
+    databases: tuple[str, str], tmp_path: Path, worker_run: list[subprocess.Popen[bytes]]
+) -> None:
+    burst = make_burst(databases, tmp_path, sleep_s=1)
+    await burst.enqueue(200)
+    start_worker(burst, worker_run, tmp_path / "worker.log")
+    # 25 reads at once (the default pool) take ~8 s for 200 one-second reads: 60 s of margin
+    await wait_for(burst, 200, timeout_s=60)
+    assert await burst.outcomes() == {("ok", 1): 200}
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+async def test_jobs_it_cannot_start_in_time__stay_pending_not_expired(
+    databases: tuple[str, str], tmp_path: Path, worker_run: list[subprocess.Popen[bytes]]
+) -> None:
+    # Two reads at once, half a second each: 40 start and end within a 10 s deadline.
+    # Claiming all 80 would have answered the last ones with the fallback (20 s).
+    burst = make_burst(databases, tmp_path, sleep_s=0.5, source="max_concurrency: 2")
+    await burst.enqueue(80)
+    start_worker(burst, worker_run, tmp_path / "worker.log")
+    seen = await wait_for(burst, 80, timeout_s=90)
+    busy = [s for s in seen if s.get("done", 0) >= 1 and s.get("pending", 0) + s.get("running", 0)]
+    assert busy, "the worker was never seen between its first answer and its last"
+    assert max(s.get("running", 0) for s in seen) <= 40
+    assert busy[0].get("pending", 0) > busy[0].get("running", 0)  # most left in the queue
+    assert await burst.outcomes() == {("ok", 1): 80}  # none fell back, none leased twice
+
+
+async def test_pool__grows_for_a_burst_and_shrinks_back_when_idle(
+    databases: tuple[str, str],
+) -> None:
+    _, src = databases
+    settings = PostgreSQLSettings(dsn=src, pool_idle_s=1)
+    connector = PostgreSQLConnector("crm", settings, base_dir=REPO)
+    query = PostgreSQLConnector.prepare("SELECT pg_sleep(0.5) IS NULL AS slept")
+    admin = await asyncpg.connect(src)
+
+    async def sessions() -> int:
+        return int(
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = $1",
+                APPLICATION_NAME,
+            )
+        )
+
+    try:
+        await connector.open()
+        assert await sessions() == 1  # a quiet source costs one connection
+        reads = [connector.run(query, Bound(), timeout_s=10) for _ in range(12)]
+        await asyncio.gather(*reads)
+        assert await sessions() == 12  # grown on demand
+        async with asyncio.timeout(20):  # idle for 1 s: closed again (seconds of margin)
+            while await sessions() > 1:
+                await asyncio.sleep(0.2)
+        assert (await connector.run(query, Bound(), timeout_s=10)).found
+    finally:
+        await connector.close()
+        await admin.close()
