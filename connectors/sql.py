@@ -13,33 +13,22 @@ write) with no locking clause, no ``INTO``, no data-modifying CTE and no call
 to a function that touches files, runs other SQL or changes server state.
 What the parser cannot read is refused. The older token-level check runs
 first, as a second opinion.
+
+Each parser lives in its own module (`connectors.sql_pglast`,
+`connectors.sql_sqlglot`), imported the first time a query of its dialect is
+checked: a worker loads only the parsers its sources' dialects need.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
+import importlib.util
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlglot import exp
-from sqlglot.dialects.dialect import Dialect as SQLGlotDialect
-from sqlglot.errors import SqlglotError
-
 from connectors.base import ConfigError, NotARead, PreparedQuery
-
-# sqlglot warns when it falls back to an opaque "Command" for a statement it does not
-# model; such a statement is refused here with a clearer reason, so the warning is noise.
-logging.getLogger("sqlglot").setLevel(logging.ERROR)
-
-try:  # the postgresql extra: without it, PostgreSQL queries are read by sqlglot
-    from pglast import ast as pg
-    from pglast import parse_sql as pg_parse
-    from pglast.enums import A_Expr_Kind
-    from pglast.parser import ParseError as PGParseError
-except ImportError:  # pragma: no cover - every test environment installs it
-    pg = None  # type: ignore[assignment]
 
 __all__ = [
     "POSTGRESQL_WRITE_ACCESS",
@@ -118,11 +107,7 @@ def prepare_sql(sql: str, *, style: Style, dialect: Dialect) -> PreparedQuery:
         raise ConfigError(f"placeholder ${missing[0] + 1} is never used (placeholders run $1…$n)")
     # The parser is the authority; the token scans under both quoting rules stay
     # as a second opinion.
-    if dialect == "postgresql":
-        _check_postgresql(sql, set(scan.order))
-    else:
-        # The parser reads what the server will: `?` stands where each value goes.
-        _check_sqlglot(_scan(sql, _SKIP, "parse").text, dialect, len(scan.order))
+    _check_parsed(sql, scan, dialect)
     _check_tokens(scan)
     _check_tokens(_scan(sql, _SKIP_BACKSLASH, style))
     # Only `%s` binds by position of appearance; `$n` and `?n` bind by number.
@@ -148,19 +133,42 @@ def placeholder_columns(sql: str, *, dialect: Dialect, count: int) -> tuple[str 
         return ()
     found: dict[int, set[str]] = {}
     try:
-        if dialect == "postgresql" and pg is not None:
-            pairs = _pg_comparisons(sql)
+        if dialect == "postgresql" and _has_pglast():
+            from connectors import sql_pglast
+
+            pairs = list(sql_pglast.comparisons(sql))
         else:
-            pairs = _sqlglot_comparisons(_scan(sql, _SKIP, "mark").text, dialect)
+            from connectors import sql_sqlglot
+
+            pairs = sql_sqlglot.comparisons(_scan(sql, _SKIP, "mark").text, dialect)
         for number, column in pairs:
             found.setdefault(number, set()).add(column)
-    except (ConfigError, SqlglotError, ValueError, RecursionError):
+    except (ConfigError, ValueError, RecursionError):
         return (None,) * count
     names = [
         next(iter(found[n])) if len(found.get(n, ())) == 1 else None for n in range(1, count + 1)
     ]
     shared = {name for name in names if name is not None and names.count(name) > 1}
     return tuple(None if name in shared else name for name in names)
+
+
+def _check_parsed(sql: str, scan: _Scan, dialect: Dialect) -> None:
+    """The dialect's parser decides; each parser is imported only when its dialect is checked."""
+    if dialect == "postgresql" and _has_pglast():
+        from connectors import sql_pglast
+
+        sql_pglast.check_read(sql, set(scan.order))
+        return
+    from connectors import sql_sqlglot
+
+    # The parser reads what the server will: `?` stands where each value goes.
+    sql_sqlglot.check_read(_scan(sql, _SKIP, "parse").text, dialect, len(scan.order))
+
+
+@functools.cache
+def _has_pglast() -> bool:
+    """Whether the postgresql extra is installed; without it sqlglot reads PostgreSQL too."""
+    return importlib.util.find_spec("pglast") is not None
 
 
 @dataclass(frozen=True)
@@ -244,12 +252,6 @@ _DIALECT_NAMES: dict[str, str] = {
     "sqlserver": "T-SQL",
     "sqlite": "SQLite",
 }
-_SQLGLOT_READ: dict[str, str] = {
-    "postgresql": "postgres",
-    "mysql": "mysql",
-    "sqlserver": "tsql",
-    "sqlite": "sqlite",
-}
 
 _FILES = "writes or reads server files/objects"
 _OTHER_SQL = "runs SQL of its own"
@@ -327,18 +329,6 @@ _DENIED_FUNCTIONS: dict[str, str] = {
 }
 #: T-SQL's extended and system procedures, however they are reached.
 _DENIED_TSQL_PREFIXES: dict[str, str] = {"xp_": _PROGRAMS, "sp_": _PROGRAMS}
-#: T-SQL table hints that take or hold locks.
-_LOCK_HINTS = {
-    "UPDLOCK",
-    "XLOCK",
-    "HOLDLOCK",
-    "TABLOCK",
-    "TABLOCKX",
-    "PAGLOCK",
-    "ROWLOCK",
-    "SERIALIZABLE",
-    "REPEATABLEREAD",
-}
 
 
 def _denied(name: str, dialect: Dialect) -> str | None:
@@ -358,62 +348,6 @@ def _refuse(reason: str) -> NotARead:
     return NotARead(f"only reads are allowed: {reason}")
 
 
-# --- PostgreSQL: its own parser -------------------------------------------------------
-
-
-def _check_postgresql(sql: str, placeholders: set[int]) -> None:
-    if pg is None:  # a source whose driver is missing: still checked, less exactly
-        _check_sqlglot(_scan(sql, _SKIP, "parse").text, "postgresql", len(placeholders))
-        return
-    try:
-        statements = pg_parse(sql)
-    except PGParseError as exc:
-        raise NotARead(f"the query does not parse as PostgreSQL: {exc}") from None
-    _check_one(len(statements), "PostgreSQL")
-    stmt = statements[0].stmt
-    if isinstance(stmt, pg.ExplainStmt):
-        stmt = stmt.query  # EXPLAIN [ANALYZE] of a read: checked as that read
-    elif isinstance(stmt, pg.VariableShowStmt):
-        return
-    if not isinstance(stmt, pg.SelectStmt):
-        first = _first_word(sql[statements[0].stmt_location or 0 :])
-        raise _refuse(f"{first} is not a read (only SELECT, WITH, VALUES, SHOW, EXPLAIN)")
-    seen: set[int] = set()
-    for node in _pg_nodes(stmt):
-        _check_pg_node(node, seen)
-    if seen != {n + 1 for n in placeholders}:
-        raise NotARead(
-            "the placeholders read differently in PostgreSQL: a $n sits inside a string, "
-            "a dollar-quote or a comment"
-        )
-
-
-def _check_pg_node(node: Any, placeholders: set[int]) -> None:
-    if isinstance(node, pg.ParamRef):
-        placeholders.add(node.number or 0)
-    elif isinstance(node, pg.InsertStmt | pg.UpdateStmt | pg.DeleteStmt | pg.MergeStmt):
-        raise _refuse(f"a data-modifying WITH ({_pg_name(node)}) is not a read")
-    elif isinstance(node, pg.SelectStmt):
-        if node.intoClause is not None:
-            raise _refuse("SELECT INTO creates a table")
-        if node.lockingClause:
-            raise _refuse("FOR UPDATE/SHARE locks rows")
-    elif isinstance(node, pg.FuncCall):
-        name = node.funcname[-1].sval if node.funcname else ""
-        reason = _denied(name, "postgresql")
-        if reason:
-            raise NotARead(reason)
-
-
-def _pg_name(node: Any) -> str:
-    return type(node).__name__.removesuffix("Stmt").upper()
-
-
-def _first_word(text: str) -> str:
-    words = (m.group(0) for m in _TOKEN.finditer(_SKIP.sub(" ", text)))
-    return next((w.upper() for w in words if w != ";"), "the statement")
-
-
 def _check_one(statements: int, dialect_name: str) -> None:
     if statements == 0:
         raise _refuse("the query has no statement (only comments)")
@@ -421,281 +355,8 @@ def _check_one(statements: int, dialect_name: str) -> None:
         raise NotARead(f"a query must be exactly one statement ({dialect_name} reads {statements})")
 
 
-def _pg_nodes(root: Any) -> Iterator[Any]:
-    """Every pglast node below ``root`` (included), depth first."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list | tuple):
-            stack.extend(node)
-        elif isinstance(node, pg.Node):
-            yield node
-            stack.extend(getattr(node, attr, None) for attr in getattr(node, "__slots__", ()))
-
-
-#: PostgreSQL's comparison operators that name a parameter after its column
-_PG_COMPARE = {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "~~*"}
-
-
-def _pg_comparisons(sql: str) -> Iterator[tuple[int, str]]:
-    """``(n, column)`` for each ``$n`` compared with a column, in PostgreSQL's reading."""
-    try:
-        statements = pg_parse(sql)
-    except PGParseError:
-        return
-    kinds = {A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE}
-    kinds.add(A_Expr_Kind.AEXPR_OP)
-    for node in _pg_nodes([s.stmt for s in statements]):
-        if not isinstance(node, pg.A_Expr) or node.kind not in kinds:
-            continue
-        op = node.name[-1].sval if node.name else ""
-        if node.kind == A_Expr_Kind.AEXPR_OP and op not in _PG_COMPARE:
-            continue
-        left = node.lexpr
-        rights = node.rexpr if isinstance(node.rexpr, list | tuple) else (node.rexpr,)
-        for right in rights:
-            for a, b in ((left, right), (right, left)):
-                number, column = _pg_param(a), _pg_column(b)
-                if number and column:
-                    yield number, column
-
-
-def _pg_unwrap(node: Any) -> Any:
-    while isinstance(node, pg.TypeCast):
-        node = node.arg
-    return node
-
-
-def _pg_param(node: Any) -> int | None:
-    node = _pg_unwrap(node)
-    return node.number if isinstance(node, pg.ParamRef) else None
-
-
-def _pg_column(node: Any) -> str | None:
-    node = _pg_unwrap(node)
-    if not isinstance(node, pg.ColumnRef) or not node.fields:
-        return None
-    last = node.fields[-1]
-    return last.sval if isinstance(last, pg.String) else None
-
-
-# --- MySQL, T-SQL, SQLite: sqlglot ------------------------------------------------------
-
+#: the "mark" scan writes each ``$n`` as ``{_MARK}n__``, a column name sqlglot keeps in place
 _MARK = "__lookup_param_"
-_MARKED = re.compile(re.escape(_MARK) + r"(\d+)__")
-_SQLGLOT_COMPARE: tuple[type, ...] = (
-    exp.EQ,
-    exp.NEQ,
-    exp.LT,
-    exp.GT,
-    exp.LTE,
-    exp.GTE,
-    exp.Like,
-    exp.ILike,
-)
-
-
-def _sqlglot_comparisons(text: str, dialect: Dialect) -> Iterator[tuple[int, str]]:
-    """``(n, column)`` for each marked ``$n`` compared with a column, in sqlglot's reading."""
-    reader = SQLGlotDialect.get_or_raise(_SQLGLOT_READ[dialect])
-    for tree in reader.parse(text):
-        if tree is None:
-            continue
-        for node in tree.walk():
-            if isinstance(node, _SQLGLOT_COMPARE):
-                pairs = [(node.this, node.expression)]
-            elif isinstance(node, exp.In):
-                pairs = [(node.this, value) for value in node.expressions]
-            else:
-                continue
-            for left, right in pairs:
-                for a, b in ((left, right), (right, left)):
-                    number, column = _sqlglot_param(a), _sqlglot_column(b)
-                    if number and column:
-                        yield number, column
-
-
-def _sqlglot_unwrap(node: Any) -> Any:
-    while isinstance(node, exp.Cast | exp.Paren):
-        node = node.this
-    return node
-
-
-def _sqlglot_param(node: Any) -> int | None:
-    node = _sqlglot_unwrap(node)
-    if isinstance(node, exp.Column) and not node.table:
-        marked = _MARKED.fullmatch(node.name)
-        return int(marked.group(1)) if marked else None
-    return None
-
-
-def _sqlglot_column(node: Any) -> str | None:
-    node = _sqlglot_unwrap(node)
-    if isinstance(node, exp.Column) and node.name and not _MARKED.fullmatch(node.name):
-        return str(node.name)
-    return None
-
-
-#: nodes that make a statement more than a read, wherever they appear
-_NOT_READ_NODES: tuple[type, ...] = tuple(
-    getattr(exp, name)
-    for name in (
-        "Insert",
-        "Update",
-        "Delete",
-        "Merge",
-        "Create",
-        "Drop",
-        "Alter",
-        "TruncateTable",
-        "Command",
-        "Copy",
-        "LoadData",
-        "Set",
-        "Use",
-        "Transaction",
-        "Commit",
-        "Rollback",
-        "Pragma",
-        "Execute",
-        "Grant",
-        "Revoke",
-        "Attach",
-        "Detach",
-        "Kill",
-        "Declare",
-    )
-    if hasattr(exp, name)
-)
-
-
-def _check_sqlglot(text: str, dialect: Dialect, placeholders: int) -> None:
-    name = _DIALECT_NAMES[dialect]
-    reader = SQLGlotDialect.get_or_raise(_SQLGLOT_READ[dialect])
-    try:
-        tokens = reader.tokenize(text)
-        trees = [t for t in reader.parser().parse(tokens, text) if t is not None]
-    except SqlglotError as exc:
-        raise NotARead(f"the query does not parse as {name}: {_sqlglot_problem(exc)}") from None
-    _check_one(len(trees), name)
-    tree = trees[0]
-    if not isinstance(tree, exp.Command):  # a Command's tokens end in one lump of text
-        _check_gaps(text, tokens, dialect)
-    if dialect == "mysql" and isinstance(tree, exp.Show):
-        return  # SHOW only reads, in MySQL and MariaDB alike
-    inner = tree.this if dialect == "mysql" and isinstance(tree, exp.Describe) else tree
-    if not isinstance(inner, exp.Query | exp.Values) and not (
-        inner is not tree and isinstance(inner, exp.Table)
-    ):
-        first = tokens[0].text.upper() if tokens else "the statement"
-        raise _refuse(f"{first} is not a read in {name} (only SELECT, WITH, VALUES)")
-    for node in tree.walk():
-        _check_sqlglot_node(node, dialect)
-    found = sum(1 for _ in tree.find_all(exp.Placeholder))
-    if found != placeholders:
-        raise NotARead(
-            f"the placeholders read differently in {name}: a $n sits inside a string "
-            "or a comment, or the query has placeholders of its own"
-        )
-
-
-def _check_sqlglot_node(node: Any, dialect: Dialect) -> None:
-    """Refuse ``node`` (a sqlglot expression) when it writes, locks or calls a denied function."""
-    if isinstance(node, _NOT_READ_NODES):
-        raise _refuse(f"{type(node).__name__.upper()} is not a read")
-    if isinstance(node, exp.Into):
-        raise _refuse("SELECT … INTO writes a table, a variable or a file")
-    if isinstance(node, exp.Lock):
-        raise _refuse("FOR UPDATE/SHARE locks rows")
-    if isinstance(node, exp.WithTableHint):
-        hints = {h.name.upper() for h in node.expressions} & _LOCK_HINTS
-        if hints:
-            raise _refuse(f"the table hint {min(hints)} takes locks")
-    names: list[str] = []
-    if isinstance(node, exp.Anonymous):
-        names.append(node.name)
-    elif isinstance(node, exp.Func):
-        names.extend(type(node).sql_names())
-    elif dialect == "sqlserver" and isinstance(node, exp.Table):
-        names.append(node.name)
-    for fname in names:
-        reason = _denied(fname, dialect)
-        if reason:
-            raise NotARead(reason)
-
-
-def _sqlglot_problem(exc: SqlglotError) -> str:
-    errors = getattr(exc, "errors", None)
-    if errors:
-        first = errors[0]
-        return f"{first.get('description')} (line {first.get('line')}, column {first.get('col')})"
-    return _ANSI.sub("", str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _check_gaps(text: str, tokens: list[Any], dialect: Dialect) -> None:
-    """Refuse text between tokens that the server would read as code.
-
-    The tokenizer and the server must agree on what is a comment: MySQL runs
-    the body of ``/*! … */``, and reads ``--`` as a comment only before a space.
-    """
-    pos = 0
-    for token in [*tokens, None]:
-        end = token.start if token is not None else len(text)
-        gap = text[pos:end]
-        if gap.strip() and not _only_comments(gap, dialect):
-            raise NotARead(
-                f"the comments read differently in {_DIALECT_NAMES[dialect]}: "
-                f"{gap.strip()[:40]!r} may run as code"
-            )
-        if token is not None:
-            pos = max(pos, token.end + 1)
-
-
-def _only_comments(gap: str, dialect: Dialect) -> bool:
-    i = 0
-    while i < len(gap):
-        if gap[i].isspace():
-            i += 1
-        elif gap.startswith("--", i) and (
-            dialect != "mysql" or i + 2 == len(gap) or gap[i + 2].isspace() or gap[i + 2] < " "
-        ):
-            i = _line_end(gap, i)
-        elif gap[i] == "#" and dialect == "mysql":
-            i = _line_end(gap, i)
-        elif gap.startswith("/*", i):
-            if dialect == "mysql" and gap.startswith(("/*!", "/*M!"), i):
-                return False  # MySQL and MariaDB run these
-            i = _block_end(gap, i, nested=dialect == "sqlserver")
-            if i < 0:
-                return False
-        else:
-            return False
-    return True
-
-
-def _line_end(text: str, i: int) -> int:
-    end = text.find("\n", i)
-    return len(text) if end < 0 else end + 1
-
-
-def _block_end(text: str, i: int, *, nested: bool) -> int:
-    """Where the block comment opened at ``i`` ends, or -1 when it never does."""
-    depth = 0
-    while i < len(text):
-        if text.startswith("/*", i) and (nested or depth == 0):
-            depth += 1
-            i += 2
-        elif text.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return -1
 
 
 # --- what a source's account could change (`worker test-connection`) ---------------------
