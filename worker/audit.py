@@ -27,7 +27,6 @@ import logging
 import operator
 import os
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -524,6 +523,8 @@ class AuditLog:
             await asyncio.to_thread(self._sqlite_many, self._insert, table.tuples(rows))
 
     def _sqlite_prepare(self) -> dict[str, str]:
+        import sqlite3  # only an audit log in SQLite loads it (a PostgreSQL one never does)
+
         Path(self.target).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(self.target, timeout=30)) as db, db:
             db.executescript(SCHEMA_SQLITE_TABLE)
@@ -535,6 +536,8 @@ class AuditLog:
         return declared
 
     def _sqlite_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        import sqlite3
+
         batch = json.dumps(rows)
         with contextlib.closing(sqlite3.connect(self.target, timeout=30)) as db, db:
             db.execute(sql, (batch,))
@@ -603,6 +606,8 @@ def _sqlite_stats(
 ) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
+    import sqlite3
+
     cutoff = _iso(dt.datetime.now(dt.UTC) - since)
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         if not db.execute("PRAGMA table_info(data_access_logs)").fetchall():

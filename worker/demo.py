@@ -29,7 +29,7 @@ from worker.pipeline import Answer, Pipeline
 from worker.queues import EngineQueue
 from worker.runtime import RunSettings, Runtime
 from worker.sources import Sources
-from worker.stores import SQLiteStore
+from worker.stores.sqlite import SQLiteStore
 
 __all__ = ["SAMPLE_JOBS", "SAMPLE_MESSAGES", "run_demo"]
 

@@ -4,6 +4,9 @@ Status codes become the worker's errors here, once: 401/403 →
 `EngineAuthError` (a configuration problem), 409 → `LeaseLost`, 5xx, timeouts
 and refused connections → `EngineUnavailable` (retry with back-off). Nothing
 else in the worker looks at an HTTP status from the engine.
+
+aiohttp's client is imported when the first request is made: a worker on the
+direct queue (contract §4) that serves no HTTP never loads it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.errors import (
     EngineAuthError,
@@ -24,6 +25,9 @@ from worker.errors import (
     RetriableError,
 )
 from worker.jobs import ClaimedJob
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["EngineClient", "backoff_delays", "with_retries"]
 
@@ -91,6 +95,8 @@ class EngineClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -127,6 +133,8 @@ class EngineClient:
         timeout_s: float = 15.0,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
+        import aiohttp
+
         url = self.base_url + path
         try:
             async with self._http().request(

@@ -34,13 +34,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from babel import Locale, UnknownLocaleError
-from babel.dates import format_date as babel_format_date
-from babel.dates import format_skeleton
-from babel.lists import format_list
-from babel.numbers import format_currency
 from jinja2 import (
     BaseLoader,
     ChainableUndefined,
@@ -78,6 +73,9 @@ from jinja2.visitor import NodeTransformer
 from markupsafe import soft_str
 
 from worker.errors import ConfigError, WorkerError
+
+if TYPE_CHECKING:
+    from babel import Locale
 
 __all__ = [
     "MAX_RANGE",
@@ -119,6 +117,10 @@ class _Timeout(Exception):
 
 @lru_cache(maxsize=256)
 def _parse_locale(tag: str) -> Locale:
+    # babel (CLDR data, pytz) loads on the first template that formats a date, an
+    # amount or a list: a worker whose templates never do never imports it.
+    from babel import Locale, UnknownLocaleError
+
     try:
         return Locale.parse(tag.strip().replace("-", "_"))
     except (UnknownLocaleError, ValueError, TypeError):
@@ -164,6 +166,9 @@ def format_date(value: object, format: str | None = None, locale: str | None = N
         if loc.language == "en" and format in (None, "long"):
             text = f"{_ENGLISH_MONTHS[day.month - 1]} {_ordinal(day.day)}"
             return f"{text}, {day.year}" if format == "long" else text
+        from babel.dates import format_date as babel_format_date
+        from babel.dates import format_skeleton
+
         if format is None:
             return str(format_skeleton("MMMMd", day, locale=loc))
         return str(babel_format_date(day, format=format, locale=loc))
@@ -184,6 +189,8 @@ def format_money(value: object, currency: str = "USD", locale: str | None = None
         return value
     if not amount.is_finite():
         return value
+    from babel.numbers import format_currency
+
     try:
         return str(format_currency(amount, str(currency).upper(), locale=_locale(locale)))
     except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError):
@@ -202,6 +209,8 @@ def join_and(value: object, locale: str | None = None) -> object:
     items = [str(item) for item in value]
     loc = _locale(locale)
     if loc.language != "en":
+        from babel.lists import format_list
+
         return str(format_list(items, locale=loc))
     if len(items) < 2:
         return "".join(items)

@@ -45,7 +45,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import re2
-from rapidfuzz import fuzz, process
 
 from worker.config import Tenant
 
@@ -260,6 +259,9 @@ def _typos(tokens: Iterable[str], index: _Index) -> dict[str, frozenset[str]]:
     typos: dict[str, frozenset[str]] = {}
     if not index.fuzzy_vocab:
         return typos
+    # Imported on the first routed text: a worker that routes none never loads it.
+    from rapidfuzz import fuzz, process
+
     for token in set(tokens):
         if token in index.words or not _fuzzy_able(token):
             continue

@@ -12,6 +12,10 @@ into their own config gets a config error, whatever they write in front of the
 token, since their key is another. Unbound values (``enc:v1:<token>``, made
 before tenants were bound or without ``--tenant``) still decrypt in any
 config; ``worker secrets rotate`` binds them to the config's tenant.
+
+cryptography (its OpenSSL bindings: about 6 MB resident) is imported only when
+a value is encrypted or decrypted: a config without ``enc:v1:`` values never
+loads it.
 """
 
 from __future__ import annotations
@@ -20,13 +24,12 @@ import base64
 import os
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 __all__ = [
     "PREFIX",
@@ -51,6 +54,8 @@ SECRET_KEYS = re.compile(
 
 
 def keygen() -> str:
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode("ascii")
 
 
@@ -70,6 +75,9 @@ def _keys(keys: str | None) -> list[bytes]:
 
 def _derive(key: bytes, tenant: str) -> bytes:
     """The Fernet key of ``tenant`` under the configured ``key``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     material = base64.urlsafe_b64decode(key)
     info = b"data-lookup-worker secret of tenant " + tenant.encode("utf-8")
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
@@ -77,6 +85,8 @@ def _derive(key: bytes, tenant: str) -> bytes:
 
 
 def _fernet(keys: str | None = None, *, tenant: str | None = None) -> MultiFernet:
+    from cryptography.fernet import Fernet, MultiFernet
+
     try:
         parts = _keys(keys)
         if tenant is not None:
@@ -114,6 +124,8 @@ def decrypt(value: str, *, keys: str | None = None, tenant: str | None = None) -
             f"an encrypted value is bound to tenant {owner!r}; it does not decrypt in "
             f"{'this' if tenant is None else repr(tenant)} tenant's config"
         )
+    from cryptography.fernet import InvalidToken
+
     try:
         plain = _fernet(keys, tenant=owner).decrypt(token.encode("ascii"))
         return plain.decode("utf-8")

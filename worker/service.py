@@ -11,16 +11,12 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
 from worker.errors import ConfigError, WorkerError
-from worker.http import WorkerApp, parse_listen
-from worker.http_guard import GuardedRunner
 from worker.logs import job_context
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -29,6 +25,9 @@ from worker.runtime import RunSettings, Runtime, stop_on_signals
 from worker.sources import Sources
 from worker.stores import open_store
 from worker.supervisor import Supervisor, watch
+
+if TYPE_CHECKING:
+    from worker.http import WorkerApp
 
 __all__ = [
     "Worker",
@@ -184,6 +183,13 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     if not listen:
         yield
         return
+    # The HTTP server (aiohttp) is imported only by a worker that listens: not by
+    # `worker lookup`, `config check` or a `worker run --listen ''`.
+    from aiohttp import web
+
+    from worker.http import WorkerApp, parse_listen
+    from worker.http_guard import GuardedRunner
+
     host, port = parse_listen(listen)
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
     app = WorkerApp(worker.pipeline, worker.queue, token=token)

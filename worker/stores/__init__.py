@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.stores.base import Claim, JobRow, Reply, Store
-from worker.stores.sqlite import SQLiteStore
 
-__all__ = ["Claim", "JobRow", "Reply", "SQLiteStore", "Store", "open_store"]
+__all__ = ["Claim", "JobRow", "Reply", "Store", "open_store"]
 
 
 def open_store(target: str) -> Store:
-    """A store from a PostgreSQL DSN, ``sqlite:///path``, or a plain file path."""
+    """A store from a PostgreSQL DSN, ``sqlite:///path``, or a plain file path.
+
+    Each store's module (and its driver) is imported only for a target of its kind.
+    """
     if target.startswith(("postgres://", "postgresql://")):
         from worker.stores.postgres import PostgresStore
 
         return PostgresStore(target)
+    from worker.stores.sqlite import SQLiteStore
+
     path = target.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SQLiteStore(Path(path))
