@@ -160,9 +160,9 @@ class Runtime:
     async def _wait_for_room(self, stop: asyncio.Event) -> int:
         """Block until a job claimed now could start in time; how many; 0 if stopped.
 
-        Room frees when a job or a read ends (a slot freed, a read time learned),
-        or when a busy source stalls (`Sources.room`): the wait is for the first
-        of those, never a polling timer.
+        Room changes when a job ends, a read arrives at its source or ends (a
+        slot freed, a read time learned), or a busy source stalls
+        (`Sources.room`): the wait is for the first of those, never a polling timer.
         """
         while not stop.is_set():
             room = self._room()
@@ -170,8 +170,8 @@ class Runtime:
                 return room
             sources = self.pipeline.sources
             self._freed.clear()
-            sources.freed.clear()
-            freed = asyncio.ensure_future(_either(self._freed, sources.freed))
+            sources.changed.clear()
+            freed = asyncio.ensure_future(_either(self._freed, sources.changed))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sources.stall_in()):
                     await _first_of(freed, stop)

@@ -78,7 +78,7 @@ class Gate:
         self,
         cap: int,
         deadline_s: float,
-        freed: asyncio.Event | None = None,
+        changed: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if cap < 1:
@@ -90,8 +90,9 @@ class Gate:
         #: moving average of how long a read held its slot; None before the first ends
         self.hold_s: float | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
-        #: set whenever a read ends here (shared by a tenant's gates: the run loop waits on it)
-        self.freed = freed if freed is not None else asyncio.Event()
+        #: set when a read ends or arrives here: what `room` and `stall_in` depend on
+        #: (shared by a tenant's gates: the run loop waits on it)
+        self.changed = changed if changed is not None else asyncio.Event()
         self.clock = clock
         #: when a read last ended, or the gate last went from idle to busy
         self._progress = clock()
@@ -129,7 +130,8 @@ class Gate:
 
     async def acquire(self) -> None:
         if not self.busy:
-            self._progress = self.clock()
+            self._progress = self.clock()  # its stall clock starts
+        self.changed.set()  # a job placed: it no longer counts as anywhere (`Sources.room`)
         if self.in_use < self.cap and not self._waiters:
             self.in_use += 1
             return
@@ -153,7 +155,7 @@ class Gate:
             self.hold_s += _HOLD_WEIGHT * (held_s - self.hold_s)
         self._progress = self.clock()
         self._hand_on()
-        self.freed.set()
+        self.changed.set()
 
     def _hand_on(self) -> None:
         while self._waiters:
@@ -175,13 +177,13 @@ class Sources:
         self._locks: dict[str, asyncio.Lock] = {}
         self._circuits: dict[str, Circuit] = {}
         self._gates: dict[str, Gate] = {}
-        #: set whenever a read on any of the tenant's sources ends
-        self.freed = asyncio.Event()
+        #: set whenever a read on any of the tenant's sources arrives or ends
+        self.changed = asyncio.Event()
 
     def gate(self, source_id: str) -> Gate:
         gate = self._gates.get(source_id)
         if gate is None:
-            gate = Gate(self._cap(source_id), self._deadline_s(source_id), self.freed)
+            gate = Gate(self._cap(source_id), self._deadline_s(source_id), self.changed)
             self._gates[source_id] = gate
         return gate
 

@@ -255,10 +255,12 @@ def test_sigkill_with_100_in_flight__a_second_worker_answers_each_once(
         workers.config = config
         ids = [engine.enqueue(job("slow", id=str(n))) for n in range(100)]
         first = workers.start("--max-in-flight", "100")
+        # Admission claims 30 (the pool) until it has seen how long a read takes, then
+        # the rest: every job claimed, most of them still running when it is killed.
         wait_until(
-            lambda: sum(engine.job(i)["status"] == "running" for i in ids) == 100,
+            lambda: all(engine.job(i)["status"] != "pending" for i in ids),
             timeout_s=30,
-            what="100 jobs in flight",
+            what="all 100 jobs claimed",
         )
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from worker.config import load_tenant
-from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost
+from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost, SourceTimeout
 from worker.jobs import ClaimedJob
 from worker.metrics import Metrics
 from worker.pipeline import Answer, Pipeline
 from worker.queues import JobQueue
 from worker.runtime import RunSettings, Runtime
-from worker.sources import Sources
+from worker.sources import Gate, Sources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -219,3 +219,150 @@ async def test_run__lost_lease_on_finish_is_not_a_crash(pipeline: Pipeline) -> N
     runtime = await drain(queue, pipeline)
     assert runtime.answered == 0
     assert queue.rejected == {}
+
+
+# -- the per-source gate and admission -------------------------------------------------
+
+ONE_AT_A_TIME = "    connection: {path: shop.db}\n    max_concurrency: 1\n"
+ONE_SECOND = '    template: "{{ row.status }}"\n    timeout_s: 1\n'
+GATED = CONFIG.replace("    connection: {path: shop.db}\n", ONE_AT_A_TIME).replace(
+    '    template: "{{ row.status }}"\n', ONE_SECOND
+)
+
+
+@pytest.fixture
+async def gated(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    """The shop tenant with one read at a time on its source."""
+    shutil.copy(REPO / "config" / "demo" / "shop.db", tmp_path / "shop.db")
+    (tmp_path / "shop.yaml").write_text(GATED, encoding="utf-8")
+    tenant = load_tenant(tmp_path / "shop.yaml")
+    sources = Sources(tenant)
+    try:
+        yield Pipeline(tenant, sources, Metrics())
+    finally:
+        await sources.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _settle() -> None:
+    """Let every task that can run do so (no timing involved)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_gate__waiters_get_the_slot_in_arrival_order() -> None:
+    gate = Gate(1, 10)
+    await gate.acquire()
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        await gate.acquire()
+        order.append(n)
+
+    tasks = [asyncio.create_task(wait(n)) for n in range(4)]
+    await _settle()
+    assert (gate.in_use, gate.waiting) == (1, 4)
+    for _ in range(4):
+        gate.release(0.1)
+        await _settle()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3]
+    assert (gate.in_use, gate.waiting) == (1, 0)  # the last one still holds its slot
+
+
+async def test_gate__a_waiter_cancelled_frees_nothing_it_did_not_take() -> None:
+    gate = Gate(1, 10)
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await _settle()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (gate.in_use, gate.waiting) == (1, 0)  # the holder's slot is still the holder's
+    gate.release(0.1)
+    assert (gate.in_use, gate.waiting) == (0, 0)
+    await gate.acquire()  # free again: taken at once
+    assert gate.in_use == 1
+
+
+async def test_gate__a_waiter_cancelled_as_the_slot_reached_it_passes_it_on() -> None:
+    gate = Gate(1, 10)
+    await gate.acquire()
+    first = asyncio.create_task(gate.acquire())
+    second = asyncio.create_task(gate.acquire())
+    await _settle()
+    gate.release(0.1)  # the slot goes to `first`…
+    first.cancel()  # …which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second  # the slot was passed on, not lost
+    assert (gate.in_use, gate.waiting) == (1, 0)
+
+
+def test_gate__room_is_what_the_slots_can_serve_within_the_deadline() -> None:
+    gate = Gate(2, 10)
+    assert gate.room() == 2  # no read has ended: only what starts at once
+    gate.in_use = 2
+    gate.release(1.0)  # a read holds a slot 1 s: 2 slots serve 2 × 0.75 × 10 in a deadline
+    assert gate.room() == 15 - 1
+    gate.release(100.0)  # slower than the deadline: still what starts at once
+    assert gate.room() == 2
+
+
+def test_gate__a_busy_gate_stalls_when_no_read_ends_for_twice_the_usual_time() -> None:
+    clock = Clock()
+    gate = Gate(1, 10, clock=clock)
+    assert gate.stall_in() is None  # idle
+    gate.in_use = 1
+    gate.release(1.0)
+    gate.in_use = 1
+    assert gate.stall_in() == 2.0
+    clock.now += 2.5
+    assert gate.stall_in() == -0.5
+
+
+async def test_reading__the_wait_for_a_slot_counts_against_the_deadline(
+    gated: Pipeline,
+) -> None:
+    gate = gated.sources.gate("db")
+    await gate.acquire()  # another read holds the one slot, past this job's deadline
+    loop = asyncio.get_running_loop()
+    with pytest.raises(SourceTimeout, match="slots stayed busy"):
+        async with gated.sources.reading("db", loop.time() + 0.2):
+            raise AssertionError("no slot was free")
+    assert gated.sources.circuit("db").state == "closed"  # the source did nothing wrong
+    assert (gate.in_use, gate.waiting) == (1, 0)
+
+
+async def test_answer__a_job_that_waited_past_its_deadline_for_a_slot_falls_back(
+    gated: Pipeline,
+) -> None:
+    await gated.sources.gate("db").acquire()
+    answer = await gated.answer(job())  # order_status: 1 s deadline, no slot frees
+    assert answer.outcome == "fallback"
+    assert "slots stayed busy" in str(answer.result)
+
+
+async def test_run__claims_only_what_the_source_can_start_in_time(gated: Pipeline) -> None:
+    queue = ListQueue([job() for _ in range(30)])
+    await drain(queue, gated, max_in_flight=50, claim_batch=50)
+    assert {a.outcome for a in queue.finished.values()} == {"ok"}
+    assert len(queue.finished) == 30
+    assert queue.claims[0] == (1, 0)  # before a read has ended: one slot, one job
+
+
+async def test_sources_room__an_idle_source_does_not_hold_back_a_busy_one(
+    gated: Pipeline,
+) -> None:
+    sources = gated.sources
+    assert sources.room(0) == 1  # nothing known: what the one slot starts at once
+    await sources.gate("db").acquire()
+    assert sources.room(1) == 0  # the job in flight holds it
+    assert sources.room(3) == 0  # and two more claimed, not yet there, may land there too
