@@ -491,9 +491,14 @@ class AuditLog:
         if self.is_postgres:
             import asyncpg
 
+            from worker.stores.postgres import pool_options
+
             if self._pg is None:
+                # Opened lazily and closed when idle, like the queue's pool: an idle
+                # worker keeps no connection for an audit log it is not writing.
+                mode = os.environ.get("QUEUE_POOL_MODE") or "session"
                 self._pg = await asyncpg.create_pool(
-                    self.target, min_size=1, max_size=2, command_timeout=30
+                    self.target, max_size=2, command_timeout=30, **pool_options(mode)
                 )
             async with self._pg.acquire() as conn:
                 async with conn.transaction():

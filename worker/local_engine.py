@@ -241,7 +241,8 @@ class LocalEngine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.wait_s
         while not jobs and body.max_jobs and (left := deadline - loop.time()) > 0:
-            await self.store.wait_for_jobs(left)
+            if not await self.store.wait_for_jobs(left, body.tenant_id):
+                break  # the poll ran out with no sign of the tenant's jobs
             jobs = await self.store.claim_or_release(claim)
         return web.json_response(
             {

@@ -147,8 +147,9 @@ class StoreQueue(JobQueue):
     async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
         jobs = await self.store.claim_or_release(claim)
-        if not jobs and wait_s > 0:
-            await self.store.wait_for_jobs(wait_s)
+        # A wait that ran out saw no sign of jobs, and the caller's next claim looks
+        # anyway: claiming again here would double an idle worker's transactions.
+        if not jobs and wait_s > 0 and await self.store.wait_for_jobs(wait_s, self.tenant_id):
             jobs = await self.store.claim_or_release(claim)
         return jobs
 

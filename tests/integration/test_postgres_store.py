@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.support.databases import fresh_postgres
+from tests.support.databases import ADMIN, fresh_postgres
+from worker.errors import ConfigError
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
 from worker.stores.postgres import MIGRATIONS, PostgresStore
 
@@ -98,9 +99,7 @@ async def test_claim__expired_lease_is_handed_out_again_then_given_up(store: Pos
         (job,) = await store.claim(claim(lease_s=0.05))
         assert (job.id, job.attempt) == (str(job_id), attempt)
         await asyncio.sleep(0.1)
-    assert await store.claim(claim()) == []
-    await asyncio.sleep(1.1)  # the give-up sweep runs at most once a second
-    assert await store.claim(claim()) == []
+    assert await store.claim(claim()) == []  # the claim itself gives up
     row = await store.job(job_id)
     assert row is not None and row.status == "failed" and "5 times" in (row.error or "")
 
@@ -155,12 +154,10 @@ async def test_send_message__is_idempotent_per_key(store: PostgresStore) -> None
     assert len(await store.messages()) == 1
 
 
-async def test_wait_for_jobs__an_insert_wakes_an_idle_claimant_at_once(
+async def test_wait_for_jobs__an_insert_wakes_an_idle_claimant(
     store: PostgresStore, dsn: str
 ) -> None:
-    assert await store.claim(claim()) == []
-    await store.wait_for_jobs(0.01)  # LISTEN is up from here on
-    loop = asyncio.get_running_loop()
+    assert await store.claim(claim()) == []  # LISTEN is up from here on
 
     async def insert_later() -> None:
         await asyncio.sleep(0.2)
@@ -172,14 +169,121 @@ async def test_wait_for_jobs__an_insert_wakes_an_idle_claimant_at_once(
         finally:
             await conn.close()
 
-    await store.claim(claim())
     inserter = asyncio.create_task(insert_later())
-    started = loop.time()
-    await store.wait_for_jobs(30)
-    waited = loop.time() - started
+    assert await store.wait_for_jobs(30, "acme")  # True: woken, not timed out
     await inserter
-    assert 0.15 < waited < 0.9
     assert len(await store.claim(claim())) == 1
+
+
+async def insert_quietly(dsn: str, sql: str, *args: object) -> None:
+    """Rows as a crashed worker or the clock leaves them: no trigger fires, nobody is told."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def admin_count(dsn: str, sql: str) -> int:
+    """A count about ``dsn``'s database, from another database (so it is not counted)."""
+    admin = await asyncpg.connect(ADMIN)
+    try:
+        return int(await admin.fetchval(sql, dsn.rpartition("/")[2]))
+    finally:
+        await admin.close()
+
+
+async def test_wait_for_jobs__another_tenants_insert_does_not_wake(
+    store: PostgresStore, dsn: str
+) -> None:
+    assert await store.claim(claim()) == []
+    assert await store.claim(claim(tenant="other")) == []
+    woken = asyncio.create_task(store.wait_for_jobs(30, "other"))
+
+    await store.enqueue(payload("other"))
+
+    assert await woken
+    assert not await store.wait_for_jobs(1, "acme")  # False: the time ran out
+    listeners = await admin_count(
+        dsn,
+        """SELECT count(*) FROM pg_stat_activity
+            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
+    )
+    assert listeners == 1  # one session LISTENs for both tenants
+
+
+async def test_wait_for_jobs__wakes_when_a_delayed_job_or_a_lease_falls_due(
+    store: PostgresStore, dsn: str
+) -> None:
+    await insert_quietly(
+        dsn,
+        """INSERT INTO jobs (payload, run_at) VALUES ($1::jsonb, now() + interval '1 second')""",
+        json.dumps(payload(n=1)),
+    )
+    await insert_quietly(
+        dsn,
+        """INSERT INTO jobs (payload, status, attempt, locked_by, locked_until)
+           VALUES ($1::jsonb, 'running', 1, 'gone', now() + interval '2 seconds')""",
+        json.dumps(payload(n=2)),
+    )
+    assert await store.claim(claim()) == []  # neither is due yet; the claim says when
+
+    due = []
+    for _ in range(2):
+        # True: woken by the due time, not by a notification (none was sent)
+        assert await store.wait_for_jobs(30, "acme")
+        due += await store.claim(claim())
+
+    assert [(j.payload["n"], j.attempt) for j in due] == [(1, 1), (2, 2)]
+
+
+async def test_wait_for_jobs__a_lost_listen_session_wakes_waiters_and_listens_again(
+    store: PostgresStore, dsn: str
+) -> None:
+    assert await store.claim(claim()) == []
+    waiter = asyncio.create_task(store.wait_for_jobs(30, "acme"))
+    await asyncio.sleep(0.1)
+
+    await admin_count(
+        dsn,
+        """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
+    )
+
+    assert await waiter  # a job may have come while nobody listened
+    assert await store.claim(claim()) == []  # listens again first
+    waiter = asyncio.create_task(store.wait_for_jobs(30, "acme"))
+    await insert_quietly(dsn, "SELECT 1")  # (a connection that comes and goes)
+    await store.enqueue(payload())
+    assert await waiter
+    assert len(await store.claim(claim())) == 1
+
+
+async def test_open__an_idle_store_keeps_one_pooled_connection_and_its_listen_session(
+    dsn: str,
+) -> None:
+    count = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+    async with PostgresStore(dsn) as store:
+        assert await admin_count(dsn, count) == 1  # the migration's, now idle
+        for _ in range(5):
+            assert await store.claim(claim()) == []
+        await store.heartbeat(1, lease_s=30, attempt=None)
+        assert await admin_count(dsn, count) == 2
+
+
+async def test_open__transaction_pool_mode_claims_and_completes(dsn: str) -> None:
+    async with PostgresStore(dsn, pool_mode="transaction") as store:
+        job_id = await store.enqueue(payload())
+        [job] = await store.claim(claim())
+        assert await store.heartbeat(job_id, lease_s=30, attempt=job.attempt)
+        assert await store.complete(job_id, outcome="ok", result=None, attempt=job.attempt)
+
+
+def test_open__an_unknown_pool_mode_is_a_config_error(dsn: str) -> None:
+    with pytest.raises(ConfigError, match="'session' or 'transaction'"):
+        PostgresStore(dsn, pool_mode="statement")
 
 
 async def test_complete__one_job_the_server_refuses_fails_alone(

@@ -514,7 +514,7 @@ async def test_wait_for_jobs__wakes_when_another_connection_inserts(
     start = time.monotonic()
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_insert_later(0.2, insert))
-        await sqlite_store.wait_for_jobs(30)
+        await sqlite_store.wait_for_jobs(30, TENANT)
     elapsed = time.monotonic() - start
 
     assert 0.15 < elapsed < 0.2 + 4  # woken by the job, not at the end of the 30 s
@@ -525,7 +525,7 @@ async def test_wait_for_jobs__wakes_on_own_enqueue(sqlite_store: SQLiteStore) ->
     start = time.monotonic()
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_insert_later(0.2, lambda: sqlite_store.enqueue(payload())))
-        await sqlite_store.wait_for_jobs(30)
+        await sqlite_store.wait_for_jobs(30, TENANT)
 
     assert time.monotonic() - start < 0.2 + 4  # woken by the job, not at the end of the 30 s
 
@@ -534,7 +534,7 @@ async def test_wait_for_jobs__returns_after_timeout_when_nothing_comes(
     sqlite_store: SQLiteStore,
 ) -> None:
     start = time.monotonic()
-    await sqlite_store.wait_for_jobs(0.3)
+    await sqlite_store.wait_for_jobs(0.3, TENANT)
     elapsed = time.monotonic() - start
 
     assert 0.29 <= elapsed < 0.3 + 4
@@ -551,7 +551,7 @@ async def test_wait_for_jobs__sees_a_job_inserted_after_an_empty_claim(
     await (second_store if how == "other-store" else sqlite_store).enqueue(payload())
 
     start = time.monotonic()
-    await sqlite_store.wait_for_jobs(30)
+    await sqlite_store.wait_for_jobs(30, TENANT)
 
     assert time.monotonic() - start < 4  # at once, not at the end of the 30 s
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from worker.stores.base import Claim, JobRow, Reply, Store
@@ -13,11 +14,17 @@ def open_store(target: str) -> Store:
     """A store from a PostgreSQL DSN, ``sqlite:///path``, or a plain file path.
 
     Each store's module (and its driver) is imported only for a target of its kind.
+    PostgreSQL's LISTEN session connects to ``QUEUE_LISTEN_DSN`` when it is set, and
+    ``QUEUE_POOL_MODE=transaction`` suits a pool behind PgBouncer's transaction pooling.
     """
     if target.startswith(("postgres://", "postgresql://")):
         from worker.stores.postgres import PostgresStore
 
-        return PostgresStore(target)
+        return PostgresStore(
+            target,
+            listen_dsn=os.environ.get("QUEUE_LISTEN_DSN") or None,
+            pool_mode=os.environ.get("QUEUE_POOL_MODE") or "session",
+        )
     from worker.stores.sqlite import SQLiteStore
 
     path = target.removeprefix("sqlite:///").removeprefix("sqlite://")

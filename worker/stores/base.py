@@ -110,7 +110,8 @@ class Store(abc.ABC):
 
     async def claim_or_release(self, claim: Claim) -> list[ClaimedJob]:
         """`claim`, but if the caller is cancelled meanwhile, the jobs go back untouched."""
-        await self.mark_seen()  # in the caller's context: the claim runs in a task of its own
+        # in the caller's context: the claim runs in a task of its own
+        await self.mark_seen(claim.tenant_id)
         task = asyncio.ensure_future(self.claim(claim))
         try:
             return await asyncio.shield(task)
@@ -119,12 +120,17 @@ class Store(abc.ABC):
             await asyncio.shield(self.release(jobs))
             raise
 
-    async def mark_seen(self) -> None:  # noqa: B027 - stores that poll override it
-        """Remember, for this task, what the queue looked like (see `wait_for_jobs`)."""
+    async def mark_seen(self, tenant_id: str) -> None:  # noqa: B027 - stores that wait override it
+        """Remember, for this task, what the tenant's queue looked like (see `wait_for_jobs`)."""
 
     @abc.abstractmethod
-    async def wait_for_jobs(self, timeout_s: float) -> None:
-        """Return when jobs may have come since this task's last claim, or after ``timeout_s``."""
+    async def wait_for_jobs(self, timeout_s: float, tenant_id: str) -> bool:
+        """Return when the tenant's jobs may have come (or fallen due) since this task's
+        last claim: True; or after ``timeout_s`` with no sign of any: False.
+
+        A store may ignore the tenant and wake for anyone's jobs; it must not sleep
+        through the tenant's.
+        """
 
     @abc.abstractmethod
     async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:

@@ -220,7 +220,7 @@ class SQLiteStore(Store):
         now, until = _stamp(), _stamp(claim.lease_s)
         types = list(claim.job_types)
         mine = _MINE.format(marks=",".join("?" for _ in types))
-        await self.mark_seen()
+        await self.mark_seen(claim.tenant_id)
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -259,7 +259,7 @@ class SQLiteStore(Store):
         if jobs:
             self._notify()
 
-    async def mark_seen(self) -> None:
+    async def mark_seen(self, tenant_id: str) -> None:
         _SEEN.set((self, self._changed, await self._data_version()))
 
     def _notify(self) -> None:
@@ -284,7 +284,8 @@ class SQLiteStore(Store):
             (now, MAX_ATTEMPTS, *params),
         )
 
-    async def wait_for_jobs(self, timeout_s: float) -> None:
+    async def wait_for_jobs(self, timeout_s: float, tenant_id: str) -> bool:
+        """Wakes for any tenant's jobs: SQLite cannot tell whose a change was."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         seen = _SEEN.get()
@@ -294,10 +295,10 @@ class SQLiteStore(Store):
             changed, version = self._changed, await self._data_version()
         while True:
             if changed.is_set() or await self._data_version() != version:
-                return
+                return True
             left = deadline - loop.time()
             if left <= 0:
-                return
+                return False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(_TICK_S, left)):
                     await changed.wait()
