@@ -86,6 +86,8 @@ _CONNECT_TIMEOUT_S = 10.0
 _OPEN_TIMEOUT_S = 15.0
 #: idle pooled connections older than this are replaced (under common idle-TCP cut-offs)
 _RECYCLE_S = 180
+#: connections a quiet pool keeps open (the others close after ``pool_idle_s`` unused)
+_KEEP_IDLE = 1
 #: how long a read given up on waits for its ``KILL QUERY``
 _KILL_TIMEOUT_S = 1.0
 _HEALTH_TIMEOUT_S = 10.0
@@ -138,8 +140,13 @@ class MySQLSettings(ConnectionSettings):
     password: SecretStr | None = None
     #: ``mysql://`` or ``mariadb://``; user and password percent-encoded
     dsn: SecretStr | None = None
-    #: connections kept open at most; one read uses one at a time
-    pool_size: int = Field(default=10, ge=1, le=100)
+    #: connections kept open at most; one read uses one at a time. They open as reads
+    #: need them and close after ``pool_idle_s`` unused, so 25 costs a quiet tenant
+    #: one connection, a busy one a sixth of MySQL's default 151 (worker.sources caps
+    #: reads in flight at this too)
+    pool_size: int = Field(default=25, ge=1, le=100)
+    #: a pooled connection unused this long is closed (the pool keeps one)
+    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     charset: str = "utf8mb4"
     #: TLS to the server, and an SSH bastion in front of it (connectors.network)
     ssl: TLSSettings | None = None
@@ -207,13 +214,22 @@ class _Retry(Exception):
 
 
 class _Pool:
-    """The aiomysql pool of one source, and what a read needs besides it."""
+    """The aiomysql pool of one source, and what a read needs besides it.
+
+    aiomysql's pool never shrinks by itself (``pool_recycle`` only looks at a
+    connection when a read asks for one) and hands out the connection released
+    longest ago, so after a burst every connection stays in use a little. Here
+    the most recently released goes out first, and a timer closes the ones left
+    unused ``idle_s``, down to `_KEEP_IDLE`.
+    """
 
     def __init__(
-        self, source_id: str, pool: Any, connect_kwargs: dict[str, Any], size: int
+        self, source_id: str, pool: Any, connect_kwargs: dict[str, Any], size: int, idle_s: float
     ) -> None:
         self.source_id = source_id
         self.pool = pool
+        self.idle_s = idle_s
+        self._sweep_timer: asyncio.TimerHandle | None = None
         #: Who gets the next free connection: the longest waiter. aiomysql's own
         #: pool hands a released connection to whoever asks first, which left some
         #: reads waiting seconds while others went straight through (bench/README.md).
@@ -226,11 +242,13 @@ class _Pool:
         self._single_statement: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
-    async def create(cls, source_id: str, connect_kwargs: dict[str, Any], size: int) -> _Pool:
+    async def create(
+        cls, source_id: str, connect_kwargs: dict[str, Any], size: int, idle_s: float
+    ) -> _Pool:
         pool = await aiomysql.create_pool(
             minsize=0, maxsize=size, pool_recycle=_RECYCLE_S, **connect_kwargs
         )
-        self = cls(source_id, pool, connect_kwargs, size)
+        self = cls(source_id, pool, connect_kwargs, size, idle_s)
         try:
             conn = await self.acquire()
             try:
@@ -267,7 +285,29 @@ class _Pool:
         # A dropped connection frees its place in aiomysql's pool too: the slot
         # wakes the next waiter either way (nobody ever waits inside that pool).
         self.pool.release(conn)
+        free = self.pool._free  # the pool's idle connections; the next read takes [0]
+        if free and free[-1] is conn:
+            free.rotate(1)  # most recently used first: the surplus stays unused
+            self._arm_sweep()
         self._slots.release()
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_timer is None and not self.closing:
+            loop = asyncio.get_running_loop()
+            self._sweep_timer = loop.call_later(self.idle_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections left unused ``idle_s``, the least recently used first."""
+        self._sweep_timer = None
+        if self.closing:
+            return
+        free = self.pool._free
+        now = asyncio.get_running_loop().time()
+        while len(free) > _KEEP_IDLE and now - free[-1].last_usage >= self.idle_s:
+            free.pop().close()
+        if len(free) > _KEEP_IDLE:
+            due = free[-1].last_usage + self.idle_s - now
+            self._sweep_timer = asyncio.get_running_loop().call_later(due, self._sweep)
 
     async def read(
         self, sql: str, args: tuple[Any, ...], *, deadline: float, max_rows: int
@@ -377,6 +417,8 @@ class _Pool:
 
     async def close(self) -> None:
         self.closing = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
         self.pool.terminate()  # drops reads in flight; they end with an error
         self._slots.release()  # the first waiter wakes, finds `closing`, wakes the next…
         await self.pool.wait_closed()
@@ -532,7 +574,10 @@ class MySQLConnector(Connector):
             if self._pool is None:
                 self._route = await self._network.route(self._login.host, self._login.port)
                 self._pool = await _Pool.create(
-                    self.source_id, self._connect_kwargs(), self.settings.pool_size
+                    self.source_id,
+                    self._connect_kwargs(),
+                    self.settings.pool_size,
+                    self.settings.pool_idle_s,
                 )
             return self._pool
 

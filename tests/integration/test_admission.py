@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import pymysql
 import pytest
 
 from connectors.base import Bound
+from connectors.mysql import MySQLConnector, MySQLSettings
 from connectors.postgresql import APPLICATION_NAME, PostgreSQLConnector, PostgreSQLSettings
 from tests.support.databases import fresh_postgres
 
@@ -222,3 +225,32 @@ async def test_pool__grows_for_a_burst_and_shrinks_back_when_idle(
     finally:
         await connector.close()
         await admin.close()
+
+
+async def test_mysql_pool__grows_for_a_burst_and_shrinks_back_when_idle() -> None:
+    name = f"lookup_admit_{secrets.token_hex(4)}"
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    settings = MySQLSettings(host="127.0.0.1", username="root", database=name, pool_idle_s=1)
+    connector = MySQLConnector("shop", settings, base_dir=REPO)
+    query = MySQLConnector.prepare("SELECT SLEEP(0.5) AS slept")
+
+    def sessions() -> int:
+        with admin.cursor() as cur:
+            cur.execute("SELECT count(*) FROM information_schema.PROCESSLIST WHERE db = %s", [name])
+            (count,) = cur.fetchone()  # type: ignore[misc]
+        return int(count)
+
+    try:
+        await asyncio.gather(*(connector.run(query, Bound(), timeout_s=10) for _ in range(12)))
+        assert sessions() == 12  # grown on demand
+        async with asyncio.timeout(20):  # idle for 1 s: closed again, all but one
+            while sessions() > 1:
+                await asyncio.sleep(0.2)
+        assert (await connector.run(query, Bound(), timeout_s=10)).found
+    finally:
+        await connector.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {name}")
+        admin.close()

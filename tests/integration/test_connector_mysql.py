@@ -915,7 +915,7 @@ def test_settings__take_host_fields_with_defaults() -> None:
         {"host": "db", "database": "shop", "username": "reader", "password": "pw"}
     )
 
-    assert (settings.port, settings.pool_size, settings.charset) == (3306, 10, "utf8mb4")
+    assert (settings.port, settings.pool_size, settings.charset) == (3306, 25, "utf8mb4")
     assert isinstance(settings.password, SecretStr)
 
 
