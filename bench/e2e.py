@@ -309,49 +309,72 @@ async def profiled(plan: Plan, name: str, pid: int) -> AsyncIterator[None]:
 
 
 class CpuMeter:
-    """CPU time of named processes (and all ``postgres`` processes) over a window."""
+    """CPU time of named processes (with their children) and of every ``postgres`` process
+    over a window.
+
+    Postgres processes are sampled every 0.2 s and each keeps its last figure: a backend
+    that exits inside the window (a pool shrinking) would otherwise take its CPU time
+    with it, and two snapshots of the live ones could even go down.
+    """
 
     def __init__(self, pids: dict[str, int], *, me: str = LOAD) -> None:
         self.pids = {me: os.getpid(), **pids}
-        self._start: dict[str, float] = {}
         self._t0 = 0.0
+        self._named: dict[str, float] = {}
+        self._pg_start: dict[int, float] = {}
+        self._pg_last: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
 
     @staticmethod
     def _cpu(pid: int) -> float:
-        if psutil is None:
-            return 0.0
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            return 0.0
-        return float(times.user + times.system)
-
-    @classmethod
-    def _postgres(cls) -> float:
+        """The process's CPU seconds, its children's (``--processes N``) included."""
         if psutil is None:
             return 0.0
         total = 0.0
-        for proc in psutil.process_iter(["name"]):
-            if proc.info["name"] == "postgres":
-                total += cls._cpu(proc.pid)
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for member in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = member.cpu_times()
+                    total += times.user + times.system
         return total
 
-    def _sample(self) -> dict[str, float]:
-        sample = {name: self._cpu(pid) for name, pid in self.pids.items()}
-        sample["postgres"] = self._postgres()
-        return sample
+    @staticmethod
+    def _postgres() -> dict[int, float]:
+        found: dict[int, float] = {}
+        if psutil is None:
+            return found
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] == "postgres":
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    found[proc.pid] = times.user + times.system
+        return found
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self._pg_last.update(self._postgres())
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
-        self._start = self._sample()
+        self._named = {name: self._cpu(pid) for name, pid in self.pids.items()}
+        self._pg_start = self._postgres()
+        self._pg_last = dict(self._pg_start)
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="cpu meter")
 
     def stop(self) -> dict[str, float]:
+        """Percent of one core each used in the window (those under 0.5% left out)."""
         if psutil is None:
             return {}
+        if self._task is not None:
+            self._task.cancel()
+        self._pg_last.update(self._postgres())
         elapsed = time.perf_counter() - self._t0
-        end = self._sample()
-        used = {k: 100 * (end[k] - self._start.get(k, 0.0)) / elapsed for k in end}
-        return {k: v for k, v in used.items() if v >= 0.5}
+        used = {name: self._cpu(pid) - self._named[name] for name, pid in self.pids.items()}
+        used["postgres"] = sum(v - self._pg_start.get(pid, 0.0) for pid, v in self._pg_last.items())
+        percent = {k: 100 * v / elapsed for k, v in used.items()}
+        return {k: v for k, v in percent.items() if v >= 0.5}
 
 
 # -- databases ----------------------------------------------------------------------
