@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-import re2
 import yaml
 from jinja2 import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -122,6 +121,8 @@ class ParamRule(_Model):
     def _compiles(cls, value: str | None) -> str | None:
         # Patterns run on RE2 (linear time): no customer text can make one backtrack.
         if value is not None:
+            import re2  # only a config with patterns loads it
+
             options = re2.Options()
             options.log_errors = False  # the reason goes into the config error instead
             try:
@@ -156,6 +157,8 @@ class RouteConfig(_Model):
     @classmethod
     def _extract_compiles(cls, value: dict[str, str]) -> dict[str, str]:
         # Extractors run on RE2 too, on the customer's text: linear time whatever it says.
+        import re2
+
         for name, pattern in value.items():
             options = re2.Options()
             options.log_errors = False

@@ -43,10 +43,12 @@ import unicodedata
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import re2
+from typing import TYPE_CHECKING
 
 from worker.config import Tenant
+
+if TYPE_CHECKING:
+    import re2
 
 __all__ = ["MAX_TEXT_CHARS", "Route", "normalise", "route_text"]
 
@@ -195,6 +197,8 @@ def _by_name(param: str) -> str | None:
 
 
 def _compile(pattern: str) -> re2._Regexp:
+    import re2  # on the first routed text, as rapidfuzz
+
     options = re2.Options()
     options.log_errors = False
     return re2.compile(pattern, options)

@@ -134,6 +134,15 @@ def test_config_check__mysql_tenant_still_reads_its_queries_with_sqlglot(tmp_pat
     assert "pglast" not in loaded  # PostgreSQL's parser is for PostgreSQL queries only
 
 
+def test_config_check__tenant_without_patterns_loads_no_re2(tmp_path: Path) -> None:
+    config = tmp_path / "plain.yaml"
+    config.write_text(POSTGRESQL_TENANT.replace("pattern: '[0-9]{1,12}'", "max_length: 12"))
+    loaded, stderr, code = _worker_modules(tmp_path, ["config", "check", "--config", str(config)])
+    assert code == 0, stderr
+    assert "pglast" in loaded
+    assert "re2" not in loaded  # RE2 compiles a config's patterns and extractors, if any
+
+
 @pytest.mark.parametrize(
     ("dialect", "parser", "other"),
     [
