@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 
 from tests.support.databases import ADMIN, fresh_postgres
+from worker.engine_client import EngineClient
 from worker.errors import ConfigError
+from worker.local_engine import LocalEngine, serve_engine
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
 from worker.stores.postgres import MIGRATIONS, PostgresStore
 
@@ -456,3 +458,38 @@ async def test_tokens__stored_by_hash_listed_and_revoked(store: PostgresStore) -
     }
     assert await store.revoke_tokens("abababab") == 1
     assert await store.token_tenant("ab" * 32) is None
+
+
+async def test_local_engine__each_tenants_long_poll_wakes_for_its_own_jobs(
+    store: PostgresStore, dsn: str
+) -> None:
+    engine = LocalEngine(store, token="t0ken", lease_s=30)
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve_engine(engine, "127.0.0.1", 0, stop, ready=bound.set_result))
+    try:
+        async with EngineClient(f"http://127.0.0.1:{await bound}", "t0ken") as client:
+            polls = {
+                tenant: asyncio.create_task(
+                    client.next_jobs(tenant, ["data_lookup"], max_jobs=5, wait_s=30)
+                )
+                for tenant in ("a", "b", "c")
+            }
+            await asyncio.sleep(0.5)  # every poll has claimed nothing and waits
+            ids = {tenant: await store.enqueue(payload(tenant)) for tenant in ("a", "b")}
+
+            # Each answered before its 30 s were up: woken by its own tenant's insert.
+            for tenant in ("a", "b"):
+                assert [j.id for j in await polls[tenant]] == [str(ids[tenant])]
+            assert not polls["c"].done()  # nothing of c's came
+            late = await store.enqueue(payload("c"))
+            assert [j.id for j in await polls["c"]] == [str(late)]
+    finally:
+        stop.set()
+        await server
+    listeners = await admin_count(
+        dsn,
+        """SELECT count(*) FROM pg_stat_activity
+            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
+    )
+    assert listeners == 1  # one session LISTENs for every tenant
