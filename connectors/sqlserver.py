@@ -1,9 +1,9 @@
 """SQL Server sources through pymssql (FreeTDS's db-lib), run off the event loop.
 
 Queries are SQL with ``$1…$n`` placeholders, as for every SQL source. pymssql
-blocks, so each statement runs in ``asyncio.to_thread`` on a connection from a
-small pool (an `asyncio.Queue` of ``pool_size`` slots, each an open
-connection or an empty slot that connects when it is used).
+blocks, so each statement runs on one of the source's own ``pool_size``
+threads, on a connection from a small pool (a stack of ``pool_size`` slots,
+each an open connection or an empty slot that connects when it is used).
 
 What is enforced, and what is not — SQL Server has no session-wide
 read-only flag like PostgreSQL's ``default_transaction_read_only``:
@@ -45,10 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
@@ -85,6 +89,8 @@ __all__ = [
 
 _HEALTH_TIMEOUT_S = 10.0
 _APP_NAME = "data-lookup-worker"
+#: connections a quiet pool keeps open (the others close after ``pool_idle_s`` unused)
+_KEEP_IDLE = 1
 _DSN_SCHEMES = ("mssql", "sqlserver", "mssql+pymssql")
 
 # pymssql's defaults, plus the isolation level every read runs at.
@@ -151,8 +157,12 @@ class SQLServerSettings(ConnectionSettings):
     password: SecretStr | None = None
     #: ``mssql://user:password@host:1433/database`` instead of the fields above
     dsn: SecretStr | None = None
-    #: connections kept open; one read uses one at a time
-    pool_size: int = Field(default=10, ge=1, le=64)
+    #: connections (and threads) at most; one read uses one at a time. They open as
+    #: reads need them and close after ``pool_idle_s`` unused, so 25 costs a quiet
+    #: tenant one connection (worker.sources caps reads in flight at this too)
+    pool_size: int = Field(default=25, ge=1, le=64)
+    #: a pooled connection unused this long is closed (the pool keeps one)
+    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     #: the TDS protocol version: 7.4 for SQL Server 2012 and later and Azure SQL,
     #: 7.3 for 2008, 7.2 for 2005; None lets FreeTDS try versions in turn, which
     #: makes a login to a silent host take several login timeouts
@@ -224,16 +234,27 @@ class _Read:
 
 
 class _Pool:
-    """``size`` slots in a queue: an open connection, or None (connect on use)."""
+    """``size`` slots on a stack: an open connection, or None (connect on use).
 
-    def __init__(self, source_id: str, size: int) -> None:
+    Reads run on the pool's own ``size`` threads: the event loop's default
+    executor has min(32, cores + 4) of them (6 on two cores), shared with every
+    other blocking call, which held a source below its pool. The slot used last
+    is taken first, so after a burst the surplus stays unused, and a timer
+    closes connections left unused ``idle_s`` (down to `_KEEP_IDLE`).
+    """
+
+    def __init__(self, source_id: str, size: int, idle_s: float = 60.0) -> None:
         self.source_id = source_id
-        self.slots: asyncio.Queue[pymssql.Connection | None] = asyncio.Queue()
+        self.slots: asyncio.LifoQueue[pymssql.Connection | None] = asyncio.LifoQueue()
         for _ in range(size):
             self.slots.put_nowait(None)
         self.size = size
+        self.idle_s = idle_s
         self.in_flight: dict[asyncio.Task[_Rows], _Read] = {}
         self.closed = False
+        self._threads = ThreadPoolExecutor(size, thread_name_prefix=f"sqlserver-{source_id}")
+        self._released: dict[pymssql.Connection, float] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> pymssql.Connection | None:
         if self.closed:
@@ -245,12 +266,20 @@ class _Pool:
         return conn
 
     def start(self, read: _Read, work: Any) -> asyncio.Task[_Rows]:
-        task = asyncio.create_task(
-            asyncio.to_thread(work, read), name=f"sqlserver-read:{self.source_id}"
-        )
+        name = f"sqlserver-read:{self.source_id}"
+        task = asyncio.create_task(self._threaded(work, read), name=name)
         self.in_flight[task] = read
         task.add_done_callback(self._finished)
         return task
+
+    async def _threaded(self, work: Any, read: _Read) -> _Rows:
+        """``work(read)`` on one of the pool's threads, in this task's context (its reach)."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        rows: _Rows = await loop.run_in_executor(
+            self._threads, functools.partial(context.run, work, read)
+        )
+        return rows
 
     def _finished(self, task: asyncio.Task[_Rows]) -> None:
         read = self.in_flight.pop(task)
@@ -262,18 +291,54 @@ class _Pool:
         if self.closed and conn is not None:
             _close_quietly(conn)
             conn = None
+        if conn is not None:
+            self._released[conn] = time.monotonic()
+            self._arm_sweep()
         self.slots.put_nowait(conn)
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_timer is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._sweep_timer = loop.call_later(self.idle_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections left unused ``idle_s`` (on a pool thread: closing blocks)."""
+        self._sweep_timer = None
+        if self.closed:
+            return
+        stack: list[pymssql.Connection | None] = []
+        while not self.slots.empty():  # top first; nobody waits while a slot is free
+            stack.append(self.slots.get_nowait())
+        now, kept = time.monotonic(), 0
+        for n, conn in enumerate(stack):
+            if conn is None:
+                continue
+            if kept < _KEEP_IDLE or now - self._released.get(conn, now) < self.idle_s:
+                kept += 1
+                continue
+            stack[n] = None
+            self._released.pop(conn, None)
+            self._threads.submit(_close_quietly, conn)
+        for conn in reversed(stack):
+            self.slots.put_nowait(conn)
+        if kept > _KEEP_IDLE:
+            self._arm_sweep()
 
     async def close(self) -> None:
         self.closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
         if self.in_flight:
             # Each read ends by its query timeout; `wait`, not `gather`, so being
             # cancelled here does not cancel them.
             await asyncio.wait(list(self.in_flight))
+        loop = asyncio.get_running_loop()
         while not self.slots.empty():
             conn = self.slots.get_nowait()
             if conn is not None:
-                await asyncio.to_thread(_close_quietly, conn)
+                await loop.run_in_executor(self._threads, _close_quietly, conn)
+        self._released.clear()
+        self._threads.shutdown(wait=False)
 
 
 # -- the connector -------------------------------------------------------------
@@ -356,7 +421,7 @@ class SQLServerConnector(Connector):
 
     def _ensure_pool(self) -> _Pool:
         if self._pool is None:
-            self._pool = _Pool(self.source_id, self.settings.pool_size)
+            self._pool = _Pool(self.source_id, self.settings.pool_size, self.settings.pool_idle_s)
         return self._pool
 
     async def _read(self, sql: str, *, timeout_s: float) -> _Rows:

@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from connectors.base import Bound
 from connectors.mysql import MySQLConnector, MySQLSettings
 from connectors.postgresql import APPLICATION_NAME, PostgreSQLConnector, PostgreSQLSettings
+from connectors.sqlserver import _Pool, _Read
 from tests.support.databases import fresh_postgres
 
 pytestmark = pytest.mark.slow
@@ -254,3 +256,42 @@ async def test_mysql_pool__grows_for_a_burst_and_shrinks_back_when_idle() -> Non
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {name}")
         admin.close()
+
+
+class _FakeSession:
+    """Stands in for a pymssql connection (no SQL Server runs here): knows if it was closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_sqlserver_pool__reads_on_its_own_threads_and_idle_connections_close() -> None:
+    pool = _Pool("crm", 4, idle_s=0.5)
+    sessions = [_FakeSession() for _ in range(4)]
+    threads: set[str] = set()
+    both = asyncio.Barrier(4)  # all four slots in use at once: four connections open
+
+    async def read(session: _FakeSession) -> None:
+        def work(r: _Read) -> list[dict[str, object]]:
+            threads.add(threading.current_thread().name)
+            r.conn = r.conn or session
+            r.done.set()
+            return []
+
+        slot = await pool.acquire()
+        await both.wait()
+        await pool.start(_Read(slot), work)
+
+    try:
+        await asyncio.gather(*(read(s) for s in sessions))
+        assert len(threads) >= 1 and all(t.startswith("sqlserver-crm") for t in threads)
+        async with asyncio.timeout(20):  # unused for 0.5 s: closed, all but one
+            while sum(s.closed for s in sessions) < 3:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # and the one kept stays open (no timing asserted)
+        assert sum(s.closed for s in sessions) == 3
+    finally:
+        await pool.close()
+    assert all(s.closed for s in sessions)

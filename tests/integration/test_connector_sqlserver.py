@@ -78,7 +78,7 @@ def test_settings__accept_the_contract_fields() -> None:
     )
 
     assert settings.port == 1433
-    assert settings.pool_size == 10
+    assert settings.pool_size == 25
     assert settings.tds_version == "7.4"
     assert settings.target() == SQLServerTarget("sql.local", 1433, "crm", "reader", SECRET)
     assert SECRET not in repr(settings)
