@@ -128,13 +128,18 @@ class Gate:
         patience = ADMIT_SHARE * self.deadline_s if self.hold_s is None else 2 * self.hold_s
         return self._progress + patience - self.clock()
 
-    async def acquire(self) -> None:
+    def take(self) -> bool:
+        """A read arrives: it takes a free slot at once (True) or must `wait` for one."""
         if not self.busy:
             self._progress = self.clock()  # its stall clock starts
         self.changed.set()  # a job placed: it no longer counts as anywhere (`Sources.room`)
         if self.in_use < self.cap and not self._waiters:
             self.in_use += 1
-            return
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait in line for a slot, after `take` found none free."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -247,12 +252,13 @@ class Sources:
         if circuit.state == "open":  # fail at once rather than after queueing
             raise _circuit_open(source_id, circuit)
         gate = self.gate(source_id)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await gate.acquire()
-        except TimeoutError:
-            busy = f"all {gate.cap} of the source's read slots stayed busy until the deadline"
-            raise SourceTimeout(source_id, busy) from None
+        if not gate.take():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await gate.wait()
+            except TimeoutError:
+                busy = f"all {gate.cap} of the source's read slots stayed busy until the deadline"
+                raise SourceTimeout(source_id, busy) from None
         started = time.perf_counter()
         try:
             # The circuit sits outside the deadline so that a timeout counts as a failure.

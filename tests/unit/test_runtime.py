@@ -251,6 +251,12 @@ class Clock:
         return self.now
 
 
+async def acquire(gate: Gate) -> None:
+    """Take a slot, waiting in line if none is free."""
+    if not gate.take():
+        await gate.wait()
+
+
 async def _settle() -> None:
     """Let every task that can run do so (no timing involved)."""
     for _ in range(5):
@@ -259,11 +265,11 @@ async def _settle() -> None:
 
 async def test_gate__waiters_get_the_slot_in_arrival_order() -> None:
     gate = Gate(1, 10)
-    await gate.acquire()
+    await acquire(gate)
     order: list[int] = []
 
     async def wait(n: int) -> None:
-        await gate.acquire()
+        await acquire(gate)
         order.append(n)
 
     tasks = [asyncio.create_task(wait(n)) for n in range(4)]
@@ -279,8 +285,8 @@ async def test_gate__waiters_get_the_slot_in_arrival_order() -> None:
 
 async def test_gate__a_waiter_cancelled_frees_nothing_it_did_not_take() -> None:
     gate = Gate(1, 10)
-    await gate.acquire()
-    waiter = asyncio.create_task(gate.acquire())
+    await acquire(gate)
+    waiter = asyncio.create_task(acquire(gate))
     await _settle()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -288,15 +294,15 @@ async def test_gate__a_waiter_cancelled_frees_nothing_it_did_not_take() -> None:
     assert (gate.in_use, gate.waiting) == (1, 0)  # the holder's slot is still the holder's
     gate.release(0.1)
     assert (gate.in_use, gate.waiting) == (0, 0)
-    await gate.acquire()  # free again: taken at once
+    await acquire(gate)  # free again: taken at once
     assert gate.in_use == 1
 
 
 async def test_gate__a_waiter_cancelled_as_the_slot_reached_it_passes_it_on() -> None:
     gate = Gate(1, 10)
-    await gate.acquire()
-    first = asyncio.create_task(gate.acquire())
-    second = asyncio.create_task(gate.acquire())
+    await acquire(gate)
+    first = asyncio.create_task(acquire(gate))
+    second = asyncio.create_task(acquire(gate))
     await _settle()
     gate.release(0.1)  # the slot goes to `first`…
     first.cancel()  # …which is cancelled before it runs again
@@ -332,7 +338,7 @@ async def test_reading__the_wait_for_a_slot_counts_against_the_deadline(
     gated: Pipeline,
 ) -> None:
     gate = gated.sources.gate("db")
-    await gate.acquire()  # another read holds the one slot, past this job's deadline
+    await acquire(gate)  # another read holds the one slot, past this job's deadline
     loop = asyncio.get_running_loop()
     with pytest.raises(SourceTimeout, match="slots stayed busy"):
         async with gated.sources.reading("db", loop.time() + 0.2):
@@ -344,7 +350,7 @@ async def test_reading__the_wait_for_a_slot_counts_against_the_deadline(
 async def test_answer__a_job_that_waited_past_its_deadline_for_a_slot_falls_back(
     gated: Pipeline,
 ) -> None:
-    await gated.sources.gate("db").acquire()
+    await acquire(gated.sources.gate("db"))
     answer = await gated.answer(job())  # order_status: 1 s deadline, no slot frees
     assert answer.outcome == "fallback"
     assert "slots stayed busy" in str(answer.result)
@@ -363,6 +369,6 @@ async def test_sources_room__an_idle_source_does_not_hold_back_a_busy_one(
 ) -> None:
     sources = gated.sources
     assert sources.room(0) == 1  # nothing known: what the one slot starts at once
-    await sources.gate("db").acquire()
+    await acquire(sources.gate("db"))
     assert sources.room(1) == 0  # the job in flight holds it
     assert sources.room(3) == 0  # and two more claimed, not yet there, may land there too
