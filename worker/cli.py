@@ -17,11 +17,11 @@ import click
 
 from worker import logs
 from worker import secrets as worker_secrets
-from worker.config import Tenant
 from worker.errors import ConfigError, ConfigErrors, FatalError, WorkerError
 from worker.runtime import RunSettings
 
 if TYPE_CHECKING:
+    from worker.config import Tenant
     from worker.router import Route
 
 __all__ = ["main"]

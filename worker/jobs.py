@@ -22,12 +22,14 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker import logs
-from worker.config import Lookup, ParamRule
+
+if TYPE_CHECKING:
+    from worker.config import Lookup, ParamRule
 
 __all__ = [
     "JOB_TYPE",

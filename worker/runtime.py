@@ -24,15 +24,17 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.engine_client import backoff_delays
 from worker.errors import EngineAuthError, LeaseLost, RetriableError, WorkerError
 from worker.jobs import ClaimedJob, NotOurs
 from worker.logs import job_context
-from worker.pipeline import Pipeline
-from worker.queues import JobQueue
 from worker.supervisor import watch
+
+if TYPE_CHECKING:  # the run loop gets both from its caller (worker.service)
+    from worker.pipeline import Pipeline
+    from worker.queues import JobQueue
 
 __all__ = ["RunSettings", "Runtime", "stop_on_signals"]
 

@@ -200,6 +200,15 @@ class Sources:
         )
         source = self.tenant.sources.get(source_id)
         pool = getattr(source.settings, "pool_size", None) if source else None
+        if isinstance(declared, int) and isinstance(pool, int) and declared > pool:
+            log.warning(
+                "source %s: max_concurrency %d is above its pool_size %d: %d reads at once",
+                source_id,
+                declared,
+                pool,
+                pool,
+                extra={"action": "open", "source": source_id},
+            )
         caps = [c for c in (declared, pool) if isinstance(c, int)]
         return min(caps) if caps else DEFAULT_MAX_CONCURRENCY
 
