@@ -58,11 +58,7 @@ def queue_db() -> Iterator[str]:
     try:
         yield name
     finally:
-        psql(
-            ADMIN,
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
-        )
-        psql(ADMIN, f'DROP DATABASE "{name}"')
+        psql(ADMIN, f'DROP DATABASE "{name}" WITH (FORCE)')  # PgBouncer may still hold it
 
 
 @pytest.fixture
@@ -252,7 +248,7 @@ def test_transaction_pooling__a_new_job_wakes_the_idle_worker(
 ) -> None:
     pool = bouncer(pool_mode="transaction", pool_size=2)
     # The migrations hold a transaction-scoped lock: transaction pooling serves them.
-    init = queue_init(pool.dsn(queue_db), QUEUE_POOL_MODE="transaction")
+    init = queue_init(pool.dsn(queue_db), **transaction_env(pool, queue_db))
     assert init.returncode == 0, init.stderr
     workers.start("shop", **transaction_env(pool, queue_db))
     wait_answered(queue_db, insert(queue_db, [job("order_status", order_id="12345")]), workers)
