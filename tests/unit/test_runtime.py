@@ -372,3 +372,18 @@ async def test_sources_room__an_idle_source_does_not_hold_back_a_busy_one(
     await acquire(sources.gate("db"))
     assert sources.room(1) == 0  # the job in flight holds it
     assert sources.room(3) == 0  # and two more claimed, not yet there, may land there too
+
+
+async def test_sources_room__a_stalled_source_no_longer_holds_back_the_queue(
+    gated: Pipeline,
+) -> None:
+    sources = gated.sources
+    gate = sources.gate("db")
+    clock = Clock()
+    gate.clock = clock
+    assert gate.take()  # a read that never ends
+    assert sources.room(1) == 0
+    assert sources.stall_in() == pytest.approx(0.75)  # its shortest deadline is 1 s
+    clock.now += 1
+    assert sources.room(1) > 0  # other sources' jobs behind it may be claimed
+    assert sources.stall_in() is None  # nothing left to wait for
