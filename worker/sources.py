@@ -230,7 +230,7 @@ class Sources:
         least room among the busy sources (all of them when none is busy), less
         the ``in_flight`` jobs not yet at any gate (they may land there too). An
         idle source does not hold back the others' jobs, and neither does a
-        stalled one (`Gate.stalls_at`): jobs behind it in the queue for other
+        stalled one (`Gate.stall_in`): jobs behind it in the queue for other
         sources go on being claimed, while its own wait for it within their deadline.
         """
         gates = [self.gate(source_id) for source_id in self.tenant.sources]
