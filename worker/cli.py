@@ -111,6 +111,13 @@ def cli(log_level: str, log_json: bool | None) -> None:
     show_default="WORKER_HTTP or 127.0.0.1:8080",
     help="Where /healthz, /readyz, /metrics and the webhooks listen; '' for none.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=lambda: os.environ.get("WORKER_PROCESSES", "1"),
+    show_default="WORKER_PROCESSES or 1",
+    help="Whole workers side by side, sharing the HTTP port (SO_REUSEPORT) and the queue.",
+)
 def run(
     tenant_id: str | None,
     config_path: Path | None,
@@ -118,8 +125,15 @@ def run(
     max_in_flight: int,
     grace_s: float,
     listen: str,
+    processes: int,
 ) -> None:
     """Serve one tenant's jobs until SIGTERM (or, with --once, until the queue is empty)."""
+    if processes > 1:
+        run_args = ["--max-in-flight", str(max_in_flight), "--grace", str(grace_s)]
+        run_args += ["--listen", listen, *(["--once"] if once else [])]
+        run_args += ["--tenant", tenant_id] if tenant_id else []
+        run_args += ["--config", str(config_path)] if config_path else []
+        raise SystemExit(_run_processes(processes, run_args, once=once))
     from worker.service import serve, tune_gc
 
     async def main() -> int:
@@ -129,6 +143,17 @@ def run(
         return await serve(tenant, settings, listen=listen or None)
 
     raise SystemExit(_run(main()))
+
+
+def _run_processes(count: int, run_args: list[str], *, once: bool) -> int:
+    """``count`` children, each ``worker run <run_args>`` in one process (worker.processes)."""
+    from worker.processes import run_processes
+
+    root = click.get_current_context().find_root().params
+    args = ["--log-level", root["log_level"]]
+    if root["log_json"] is not None:
+        args.append("--log-json" if root["log_json"] else "--log-text")
+    return asyncio.run(run_processes(count, [*args, "run", *run_args], once=once))
 
 
 def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -189,6 +189,7 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
 
     from worker.http import WorkerApp, parse_listen
     from worker.http_guard import GuardedRunner
+    from worker.processes import REUSE_PORT_ENV
 
     host, port = parse_listen(listen)
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
@@ -198,7 +199,9 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
     runner = GuardedRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        # A child of `worker run --processes N` shares the port with its siblings.
+        reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         log.info(
             "listening on %s:%d",
             host,

@@ -1,0 +1,80 @@
+"""``worker run --processes N``: N whole workers on one port (SO_REUSEPORT) and one queue."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import Engine, WorkerProcs, _request, answers, job, wait_until
+
+pytestmark = pytest.mark.slow
+
+_OK = re.compile(r'^worker_jobs_total\{outcome="ok"\} ([0-9.]+)$', re.MULTILINE)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _answered_ok(url: str) -> int:
+    """``worker_jobs_total{outcome="ok"}`` of whichever process takes this connection."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:  # noqa: S310 - loopback
+        found = _OK.search(resp.read().decode())
+    return int(float(found.group(1))) if found else 0
+
+
+def _start_two(workers: WorkerProcs) -> subprocess.Popen[bytes]:
+    proc = workers.start("--processes", "2")
+    url = proc.http  # type: ignore[attr-defined]
+    wait_until(lambda: len(_children(proc.pid)) == 2, what="two worker processes")
+    wait_until(lambda: answers(f"{url}/healthz"), what="the workers to listen")
+    return proc
+
+
+def test_processes__two_serve_one_port_and_stop_cleanly_on_sigterm(
+    engine: Engine, workers: WorkerProcs
+) -> None:
+    proc = _start_two(workers)
+    url = proc.http  # type: ignore[attr-defined]
+    children = _children(proc.pid)
+    pushes = 20
+    for n in range(pushes):  # urllib opens a new connection each time: the kernel picks a child
+        body = job("order_status", order_id="12345")
+        answer = _request(f"{url}/webhook/data/order_status", engine.token, body)
+        assert answer["outcome"] == "ok", (n, answer)
+    counts = {_answered_ok(url) for _ in range(40)}
+    # Each child counts its own answers: two counts, the whole between them.
+    assert len(counts) == 2 and sum(counts) == pushes, counts
+    queued = engine.enqueue(job("order_status", order_id="12345"))
+    wait_until(lambda: engine.job(queued)["status"] == "done", what="a queued job answered")
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, workers.log_of(proc)
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or _zombie(child), f"child {child} still runs"
+    assert not answers(f"{url}/healthz")
+
+
+def test_processes__a_child_that_dies_stops_the_others_and_fails_the_run(
+    engine: Engine, workers: WorkerProcs
+) -> None:
+    proc = _start_two(workers)
+    first, second = _children(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    assert proc.wait(timeout=30) != 0
+    assert not Path(f"/proc/{second}").exists() or _zombie(second), "the other child still runs"
+    assert f"worker process {first} exited" in workers.log_of(proc)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True

@@ -1,0 +1,93 @@
+"""``worker run --processes N``: N whole workers of one tenant in one container, one port.
+
+One Python process answers on one core. To use more cores in a container, the parent
+starts N children, each a complete ``worker run`` (its own event loop, claims, source
+pools, audit writer and metrics), and does nothing else: the queue is built for many
+claimers (contract §4), and the children share the HTTP port through ``SO_REUSEPORT``,
+so the kernel spreads the push webhooks' connections across them. ``GET /metrics`` is
+the metrics of whichever child answers that connection: scrape each one, or sum
+``worker_jobs_total`` over scrapes.
+
+The parent forwards SIGTERM and SIGINT to every child and waits for them (each gives its
+jobs in flight their grace period). It exits 0 when every child stopped cleanly. A child
+that dies, or that stops on its own while not told to (``--once`` excepted), takes the
+others down with SIGTERM, and the parent exits with that child's status (1 when it was
+killed by a signal): whatever runs the container then restarts a whole, known state
+rather than a worker with fewer processes than asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from worker.runtime import stop_on_signals
+
+__all__ = ["REUSE_PORT_ENV", "run_processes"]
+
+log = logging.getLogger(__name__)
+
+#: set in a child's environment: bind the HTTP port with SO_REUSEPORT, beside its siblings
+REUSE_PORT_ENV = "WORKER_HTTP_REUSE_PORT"
+
+
+async def run_processes(count: int, args: Sequence[str], *, once: bool = False) -> int:
+    """Run ``worker <args>`` ``count`` times side by side until SIGTERM; the exit status."""
+    env = {**os.environ, REUSE_PORT_ENV: "1"}
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "worker.cli", *args, env=env)
+        for _ in range(count)
+    ]
+    log.info(
+        "started %d worker processes: %s",
+        count,
+        ", ".join(str(child.pid) for child in children),
+        extra={"action": "start"},
+    )
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        return await _watch(children, stop, once=once)
+
+
+async def _watch(
+    children: list[asyncio.subprocess.Process], stop: asyncio.Event, *, once: bool
+) -> int:
+    """Wait for every child; on ``stop`` or the first unexpected exit, stop the rest."""
+    exits = {asyncio.ensure_future(child.wait()): child for child in children}
+    stopping = asyncio.ensure_future(stop.wait())
+    status = 0
+    signalled = False
+    try:
+        while exits:
+            watched = set(exits) if signalled else {*exits, stopping}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for ended in done & exits.keys():
+                code = _ended(exits.pop(ended), stop, once=once)
+                status = status or code  # the first failure's
+            if stop.is_set() and not signalled:
+                signalled = True
+                for child in exits.values():
+                    child.send_signal(signal.SIGTERM)
+    finally:
+        stopping.cancel()
+    return status
+
+
+def _ended(child: asyncio.subprocess.Process, stop: asyncio.Event, *, once: bool) -> int:
+    """The status a child's exit gives the parent; an unexpected one sets ``stop``."""
+    code = child.returncode or 0
+    as_ours = code if code >= 0 else 1  # killed by a signal
+    if stop.is_set() or (once and code == 0):
+        return as_ours
+    log.error(
+        "worker process %d exited with status %d; stopping the others",
+        child.pid,
+        code,
+        extra={"action": "stop"},
+    )
+    stop.set()
+    return as_ours or 1
