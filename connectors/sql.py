@@ -22,7 +22,6 @@ checked: a worker loads only the parsers its sources' dialects need.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,8 +166,12 @@ def _check_parsed(sql: str, scan: _Scan, dialect: Dialect) -> None:
 
 @functools.cache
 def _has_pglast() -> bool:
-    """Whether the postgresql extra is installed; without it sqlglot reads PostgreSQL too."""
-    return importlib.util.find_spec("pglast") is not None
+    """Whether pglast loads (the postgresql extra); without it sqlglot reads PostgreSQL too."""
+    try:
+        from connectors import sql_pglast  # noqa: F401
+    except ImportError:  # pragma: no cover - every test environment installs it
+        return False
+    return True
 
 
 @dataclass(frozen=True)
