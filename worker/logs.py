@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -128,6 +129,26 @@ def mask_customer_values(text: str) -> str:
     return _masked(text, _forms(values)) if values else text
 
 
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+@functools.lru_cache(maxsize=256)
+def _cores(values: tuple[str, ...]) -> tuple[str | None, ...]:
+    """Each value's longest run of ASCII letters and digits (None: it has none).
+
+    Every spelling `_spellings` makes keeps such a run whole (URL and JSON
+    escaping leave ASCII letters and digits alone; a phone's digits-only form
+    keeps its digit runs), so a text without a value's core holds no spelling of it.
+    """
+    return tuple(max(_ASCII_WORD.findall(value), key=len, default=None) for value in values)
+
+
+def _may_mention(values: tuple[str, ...], texts: Iterable[str]) -> bool:
+    """False when no text can hold a customer value: most lines, spared building the spellings."""
+    texts = tuple(texts)
+    return any(core is None or any(core in text for text in texts) for core in _cores(values))
+
+
 class CustomerMask(logging.Filter):
     """Masks the current job's customer values in a record: message, fields and error."""
 
@@ -135,8 +156,14 @@ class CustomerMask(logging.Filter):
         values = _customer.get()
         if not values:
             return True
-        forms = _forms(values)
         message = record.getMessage()
+        record.msg, record.args = message, ()  # formatted once: the formatter reuses it
+        error = record.exc_info is not None and record.exc_info[0] is not None
+        fields = (getattr(record, name, None) for name in FIELDS)
+        texts = [message, *(v for v in fields if isinstance(v, str))]
+        if not _may_mention(values, [*texts, _error_text(record)] if error else texts):
+            return True
+        forms = _forms(values)
         masked = _masked(message, forms)
         if masked != message:
             record.msg, record.args = masked, ()
@@ -186,12 +213,25 @@ def _error_text(record: logging.LogRecord) -> str:
     return f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
 
 
+#: one encoder for every line (``json.dumps`` with ``default=`` builds one a call)
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def _utc_stamp(created: float) -> str:
+    """``2026-12-07T08:34:46.546+00:00``, as ``datetime.isoformat`` writes it, built for less."""
+    second = int(created)
+    return f"{_utc_second(second)}.{int((created - second) * 1000):03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": _utc_stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -202,7 +242,7 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = _error_text(record)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _JSON.encode(line)
 
 
 class TextFormatter(logging.Formatter):
