@@ -409,7 +409,11 @@ class AuditLog:
             except Exception as exc:  # the store refused: keep the rows, try again
                 attempt += 1
                 self._note_failure(exc, len(self._pending))
-                await self._pause(min(_RETRY_CAP_S, _RETRY_FIRST_S * 2 ** (attempt - 1)))
+                delay = min(_RETRY_CAP_S, _RETRY_FIRST_S * 2 ** min(attempt - 1, 30))
+                if self._closing.is_set():  # closing: keep trying for close_s, without spinning
+                    await asyncio.sleep(min(delay, _RETRY_FIRST_S))
+                else:
+                    await self._pause(delay)
                 continue
             attempt = 0
             self._note_recovery()

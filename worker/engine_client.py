@@ -40,7 +40,7 @@ def backoff_delays(base_s: float = 0.2, cap_s: float = 10.0) -> Any:
     """Capped exponential back-off with full jitter: 0.2 s, 0.4 s … up to ``cap_s``."""
     attempt = 0
     while True:
-        yield random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311 - jitter, not crypto
+        yield random.uniform(0, min(cap_s, base_s * 2 ** min(attempt, 30)))  # noqa: S311 - jitter, not crypto
         attempt += 1
 
 
