@@ -60,6 +60,8 @@ def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
 
     Strings are skipped first, so brackets inside them do not count.
     """
+    if text.count("{") + text.count("[") <= limit:  # it cannot nest deeper than it opens
+        return False
     depth = 0
     for bracket in _BRACKET.finditer(_STRING.sub("", text)):
         if bracket.group() in "[{":

@@ -42,3 +42,20 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        # `.labels()` parses its arguments and takes a lock each call: once a label is enough.
+        self._answered: dict[str, Counter] = {}
+        self._took: dict[str, Histogram] = {}
+
+    def answered(self, outcome: str) -> None:
+        """One job answered with ``outcome``."""
+        child = self._answered.get(outcome)
+        if child is None:
+            child = self._answered[outcome] = self.jobs.labels(outcome)
+        child.inc()
+
+    def lookup_took(self, source: str, seconds: float) -> None:
+        """One read of ``source`` took ``seconds``."""
+        child = self._took.get(source)
+        if child is None:
+            child = self._took[source] = self.latency.labels(source)
+        child.observe(seconds)

@@ -136,7 +136,7 @@ class Pipeline:
         answer.response_time_ms = round((time.perf_counter() - started) * 1000)
         if answer.outcome != Outcome.OK:  # error texts must not carry a credential out
             answer.result = self.redactor.scrub_any(answer.result)
-        self.metrics.jobs.labels(answer.outcome).inc()
+        self.metrics.answered(answer.outcome)
         if self.audit is not None:
             answer.audit = self._audit_row(answer)
             self.audit.record(answer.audit)
