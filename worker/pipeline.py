@@ -261,7 +261,7 @@ class Pipeline:
                 return await connector.run(lookup.query, bound, timeout_s=_left(deadline))
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.latency.labels(lookup.source_id).observe(elapsed)
+            self.metrics.lookup_took(lookup.source_id, elapsed)
 
     def _reply(
         self, lookup: Lookup, request: JobRequest, params: dict[str, Any], result: ReadResult
