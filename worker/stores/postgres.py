@@ -26,9 +26,11 @@ default) and nothing else:
   in the statement): a lease lost in a crash of the queue database only means
   the job is handed out again, while every completion — the job done and its
   reply — stays a durable commit, which also makes the leases before it durable.
-- **PgBouncer.** Nothing depends on the session but LISTEN: with
-  ``pool_mode="transaction"`` the pool keeps no prepared statements, and
-  ``listen_dsn`` may name a session-pooled (or direct) route for LISTEN.
+- **PgBouncer.** Nothing needs a session but LISTEN: with
+  ``pool_mode="transaction"`` the pool keeps no prepared statements and sets
+  nothing on a session (in ``session`` mode it asks each session for generic
+  plans, see `_generic_plans`), and ``listen_dsn`` may name a session-pooled
+  (or direct) route for LISTEN.
 
 Completing a job and writing its reply share one transaction. The schema is
 versioned (``worker_schema_migrations``) and migrated under an advisory lock,
