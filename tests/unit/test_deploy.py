@@ -23,7 +23,7 @@ from worker.local_engine import LocalEngine
 from worker.pipeline import Pipeline
 from worker.secrets import ENV_KEYS
 from worker.sources import Sources
-from worker.stores import SQLiteStore
+from worker.stores.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
