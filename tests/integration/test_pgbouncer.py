@@ -257,3 +257,23 @@ def test_transaction_pooling__a_new_job_wakes_the_idle_worker(
     wait_answered(queue_db, insert(queue_db, [job("order_status", order_id="12345")]), workers)
     picked_up_s = time.monotonic() - inserted
     assert picked_up_s < CLAIM_WAIT_S / 2, f"answered after {picked_up_s:.1f} s: not woken"
+
+
+def test_transaction_pooling_without_the_settings__the_worker_stops_and_says_what_to_set(
+    bouncer: Callable[..., PgBouncer], queue_db: str, workers: Workers
+) -> None:
+    """Unset, the worker would cache prepared statements on server sessions it does not
+    keep (another client's statement of the same name, or none) and LISTEN on one it
+    lends out (no wake-up ever arrives): it must not start half-working."""
+    pool = bouncer(pool_mode="transaction", pool_size=1)
+    init = queue_init(DIRECT.format(queue_db))
+    assert init.returncode == 0, init.stderr
+    proc = workers.start("shop", QUEUE_DSN=pool.dsn(queue_db))
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker kept running behind a transaction pool:\n{workers.logs()}")
+    log = workers.logs()
+    assert proc.returncode != 0
+    assert "QUEUE_POOL_MODE=transaction" in log
+    assert "Traceback" not in log

@@ -365,6 +365,23 @@ def pool_options(mode: str) -> dict[str, Any]:
     return options
 
 
+async def _probe(dsn: str) -> asyncpg.Connection:
+    """A short-lived connection that prepares nothing by name (see `_check_routes`)."""
+    return await asyncpg.connect(
+        dsn,
+        statement_cache_size=0,
+        server_settings={"application_name": "data-lookup-worker check"},
+    )
+
+
+async def _backend_pid(dsn: str) -> int:
+    conn = await _probe(dsn)
+    try:
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close(timeout=5)
+
+
 async def _keep_as_is(_conn: asyncpg.Connection) -> None:
     """A pool's reset hook for connections that keep no session state (see `pool_options`)."""
 
@@ -404,6 +421,7 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.listen_dsn = listen_dsn or dsn
         self.pool_size = pool_size
+        self.pool_mode = pool_mode
         self._pool_options = pool_options(pool_mode)
         if pool_mode == "session":
             self._pool_options["init"] = _generic_plans
@@ -455,6 +473,7 @@ class PostgresStore(Store):
                 f"cannot reach the queue database ({type(exc).__name__})"
             ) from exc
         try:
+            await self._check_routes()
             await self._migrate(pool)
         except _CONNECTION_TROUBLE as exc:
             await pool.close()
@@ -465,6 +484,34 @@ class PostgresStore(Store):
             await pool.close()
             raise
         self._pool = pool
+
+    async def _check_routes(self) -> None:
+        """Refuse a transaction-pooled route where the worker needs a session.
+
+        Behind PgBouncer's transaction pooling a client has no server session of
+        its own: between transactions its server serves others, the one idle
+        last lent first. So while one connection is open, another that lands on
+        the same server backend proves the route pools by transaction; a session,
+        direct or pooled, is never shared. Busy pools may hide it, but it never
+        accuses a session. Unchecked, LISTEN there never hears a NOTIFY, and
+        cached statements meet other clients' of the same name.
+        """
+        held = await _probe(self.dsn)
+        try:
+            pid = await held.fetchval("SELECT pg_backend_pid()")
+            shared = {dsn: await _backend_pid(dsn) == pid for dsn in {self.dsn, self.listen_dsn}}
+        finally:
+            await held.close(timeout=5)
+        wrong = []
+        if self.pool_mode == "session" and shared[self.dsn]:
+            wrong.append("QUEUE_POOL_MODE=transaction")
+        if shared[self.listen_dsn]:
+            wrong.append("QUEUE_LISTEN_DSN to PostgreSQL itself or a session-pooled route")
+        if wrong:
+            raise ConfigError(
+                "the queue database is reached through a transaction pool (PgBouncer?): "
+                f"set {' and '.join(wrong)}"
+            )
 
     @staticmethod
     async def _migrate(pool: asyncpg.Pool) -> None:
