@@ -1251,9 +1251,10 @@ async def survive(bench: Bench, name: str, phase: Coroutine[Any, Any, None]) -> 
     try:
         await phase
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        bench.notes.append(f"phase {name} stopped: {type(exc).__name__}: {first[:300]}")
-        print(f"  phase {name} stopped: {exc!r}", flush=True)
+        lines = str(exc).strip().splitlines() or [""]
+        said = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"  # a log's last line
+        bench.notes.append(f"phase {name} stopped: {type(exc).__name__}: {said[:400]}")
+        print(f"  phase {name} stopped: {exc}", flush=True)
 
 
 async def run(plan: Plan, log_level: str) -> None:
