@@ -66,7 +66,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 from connectors.sql import SQLSpec, mysql_write_access, prepare_sql
-from worker.errors import InputRefused
+from worker.errors import InputRefused, SourceFull
 
 __all__ = ["MySQLConnector", "MySQLSettings"]
 
@@ -98,7 +98,8 @@ _MULTI_STATEMENTS_OFF = struct.pack("<H", 1)
 _TIMED_OUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
 _AUTH = {1044, 1045, 1130, 1251, 1698, 1820, 1862, 2059, 3118, 4151}
 _LOST = {2006, 2013, 2055, 1053, 1927, 4031}  # the connection died under us
-_UNREACHABLE = {2003, 2005, 1040, 1129} | _LOST
+_UNREACHABLE = {2003, 2005, 1129} | _LOST
+_TOO_MANY_CONNECTIONS = {1040, 1203}  # the server's, the account's (max_user_connections)
 _UNKNOWN_VARIABLE = 1193
 # The server refused a value (the customer's): no such date, not a number, out of range,
 # too long, bad JSON, a bad regular expression. The source is fine: `InputRefused`.
@@ -473,8 +474,6 @@ def _unreachable_reason(exc: BaseException) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         return "cannot connect"
-    if code == 1040:
-        return "the server has too many connections"
     if code == 1129:
         return "the server blocks this host after too many connection errors"
     if code == 1053:
@@ -628,6 +627,9 @@ class MySQLConnector(Connector):
                 self.source_id,
                 f"authentication failed for user {self._login.user!r} (MySQL error {code})",
             )
+        if code in _TOO_MANY_CONNECTIONS:  # worker.sources reads on the ones it has
+            host, port, _ = self._connect_target()
+            return SourceFull(self.source_id, f"{host}:{port} has too many connections")
         if code in _UNREACHABLE or isinstance(exc, aiomysql.InterfaceError):
             return self._unreachable(_unreachable_reason(exc))
         if code == 0:

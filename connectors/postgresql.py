@@ -75,7 +75,7 @@ from connectors.sql import (
     postgresql_write_access,
     prepare_sql,
 )
-from worker.errors import InputRefused
+from worker.errors import InputRefused, SourceFull
 
 __all__ = ["APPLICATION_NAME", "PostgreSQLConnector", "PostgreSQLSettings"]
 
@@ -551,7 +551,9 @@ class PostgreSQLConnector(Connector):
             return SourceTimeout(
                 self.source_id, "the query passed its deadline and the server stopped it"
             )
-        if state.startswith("08") or state in ("57P01", "57P02", "57P03") or state == "53300":
+        if state == "53300":  # too many connections: worker.sources reads on the ones it has
+            return SourceFull(self.source_id, f"{self._where()}: {text}")
+        if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
             return SourceUnavailable(self.source_id, f"{self._where()}: {text}")
         if state.startswith(_PLAIN_CLASSES):
             return self.fail(f"postgresql: {text}")

@@ -17,6 +17,8 @@
         ├── SourceTimeout           the read passed its deadline
         ├── SourceAuthError         the source refused the credentials
         └── SourceUnavailable       the source cannot be reached
+            └── SourceFull          it has no connection to spare (too many clients):
+                                    read on the ones the worker has
 
 Connectors translate driver errors into the `SourceError` family (or
 `InputRefused`) in one place each (`raise SourceError(...) from exc`), so the
@@ -42,6 +44,7 @@ __all__ = [
     "RetriableError",
     "SourceAuthError",
     "SourceError",
+    "SourceFull",
     "SourceTimeout",
     "SourceUnavailable",
     "WorkerError",
@@ -128,6 +131,11 @@ class SourceAuthError(SourceError):
 
 class SourceUnavailable(SourceError):
     """The source could not be reached."""
+
+
+class SourceFull(SourceUnavailable):
+    """The source refused another connection (too many clients): it is up, with none
+    to spare. The worker goes on with the connections it already has (worker.sources)."""
 
 
 class NotARead(ConfigError):

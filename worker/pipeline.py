@@ -22,7 +22,7 @@ from jinja2 import Template
 from connectors.base import Bound, ReadResult
 from worker.audit import AuditLog, AuditRow, mask_identifier
 from worker.config import Knowledge, Lookup, Tenant
-from worker.errors import InputRefused, SourceError
+from worker.errors import InputRefused, SourceError, SourceFull
 from worker.jobs import (
     InvalidInput,
     JobRequest,
@@ -255,13 +255,19 @@ class Pipeline:
     async def _read(self, lookup: Lookup, bound: Bound, deadline: float) -> ReadResult:
         started = time.perf_counter()
         try:
-            # A wait for a free slot on the source counts against the deadline; the
-            # server is given what is left of it.
-            async with self.sources.reading(lookup.source_id, deadline) as connector:
-                return await connector.run(lookup.query, bound, timeout_s=_left(deadline))
+            try:
+                return await self._read_once(lookup, bound, deadline)
+            except SourceFull:  # no new connection: wait for one of those it has, once
+                return await self._read_once(lookup, bound, deadline)
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.lookup_took(lookup.source_id, elapsed)
+
+    async def _read_once(self, lookup: Lookup, bound: Bound, deadline: float) -> ReadResult:
+        # A wait for a free slot on the source counts against the deadline; the
+        # server is given what is left of it.
+        async with self.sources.reading(lookup.source_id, deadline) as connector:
+            return await connector.run(lookup.query, bound, timeout_s=_left(deadline))
 
     def _reply(
         self, lookup: Lookup, request: JobRequest, params: dict[str, Any], result: ReadResult

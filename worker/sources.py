@@ -32,6 +32,7 @@ from worker.errors import (
     ConfigError,
     InputRefused,
     SourceError,
+    SourceFull,
     SourceTimeout,
     SourceUnavailable,
 )
@@ -53,6 +54,8 @@ ADMIT_SHARE = 0.75
 _HOLD_WEIGHT = 0.2
 #: `Sources.room` of a tenant with no sources: nothing to protect, the run loop's own cap rules
 _NO_SOURCE_ROOM = 1_000_000
+#: how long a gate lowered by a full source (`SourceFull`) waits before trying one more slot
+_FULL_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class Gate:
     while anyone waits and a late arrival cannot overtake. A waiter cancelled
     (its deadline, the worker stopping) leaves the line and frees nothing it
     did not take; one cancelled just as a slot reached it passes the slot on.
+
+    A source that refuses another connection (`SourceFull`) lowers ``limit`` to
+    the reads that hold one: the others wait for those connections instead of
+    failing. One more slot is tried every `_FULL_RETRY_S`, back up to ``cap``.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class Gate:
         if cap < 1:
             raise ValueError("a gate needs at least one slot")
         self.cap = cap
+        #: reads at once for now: ``cap``, less while the source has no connection to spare
+        self.limit = cap
         #: the shortest deadline of the lookups that read this source
         self.deadline_s = deadline_s
         self.in_use = 0
@@ -96,6 +105,8 @@ class Gate:
         self.clock = clock
         #: when a read last ended, or the gate last went from idle to busy
         self._progress = clock()
+        #: when the source last refused a connection, or ``limit`` last grew again
+        self._full_at = clock()
 
     @property
     def waiting(self) -> int:
@@ -113,10 +124,10 @@ class Gate:
         can start at once is safe. Never less than ``cap − busy``: those start now.
         """
         if self.hold_s is None:
-            can = self.cap
+            can = self.limit
         else:
             rounds = ADMIT_SHARE * self.deadline_s / max(self.hold_s, 1e-3)
-            can = max(self.cap, math.floor(self.cap * rounds))
+            can = max(self.limit, math.floor(self.limit * rounds))
         return can - self.busy
 
     def stall_in(self) -> float | None:
@@ -133,7 +144,7 @@ class Gate:
         if not self.busy:
             self._progress = self.clock()  # its stall clock starts
         self.changed.set()  # a job placed: it no longer counts as anywhere (`Sources.room`)
-        if self.in_use < self.cap and not self._waiters:
+        if self.in_use < self.limit and not self._waiters:
             self.in_use += 1
             return True
         return False
@@ -159,10 +170,22 @@ class Gate:
         else:
             self.hold_s += _HOLD_WEIGHT * (held_s - self.hold_s)
         self._progress = self.clock()
+        if self.limit < self.cap and self._progress - self._full_at >= _FULL_RETRY_S:
+            self.limit += 1  # try one more connection
+            self._full_at = self._progress
         self._hand_on()
         self.changed.set()
 
+    def full(self) -> None:
+        """The source refused a connection to a read holding a slot here: from now on
+        only as many reads as hold one (the others, less this one) go at once."""
+        self.limit = max(1, min(self.limit, self.in_use - 1))
+        self._full_at = self.clock()
+
     def _hand_on(self) -> None:
+        if self.in_use > self.limit:  # ``limit`` fell: this slot is not handed on
+            self.in_use -= 1
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -266,13 +289,16 @@ class Sources:
                 async with asyncio.timeout_at(deadline):
                     await gate.wait()
             except TimeoutError:
-                busy = f"all {gate.cap} of the source's read slots stayed busy until the deadline"
+                busy = f"all {gate.limit} of the source's read slots stayed busy until the deadline"
                 raise SourceTimeout(source_id, busy) from None
         started = time.perf_counter()
         try:
             # The circuit sits outside the deadline so that a timeout counts as a failure.
             async with self.guarded(source_id), asyncio.timeout_at(deadline):
                 yield await self.get(source_id)
+        except SourceFull:
+            gate.full()
+            raise
         finally:
             gate.release(time.perf_counter() - started)
 
@@ -296,7 +322,7 @@ class Sources:
         try:
             with self._fence(source_id):
                 yield
-        except InputRefused:  # the customer's value, not the source
+        except (InputRefused, SourceFull):  # the customer's value; a source up but full
             circuit.undecided()  # say nothing about the source, but free a trial read
             raise
         except Exception:  # SourceError, the deadline, a driver error a connector let through

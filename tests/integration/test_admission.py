@@ -27,6 +27,10 @@ from connectors.mysql import MySQLConnector, MySQLSettings
 from connectors.postgresql import APPLICATION_NAME, PostgreSQLConnector, PostgreSQLSettings
 from connectors.sqlserver import _Pool, _Read
 from tests.support.databases import fresh_postgres
+from worker.config import load_tenant
+from worker.metrics import Metrics
+from worker.pipeline import Pipeline
+from worker.sources import Sources
 
 pytestmark = pytest.mark.slow
 
@@ -295,3 +299,39 @@ async def test_sqlserver_pool__reads_on_its_own_threads_and_idle_connections_clo
     finally:
         await pool.close()
     assert all(s.closed for s in sessions)
+
+
+async def test_full_source__reads_wait_for_the_connections_it_has(
+    databases: tuple[str, str],
+) -> None:
+    """A database that refuses more connections (here: a role limited to 3) is not a
+    failing source: the reads past its limit wait for those 3, and are answered ok."""
+    _, src = databases
+    role = f"lookup_admit_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(src)
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
+    source = {
+        "id": "crm",
+        "type": "postgresql",
+        "connection": {"dsn": src, "username": role},
+        "queries": {
+            "slow": {"query": "SELECT $1::text AS id, pg_sleep(0.3) IS NULL AS s", "args": ["id"]}
+        },
+    }
+    tenant = load_tenant(document={"tenant_id": "full", "data_sources": [source]})
+    sources = Sources(tenant)
+    pipeline = Pipeline(tenant, sources, Metrics())
+    try:
+        answers = await asyncio.gather(
+            *(pipeline.lookup("slow", {"id": str(n)}) for n in range(20))
+        )
+        assert [a.outcome for a in answers] == ["ok"] * 20, {str(a.result) for a in answers}
+        assert sources.circuit("crm").state == "closed"
+        assert sources.gate("crm").limit <= 3
+    finally:
+        await sources.close()
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()

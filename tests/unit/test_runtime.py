@@ -387,3 +387,17 @@ async def test_sources_room__a_stalled_source_no_longer_holds_back_the_queue(
     clock.now += 1
     assert sources.room(1) > 0  # other sources' jobs behind it may be claimed
     assert sources.stall_in() is None  # nothing left to wait for
+
+
+def test_gate__a_full_source_lowers_the_limit_to_the_reads_that_hold_a_connection() -> None:
+    clock = Clock()
+    gate = Gate(5, 10, clock=clock)
+    for _ in range(4):
+        assert gate.take()
+    gate.full()  # one of the four was refused a connection: three hold one
+    gate.release(0.1)  # the refused read leaves
+    assert (gate.limit, gate.in_use) == (3, 3)
+    assert not gate.take()  # a fourth waits for one of the three
+    clock.now += 6  # a while later one more connection is tried
+    gate.release(0.1)
+    assert (gate.limit, gate.in_use) == (4, 2)
