@@ -83,10 +83,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def admin(sql: str) -> None:
+async def admin(sql: str) -> str | None:
+    """Run ``sql`` on the server; the first column of its first row, if any."""
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
-        await conn.execute(sql)
+        return await conn.fetchval(sql)  # type: ignore[no-any-return]
     finally:
         await conn.close()
 
@@ -376,7 +377,13 @@ async def measure(
     }
     trees = {"before": {"PYTHONPATH": str(args.before)}} if args.before else {}
     names = [args.only] if args.only else [n for n in commands if n != "before" or args.before]
-    print(f"push webhook, wrk -t1, {args.seconds:g} s a level after 1 s of warm-up", flush=True)
+    # The test suite turns TLS on and off on this server: asyncpg uses it whenever offered.
+    tls = await admin("SHOW ssl")
+    print(
+        f"push webhook, wrk -t1, {args.seconds:g} s a level after 1 s of warm-up; "
+        f"PostgreSQL ssl={tls} (asyncpg's default sslmode=prefer)",
+        flush=True,
+    )
     async with contextlib.AsyncExitStack() as stack:
         servers = {}
         for name in names:
