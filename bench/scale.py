@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -536,11 +537,16 @@ async def pickups(
 async def idle_level(
     fleet: Fleet, probe: Probe, conn: asyncpg.Connection, count: int, plan: Plan
 ) -> IdleRow | None:
-    """The fleet grown to ``count`` workers (or as many as fit; None when none does)."""
+    """The fleet grown to ``count`` workers (or as many as fit); None when not one more
+    worker fits (the last row already measured this many)."""
     queue_db = database_of(fleet.bench.dsns["queue"])
+    had = len(fleet.started)
     short = await fleet.grow(count)
-    if not fleet.started:
-        fleet.bench.notes.append(f"idle tenants ({fleet.route}): not one worker started: {short}")
+    if len(fleet.started) == had:
+        fleet.bench.notes.append(
+            f"idle tenants ({fleet.route}): {count} wanted, not one more than {had}"
+            f" started: {short}"
+        )
         return None
     wanted, count = count, len(fleet.started)
     rate, updates = await idle_window(probe, conn, queue_db, plan.idle_window_s)
@@ -1041,16 +1047,23 @@ def push_job() -> dict[str, Any]:
     }
 
 
-async def push_client(http: aiohttp.ClientSession, url: str, samples: e2e.Samples) -> int:
-    """POST jobs one after the other until the window ends; answers not ok and sent."""
-    errors = 0
+async def push_client(
+    http: aiohttp.ClientSession, url: str, samples: e2e.Samples
+) -> collections.Counter[str]:
+    """POST jobs one after the other until the window ends; the answers that were not an
+    ``ok`` reply sent, by what they were (an outcome, "not sent", or an HTTP status)."""
+    errors: collections.Counter[str] = collections.Counter()
     while (started := time.perf_counter()) < samples.until:
         headers = {"Idempotency-Key": secrets.token_hex(8)}
         async with http.post(url, json=push_job(), headers=headers) as response:
             body = await response.read()
         answer = json.loads(body) if response.status == 200 else {}
-        if answer.get("outcome") != "ok" or answer.get("sent") is False:
-            errors += 1
+        if response.status != 200:
+            errors[f"HTTP {response.status}"] += 1
+        elif answer.get("outcome") != "ok":
+            errors[str(answer.get("outcome"))] += 1
+        elif answer.get("sent") is False:
+            errors["not sent"] += 1
         samples.add(started)
     return errors
 
@@ -1065,9 +1078,10 @@ async def push_load(bench: Bench, path: str, proc: Proc, n: int) -> e2e.Row:
         samples = e2e.Samples.window(bench.plan.warmup_s, bench.plan.measure_s)
         loop = asyncio.get_running_loop()
         loop.call_at(loop.time() + bench.plan.warmup_s, meter.start)
-        errors = sum(await asyncio.gather(*(push_client(http, url, samples) for _ in range(n))))
+        clients = await asyncio.gather(*(push_client(http, url, samples) for _ in range(n)))
         cpu = meter.stop()
-    note = f"{errors} not ok or not sent" if errors else ""
+    errors = sum(clients, collections.Counter[str]())
+    note = " ".join(f"{k}={v}" for k, v in sorted(errors.items()))
     return e2e.Row(path, n, samples.rate, samples.latencies_s, cpu, e2e.peak_rss_mb(proc.pid),
                    note)  # fmt: skip
 
@@ -1245,6 +1259,24 @@ def report(
     print(f"load:       {e2e.load_text()} at the end; the run took {took_s / 60:.1f} min")
 
 
+def checkout() -> list[str]:
+    """Which worker this run measures (its commit, and whether the tree had changes)."""
+
+    def output(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            return ""
+
+    git = ("git", "-C", str(ROOT))
+    head = output(*git, "rev-parse", "--short", "HEAD").strip() or "?"
+    dirty = output(*git, "status", "--porcelain", "--", "worker", "connectors").strip()
+    changed = " + uncommitted changes in worker/ or connectors/" if dirty else ""
+    bouncer = output(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "--version")
+    version = bouncer.splitlines()[0] if bouncer else "not installed"
+    return [f"worker:     commit {head}{changed}; {version}"]
+
+
 async def survive(bench: Bench, name: str, phase: Coroutine[Any, Any, None]) -> None:
     """Run a phase; when the server or a worker fails it (the machine is shared: a test
     may restart PostgreSQL), say so and go on with the next (its rows so far are kept)."""
@@ -1259,7 +1291,7 @@ async def survive(bench: Bench, name: str, phase: Coroutine[Any, Any, None]) -> 
 
 async def run(plan: Plan, log_level: str) -> None:
     started = time.perf_counter()
-    header = await e2e.machine()
+    header = [*await e2e.machine(), *checkout()]
     print("\n".join(header), flush=True)
     wanted = plan.only or PHASES
     results = Results()
