@@ -27,6 +27,12 @@ effects, and no result was handed out yet. Connecting gives up after
 ``min(5 s, what is left of timeout_s)``, so an unreachable server answers
 ``fallback`` fast.
 
+TLS is the ``ssl`` block's (connectors.network). Without one, a server on this
+machine (``localhost``, ``127.0.0.0/8``, ``::1``) is reached in plain TCP first
+and over TLS only if it refuses that (sslmode ``allow``); any other server, or a
+dsn naming its own ``sslmode``, gets asyncpg's default (``prefer``: TLS whenever
+the server offers it). ``ssl: {mode: disable}`` never uses TLS.
+
 Parameters are bound by the driver, never spliced into the text. asyncpg is
 strict about Python types (a ``"12345"`` for an ``integer`` column is an
 error), so each value is first converted to the type the server says the
@@ -42,6 +48,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import decimal
+import ipaddress
 import json
 import logging
 import math
@@ -51,7 +58,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from pydantic import Field, SecretStr, model_validator
@@ -448,13 +455,30 @@ class PostgreSQLConnector(Connector):
     def _connect_target(self) -> _Target:
         """Where connections go (an SSH tunnel's local end, if any), and with which TLS."""
         settings = self.settings
-        tls = self._network.tls()
+        tls = self._tls()
         if self._route is not None:
             return _Target(self._route[0], self._route[1], tls)
         if settings.dsn is not None:
             port = settings.port if "port" in settings.model_fields_set else None
             return _Target(None, port, tls)
         return _Target(settings.host, settings.port, tls)
+
+    def _tls(self) -> ssl.SSLContext | str | None:
+        """The ``ssl`` block's TLS (``mode: disable``: none at all); without one, to a server
+        on this machine, plain first: asyncpg's ``allow`` takes TLS only when the server
+        refuses a plain connection. Loopback traffic never leaves the host, and TLS costs a
+        read about a third of its client CPU. Elsewhere (and when the dsn names an
+        ``sslmode``) asyncpg's default, ``prefer``: TLS whenever the server offers it."""
+        settings = self.settings
+        if settings.ssl is not None:
+            return self._network.tls() or "disable"
+        if settings.dsn is not None:
+            query = parse_qs(urlsplit(settings.dsn.get_secret_value()).query)
+            if "sslmode" in query or "ssl" in query:
+                return None
+        # The server's own address, not an SSH tunnel's local end: past the bastion the
+        # traffic crosses a network, and TLS to the server is what protects it there.
+        return "allow" if _is_loopback(self._server_address()[0]) else None
 
     def _connect_kwargs(self) -> dict[str, Any]:
         settings = self.settings
@@ -567,6 +591,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _lost_connection(exc: BaseException) -> bool:

@@ -313,3 +313,35 @@ async def test_serverless_connectors__open_their_tunnel_through_the_bastion(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+
+
+@pytest.mark.parametrize(
+    ("ssl_block", "dsn_query", "encrypted"),
+    [
+        pytest.param(None, "", False, id="loopback-plain-first"),
+        pytest.param({"mode": "require"}, "", True, id="ssl-block-require"),
+        pytest.param({"mode": "disable"}, "", False, id="ssl-block-disable"),
+        pytest.param(None, "?sslmode=require", True, id="dsn-names-its-sslmode"),
+    ],
+)
+async def test_postgresql_connector__tls_to_a_server_on_this_machine(
+    postgres_tls: Certs, ssl_block: dict[str, str] | None, dsn_query: str, encrypted: bool
+) -> None:
+    """A server on loopback that offers TLS is read in plain TCP unless the config asks."""
+    from connectors.base import Bound
+    from connectors.postgresql import PostgreSQLConnector
+
+    dsn = "postgresql://postgres@127.0.0.1:5432/postgres" + dsn_query
+    connection: dict[str, object] = {"dsn": dsn}
+    if ssl_block is not None:
+        connection["ssl"] = ssl_block
+    settings = PostgreSQLConnector.Settings.model_validate(connection)
+    connector = PostgreSQLConnector("crm", settings, base_dir=postgres_tls.folder)
+    try:
+        query = PostgreSQLConnector.prepare(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND $1::int = 1"
+        )
+        result = await connector.run(query, Bound(args=(1,)), timeout_s=5)
+        assert result.rows == [{"ssl": encrypted}]
+    finally:
+        await connector.close()
