@@ -481,6 +481,11 @@ def _unreachable_reason(exc: BaseException) -> str:
     return "the connection was lost"
 
 
+def _connections_limited(exc: BaseException) -> bool:
+    """Error 1226 for the account's ``MAX_USER_CONNECTIONS`` (not its other resource limits)."""
+    return _code(exc) == 1226 and "max_user_connections" in str(exc.args[-1:])
+
+
 def _server_text(exc: BaseException) -> str:
     """The server's message, with quoted text (which may hold values) cut out."""
     args = exc.args
@@ -627,7 +632,8 @@ class MySQLConnector(Connector):
                 self.source_id,
                 f"authentication failed for user {self._login.user!r} (MySQL error {code})",
             )
-        if code in _TOO_MANY_CONNECTIONS:  # worker.sources reads on the ones it has
+        if code in _TOO_MANY_CONNECTIONS or _connections_limited(exc):
+            # worker.sources reads on the connections it has
             host, port, _ = self._connect_target()
             return SourceFull(self.source_id, f"{host}:{port} has too many connections")
         if code in _UNREACHABLE or isinstance(exc, aiomysql.InterfaceError):

@@ -335,3 +335,33 @@ async def test_full_source__reads_wait_for_the_connections_it_has(
         )
         await admin.execute(f'DROP ROLE "{role}"')
         await admin.close()
+
+
+async def test_full_mysql_source__reads_wait_for_the_connections_it_has() -> None:
+    name = f"lookup_admit_{secrets.token_hex(4)}"
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"CREATE USER '{name}'@'127.0.0.1' WITH MAX_USER_CONNECTIONS 3")
+        cur.execute(f"GRANT SELECT ON {name}.* TO '{name}'@'127.0.0.1'")
+    source = {
+        "id": "shop",
+        "type": "mysql",
+        "connection": {"host": "127.0.0.1", "username": name, "database": name},
+        "queries": {"slow": {"query": "SELECT $1 AS id, SLEEP(0.3) AS s", "args": ["id"]}},
+    }
+    tenant = load_tenant(document={"tenant_id": "full", "data_sources": [source]})
+    sources = Sources(tenant)
+    pipeline = Pipeline(tenant, sources, Metrics())
+    try:
+        answers = await asyncio.gather(
+            *(pipeline.lookup("slow", {"id": str(n)}) for n in range(20))
+        )
+        assert [a.outcome for a in answers] == ["ok"] * 20, {str(a.result) for a in answers}
+        assert sources.circuit("shop").state == "closed"
+    finally:
+        await sources.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER '{name}'@'127.0.0.1'")
+            cur.execute(f"DROP DATABASE {name}")
+        admin.close()
