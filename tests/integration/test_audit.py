@@ -103,6 +103,32 @@ async def test_flush__writes_everything_queued_each_round(
     assert sum(s["query_count"] for s in stats) == 730
 
 
+async def test_flush__rows_recorded_during_a_write_wait_for_the_next_round(
+    tmp_path: Path,
+) -> None:
+    # A busy worker records rows while a batch is written: the round ends anyway (it
+    # used to write on until the buffer was empty, a few rows at a time, never pausing).
+    audit = AuditLog(str(tmp_path / "audit.db"), flush_s=60)
+    await audit.open()
+    write = audit._write
+
+    async def write_while_answering(rows: list[AuditRow]) -> None:
+        audit.record(row())  # a lookup answered meanwhile
+        await write(rows)
+
+    audit._write = write_while_answering  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            audit.record(row())
+        await audit._write_pending()
+        assert audit.pending == 1
+    finally:
+        audit._write = write  # type: ignore[method-assign]
+        await audit.close()
+    stats = await hourly_stats(str(tmp_path / "audit.db"), "acme", dt.timedelta(hours=1))
+    assert sum(s["query_count"] for s in stats) == 4
+
+
 async def test_postgres__stats_answer_the_seeds_monitoring_query(pg_dsn: str) -> None:
     audit = AuditLog(pg_dsn, flush_s=0.01)
     await audit.open()
