@@ -48,7 +48,6 @@ import contextlib
 import contextvars
 import datetime as dt
 import decimal
-import ipaddress
 import json
 import logging
 import math
@@ -75,7 +74,7 @@ from connectors.base import (
     SourceTimeout,
     SourceUnavailable,
 )
-from connectors.network import NetworkAccess, SSHSettings, TLSSettings
+from connectors.network import NetworkAccess, SSHSettings, TLSSettings, is_loopback
 from connectors.sql import (
     POSTGRESQL_WRITE_ACCESS,
     SQLSpec,
@@ -478,7 +477,7 @@ class PostgreSQLConnector(Connector):
                 return None
         # The server's own address, not an SSH tunnel's local end: past the bastion the
         # traffic crosses a network, and TLS to the server is what protects it there.
-        return "allow" if _is_loopback(self._server_address()[0]) else None
+        return "allow" if is_loopback(self._server_address()[0]) else None
 
     def _connect_kwargs(self) -> dict[str, Any]:
         settings = self.settings
@@ -591,16 +590,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-
-
-def _is_loopback(host: str) -> bool:
-    """``localhost``, ``127.0.0.0/8`` or ``::1``."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _lost_connection(exc: BaseException) -> bool:

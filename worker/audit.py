@@ -495,6 +495,7 @@ class AuditLog:
         if self.is_postgres:
             import asyncpg
 
+            from connectors.network import plain_on_loopback
             from worker.stores.postgres import pool_options
 
             if self._pg is None:
@@ -502,7 +503,11 @@ class AuditLog:
                 # worker keeps no connection for an audit log it is not writing.
                 mode = os.environ.get("QUEUE_POOL_MODE") or "session"
                 self._pg = await asyncpg.create_pool(
-                    self.target, max_size=2, command_timeout=30, **pool_options(mode)
+                    self.target,
+                    ssl=plain_on_loopback(self.target),
+                    max_size=2,
+                    command_timeout=30,
+                    **pool_options(mode),
                 )
             async with self._pg.acquire() as conn:
                 async with conn.transaction():

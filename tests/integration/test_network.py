@@ -345,3 +345,32 @@ async def test_postgresql_connector__tls_to_a_server_on_this_machine(
         assert result.rows == [{"ssl": encrypted}]
     finally:
         await connector.close()
+
+
+@pytest.mark.parametrize(
+    ("dsn_query", "encrypted"),
+    [
+        pytest.param("", False, id="loopback-plain-first"),
+        pytest.param("?sslmode=require", True, id="dsn-names-its-sslmode"),
+    ],
+)
+async def test_queue_store__tls_to_a_queue_database_on_this_machine(
+    postgres_tls: Certs, dsn_query: str, encrypted: bool
+) -> None:
+    """The queue's pool and its LISTEN session follow the same rule as a source."""
+    from worker.stores.postgres import PostgresStore
+
+    store = PostgresStore("postgresql://postgres@127.0.0.1:5432/postgres" + dsn_query)
+    try:
+        await store.open()
+        await store.wait_for_jobs(0.01, "tls-probe")  # opens the LISTEN session
+        async with store._conn() as conn:
+            rows = await conn.fetch(
+                """SELECT s.ssl FROM pg_stat_ssl AS s JOIN pg_stat_activity AS a USING (pid)
+                    WHERE a.application_name LIKE 'data-lookup-worker %'
+                      AND a.datname = 'postgres'"""
+            )
+        assert len(rows) >= 2
+        assert {r["ssl"] for r in rows} == {encrypted}
+    finally:
+        await store.close()

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from connectors.network import plain_on_loopback
 from worker.audit import AuditRow, AuditTable
 from worker.batching import GroupCommit
 from worker.errors import ConfigError, QueueUnavailable
@@ -463,6 +464,7 @@ class PostgresStore(Store):
         try:
             pool = await asyncpg.create_pool(
                 self.dsn,
+                ssl=plain_on_loopback(self.dsn),
                 max_size=self.pool_size,
                 command_timeout=30,
                 server_settings={"application_name": "data-lookup-worker queue"},
@@ -653,6 +655,7 @@ class PostgresStore(Store):
         try:
             listener = await asyncpg.connect(
                 self.listen_dsn,
+                ssl=plain_on_loopback(self.listen_dsn),
                 statement_cache_size=0,
                 server_settings={"application_name": "data-lookup-worker listen"},
             )
