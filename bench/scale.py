@@ -1313,7 +1313,7 @@ async def run(plan: Plan, log_level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter windows (~4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter windows (~3.5 minutes)")
     parser.add_argument("--worker-log-level", default="INFO", help="the workers' WORKER_LOG_LEVEL")
     parser.add_argument(
         "--rounds",
