@@ -279,6 +279,15 @@ class Runtime:
                 extra={"action": "complete", **extra},
             )
             return
+        except Exception as exc:  # retried for the lease's length; the queue then hands it out
+            log.error(
+                "job %s: the answer could not be stored (%s); the job is answered again "
+                "once its lease runs out",
+                job.id,
+                exc if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}",
+                extra={"action": "complete", **extra},
+            )
+            return
         self.answered += 1
         log.info(
             "job %s answered: %s in %d ms",

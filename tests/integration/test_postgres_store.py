@@ -493,3 +493,28 @@ async def test_local_engine__each_tenants_long_poll_wakes_for_its_own_jobs(
             WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
     )
     assert listeners == 1  # one session LISTENs for every tenant
+
+
+async def test_too_many_connections__is_the_queue_unavailable_not_a_crash(
+    store: PostgresStore, dsn: str
+) -> None:
+    """A server (or role) at its connection limit is a wait the run loop backs off from
+    and the final writes retry, not an error that kills the job holding the answer."""
+    from worker.errors import QueueUnavailable
+
+    role = f"lim_{dsn.rsplit('_', 1)[1]}"
+    admin = await asyncpg.connect(ADMIN)
+    held = None
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+        limited = dsn.replace("postgres@", f"{role}@", 1)
+        held = await asyncpg.connect(limited)  # the role's one connection, taken
+        crowded = PostgresStore(limited)
+        with pytest.raises(QueueUnavailable, match="TooManyConnectionsError"):
+            await crowded.open()
+        await crowded.close()
+    finally:
+        if held is not None:
+            await held.close()
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -275,6 +275,8 @@ _CONNECTION_TROUBLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # the server's max_connections reached (other clients may leave): a wait, not a refusal
+    asyncpg.TooManyConnectionsError,
     # a pooled connection left mid-operation by a dropped server: discard and retry
     asyncpg.InternalClientError,
 )
