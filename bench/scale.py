@@ -487,6 +487,9 @@ async def count_sessions(probe: Probe, fleet: Fleet, queue_db: str) -> tuple[lis
 
 #: PostgreSQL 15 flushes a quiet session's statistics up to 10 s late (PGSTAT_IDLE_INTERVAL)
 STATS_SETTLE_S = 10.5
+#: The worker's pools close a connection idle 30 s (what start-up opened included):
+#: sessions are counted after the window, at least this long after the last start.
+POOLS_SETTLE_S = 31.0
 
 
 async def idle_window(
@@ -494,7 +497,7 @@ async def idle_window(
 ) -> tuple[float, float]:
     """Transactions and UPDATE statements on ``jobs`` a second in the queue database
     while nobody sends it work (after the start-ups' statistics have all arrived)."""
-    await asyncio.sleep(STATS_SETTLE_S)
+    await asyncio.sleep(max(STATS_SETTLE_S, POOLS_SETTLE_S - window_s))
     await conn.execute("TRUNCATE bench_updates")
     before = await probe.xacts(queue_db)
     await asyncio.sleep(window_s)
