@@ -1203,11 +1203,11 @@ async def machine() -> list[str]:
     rows = await admin(
         "SELECT version(), current_setting('max_connections'),"
         " current_setting('synchronous_commit'),"
-        " (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
+        " current_setting('ssl') = 'on'"
     )
     model = cpu_model()
     version = str(rows[0][0]).split(" on ")[0]
-    tls = "TLS on (asyncpg's default sslmode=prefer)" if rows[0][3] else "no TLS"
+    tls = f"server TLS {'on' if rows[0][3] else 'off'}, PGSSLMODE={os.environ.get('PGSSLMODE')}"
     return [
         f"date:       {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"machine:    {os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}",
@@ -1360,6 +1360,13 @@ async def run(plan: Plan) -> None:
             report(bench, header, bursts)
 
 
+def same_tls_for_all() -> None:
+    """``PGSSLMODE=disable`` for this process and every one it starts, unless set: the
+    worker reads a server on loopback in plain TCP by itself (sslmode ``allow``), and
+    the anchors (bare driver, pgqueuer, floor_push.py) must not pay TLS it does not."""
+    os.environ.setdefault("PGSSLMODE", "disable")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced matrix (~2 minutes)")
@@ -1387,6 +1394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
+    same_tls_for_all()
     try:
         asyncio.run(run(Plan.of(args)))
     except KeyboardInterrupt:

@@ -1332,6 +1332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"run only these phases ({', '.join(PHASES)}); the default is all of them",
     )
     args = parser.parse_args(argv)
+    e2e.same_tls_for_all()
     try:
         asyncio.run(run(Plan.of(args), args.worker_log_level))
     except KeyboardInterrupt:
