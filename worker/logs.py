@@ -20,6 +20,7 @@ that lacks them, a library's or a connector's included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import datetime as dt
@@ -41,6 +42,7 @@ __all__ = [
     "JobFields",
     "JsonFormatter",
     "TextFormatter",
+    "TurnBatchedHandler",
     "hide_customer_values",
     "job_context",
     "mask_customer_values",
@@ -261,6 +263,52 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class TurnBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the lines of one event-loop turn in one write.
+
+    Under load a turn settles dozens of jobs at once (a group commit returns many
+    completions), and each job's line was a write system call of its own. Lines
+    logged off the loop (a driver's thread, start-up, shutdown) and errors go out
+    at once, with whatever is waiting before them; `logging.shutdown` at exit
+    flushes the rest, so only a SIGKILL can lose a turn's lines.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._due = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or record.levelno >= logging.ERROR:
+            self.flush()
+        elif not self._due:
+            self._due = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._due = False
+            if not self._lines:
+                return
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to tell it
+                pass
+
+
 def setup(
     level: str = "INFO", *, json_lines: bool | None = None, libraries: str | None = None
 ) -> None:
@@ -275,7 +323,7 @@ def setup(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnBatchedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     handler.addFilter(JobFields())
     handler.addFilter(CustomerMask())

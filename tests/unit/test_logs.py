@@ -166,6 +166,7 @@ async def test_job_context__every_line_in_the_job_carries_tenant_and_job_id(
 
     await asyncio.gather(job("1"), job("2"))
     log.info("outside any job")
+    await asyncio.sleep(0)  # the turn's lines are written after it
     lines = _lines(stream)
     inside = [
         line for line in lines if line["msg"] != "explicit" and line["msg"] != "outside any job"
@@ -186,3 +187,51 @@ def test_mask__every_spelling_holds_the_values_core(value: str) -> None:
     (core,) = logs._cores((value,))
     if core is not None:
         assert all(core in form for form in logs._spellings(value))
+
+
+def test_turn_batched_handler__one_turns_lines_in_one_write_in_order() -> None:
+    """Lines logged in one event-loop turn go out together, after the turn, in order;
+    an error goes out at once with what waited before it; off the loop, at once."""
+    import asyncio
+    import io
+
+    from worker.logs import TurnBatchedHandler
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Counting.writes += 1
+            return super().write(text)
+
+    stream = Counting()
+    handler = TurnBatchedHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.turns")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+    async def turn() -> str:
+        for n in range(5):
+            logger.info("line %d", n)
+        during = stream.getvalue()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return during
+
+    try:
+        assert asyncio.run(turn()) == ""
+        assert stream.getvalue() == "".join(f"line {n}\n" for n in range(5))
+        assert Counting.writes == 1
+
+        async def error_after_info() -> str:
+            logger.info("waiting")
+            logger.error("now")
+            return stream.getvalue()
+
+        assert asyncio.run(error_after_info()).endswith("waiting\nnow\n")
+        logger.info("off the loop")
+        assert stream.getvalue().endswith("off the loop\n")
+    finally:
+        logger.handlers.clear()
