@@ -11,9 +11,7 @@ idempotent, the customer still gets exactly one.
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
-import random
 from typing import Any
 
 from worker.audit import AuditLog
@@ -36,15 +34,7 @@ class JobQueue(abc.ABC):
         self.worker_id = worker_id
 
     @abc.abstractmethod
-    async def claim(
-        self, max_jobs: int, wait_s: float, *, linger_s: float = 0.0
-    ) -> list[ClaimedJob]:
-        """Up to ``max_jobs`` jobs, waiting up to ``wait_s`` for the first to come.
-
-        ``linger_s``: a worker with jobs in flight is in no hurry for the next one;
-        after a wake-up it waits up to this long (a random share) before claiming,
-        so that replicas woken by the same insert do not all race for it.
-        """
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]: ...
 
     @abc.abstractmethod
     async def heartbeat(self, job: ClaimedJob) -> None:
@@ -91,9 +81,7 @@ class EngineQueue(JobQueue):
         super().__init__(tenant_id, worker_id)
         self.client = client
 
-    async def claim(
-        self, max_jobs: int, wait_s: float, *, linger_s: float = 0.0
-    ) -> list[ClaimedJob]:
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         return await self.client.next_jobs(
             self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s
         )
@@ -156,16 +144,12 @@ class StoreQueue(JobQueue):
         self.lease_s = lease_s
         self.audit: AuditLog | None = None
 
-    async def claim(
-        self, max_jobs: int, wait_s: float, *, linger_s: float = 0.0
-    ) -> list[ClaimedJob]:
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
         jobs = await self.store.claim_or_release(claim)
         # A wait that ran out saw no sign of jobs, and the caller's next claim looks
         # anyway: claiming again here would double an idle worker's transactions.
         if not jobs and wait_s > 0 and await self.store.wait_for_jobs(wait_s, self.tenant_id):
-            if linger_s > 0:  # replicas woken together claim one after another, not at once
-                await asyncio.sleep(random.uniform(0, linger_s))  # noqa: S311 - not crypto
             jobs = await self.store.claim_or_release(claim)
         return jobs
 

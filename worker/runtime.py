@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 
 #: The longest pause between two claims while the engine or queue is down.
 CLAIM_BACKOFF_CAP_S = 10.0
-#: With jobs in flight, a wake-up is answered after a random pause up to this long:
-#: replicas of a tenant that one insert woke then claim in turn, the first taking
-#: the job and the others what arrived meanwhile, instead of all racing for it.
-CLAIM_LINGER_S = 0.01
 
 
 #: Heartbeats go out every third of a lease, but at most this often.
@@ -191,8 +187,7 @@ class Runtime:
     async def _claim(self, stop: asyncio.Event, count: int) -> list[ClaimedJob]:
         wait_s = 1.0 if self.settings.once else self.settings.wait_s
         started = time.perf_counter()
-        linger_s = CLAIM_LINGER_S if self._tasks else 0.0
-        claim = asyncio.ensure_future(self.queue.claim(count, wait_s, linger_s=linger_s))
+        claim = asyncio.ensure_future(self.queue.claim(count, wait_s))
         if not await _first_of(claim, stop):
             # Stopping mid long-poll. A job the engine leased to us in this very
             # moment is handed out again when its lease runs out: late, not lost.
