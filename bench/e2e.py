@@ -68,7 +68,7 @@ SLOW_SELECT = (
     "WHERE o.order_id = $1"
 )
 #: connections the worker's queue store pools (PostgresStore's default), LISTEN, audit
-WORKER_FIXED_CONNECTIONS = 10 + 3 + 1 + 2
+WORKER_FIXED_CONNECTIONS = 10 + 1 + 2
 #: connections left free for the other users of this server
 SPARE_CONNECTIONS = 20
 FLOOR_POOL = 20
