@@ -47,7 +47,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -282,6 +282,16 @@ _CONNECTION_TROUBLE = (
 )
 
 
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Connection trouble inside becomes `QueueUnavailable`: ``what``, and the error's kind
+    (never its text, which may quote the DSN)."""
+    try:
+        yield
+    except _CONNECTION_TROUBLE as exc:
+        raise QueueUnavailable(f"{what} ({type(exc).__name__})") from exc
+
+
 @dataclass(frozen=True)
 class _Send:
     key: str
@@ -447,23 +457,19 @@ class PostgresStore(Store):
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; connection trouble becomes `QueueUnavailable`."""
-        try:
+        with _unavailable("the queue database did not answer"):
             if self._pool is None:
                 await self.open()
             if self._pool is None:  # open() sets it or raises
                 raise QueueUnavailable("the queue database is not open")
             async with self._pool.acquire() as conn:
                 yield conn
-        except _CONNECTION_TROUBLE as exc:
-            raise QueueUnavailable(
-                f"the queue database did not answer ({type(exc).__name__})"
-            ) from exc
 
     async def open(self) -> None:
         """Create the pool (no connection yet) and migrate through it: one stays, idle."""
         if self._pool is not None:
             return
-        try:
+        with _unavailable("cannot reach the queue database"):
             pool = await asyncpg.create_pool(
                 self.dsn,
                 ssl=plain_on_loopback(self.dsn),
@@ -472,21 +478,12 @@ class PostgresStore(Store):
                 server_settings={"application_name": "data-lookup-worker queue"},
                 **self._pool_options,
             )
-        except _CONNECTION_TROUBLE as exc:
-            raise QueueUnavailable(
-                f"cannot reach the queue database ({type(exc).__name__})"
-            ) from exc
-        try:
-            await self._check_routes()
-            await self._migrate(pool)
-        except _CONNECTION_TROUBLE as exc:
-            await pool.close()
-            raise QueueUnavailable(
-                f"cannot reach the queue database ({type(exc).__name__})"
-            ) from exc
-        except BaseException:
-            await pool.close()
-            raise
+            try:
+                await self._check_routes()
+                await self._migrate(pool)
+            except BaseException:
+                await pool.close()
+                raise
         self._pool = pool
 
     async def _check_routes(self) -> None:
@@ -642,37 +639,27 @@ class PostgresStore(Store):
             if listener is None or listener.is_closed():
                 listener = await self._connect_listener()
             if name not in self._wake:
-                try:
+                with _unavailable("cannot LISTEN on the queue database"):
                     await listener.add_listener(name, self._notified)
-                except _CONNECTION_TROUBLE as exc:
-                    raise QueueUnavailable(
-                        f"cannot LISTEN on the queue database ({type(exc).__name__})"
-                    ) from exc
                 self._wake[name] = asyncio.Event()
             return self._wake[name]
 
     async def _connect_listener(self) -> asyncpg.Connection:
         """A new LISTEN session, on every channel the old one had; their waiters wake
         (a job may have come while no session listened)."""
-        try:
+        with _unavailable("cannot LISTEN on the queue database"):
             listener = await asyncpg.connect(
                 self.listen_dsn,
                 ssl=plain_on_loopback(self.listen_dsn),
                 statement_cache_size=0,
                 server_settings={"application_name": "data-lookup-worker listen"},
             )
-        except _CONNECTION_TROUBLE as exc:
-            raise QueueUnavailable(
-                f"cannot LISTEN on the queue database ({type(exc).__name__})"
-            ) from exc
-        try:
-            for name in self._wake:
-                await listener.add_listener(name, self._notified)
-        except _CONNECTION_TROUBLE as exc:
-            listener.terminate()
-            raise QueueUnavailable(
-                f"cannot LISTEN on the queue database ({type(exc).__name__})"
-            ) from exc
+            try:
+                for name in self._wake:
+                    await listener.add_listener(name, self._notified)
+            except BaseException:
+                listener.terminate()
+                raise
         listener.add_termination_listener(self._lost)
         self._listener = listener
         for name in list(self._wake):
