@@ -204,6 +204,7 @@ class Sources:
         self._live: dict[str, Connector] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._circuits: dict[str, Circuit] = {}
+        self._shown: dict[str, int] = {}  # source id -> the circuit gauge's value
         self._gates: dict[str, Gate] = {}
         #: set whenever a read on any of the tenant's sources arrives or ends
         self.changed = asyncio.Event()
@@ -334,8 +335,15 @@ class Sources:
         else:
             circuit.succeeded()
         finally:
-            if self.metrics is not None:
-                self.metrics.circuit_open.labels(source_id).set(1 if circuit.state == "open" else 0)
+            self._show(source_id, circuit)
+
+    def _show(self, source_id: str, circuit: Circuit) -> None:
+        """The circuit's state on ``worker_source_circuit_open``, set when it changes
+        (a gauge's ``labels()`` on every read cost more than the read's own bookkeeping)."""
+        shown = 1 if circuit.state == "open" else 0
+        if self.metrics is not None and self._shown.get(source_id) != shown:
+            self._shown[source_id] = shown
+            self.metrics.circuit_open.labels(source_id).set(shown)
 
     def _fence(self, source_id: str) -> contextlib.AbstractContextManager[None]:
         """The tenant's reach in force for what runs inside (nothing to do for a file config)."""
