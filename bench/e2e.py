@@ -35,7 +35,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -250,7 +250,7 @@ async def spawn(name: str, args: Sequence[str], env: dict[str, str], logs: Path)
     return Proc(name, process, log)
 
 
-async def wait_http(proc: Proc, url: str, *, timeout_s: float = 30) -> None:
+async def wait_http(proc: Proc, url: str, *, timeout_s: float = 30, poll_s: float = 0.05) -> None:
     """Until ``url`` answers 200 (the process is up), or fail with its log."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + timeout_s
@@ -262,7 +262,7 @@ async def wait_http(proc: Proc, url: str, *, timeout_s: float = 30) -> None:
                 async with http.get(url) as response:
                     if response.status == 200:
                         return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_s)
     raise RuntimeError(f"{proc.name} did not come up at {url}:\n{proc.tail()}")
 
 
@@ -1004,10 +1004,15 @@ async def pickup_samples(conn: asyncpg.Connection, count: int) -> list[float]:
         await asyncio.sleep(random.uniform(0.05, 0.15))  # the worker is idle, waiting
         ids += await target.enqueue(1)
         await drain(target, len(ids), 10)
+    return await claim_delays(conn, ids)
+
+
+async def claim_delays(conn: asyncpg.Connection, ids: Sequence[int]) -> list[float]:
+    """Seconds from insert to claim of these jobs (the claimed ones: `claim_stamps`)."""
     rows = await conn.fetch(
         """SELECT extract(epoch FROM bench_claimed_at - created_at)::float8 FROM jobs
            WHERE id = ANY($1::bigint[]) AND bench_claimed_at IS NOT NULL""",
-        ids,
+        list(ids),
     )
     return [float(r[0]) for r in rows]
 
@@ -1091,24 +1096,28 @@ async def slow_pg(bench: Bench) -> Burst:
 
 
 @contextlib.asynccontextmanager
-async def slow_api(count: int) -> AsyncIterator[list[str]]:
-    """``count`` loopback HTTP servers whose ``GET /orders/{id}`` answers after 2 s."""
+async def slow_api(
+    count: int, route: str = "/orders/{order_id}", backlog: int = 2048
+) -> AsyncIterator[list[str]]:
+    """``count`` loopback HTTP servers whose ``GET route`` answers an order after 2 s, or
+    after the ``{seconds}`` the path names if ``route`` has them (bench/scale.py's
+    ``/slow{seconds:[0-9]}/orders/{order_id}``)."""
 
     async def order(request: web.Request) -> web.Response:
-        await asyncio.sleep(2)
+        await asyncio.sleep(int(request.match_info.get("seconds", 2)))
         order_id = request.match_info["order_id"]
         return web.json_response(
             {"status": "shipped", "tracking": f"TRK{order_id}", "estimated_delivery": "2025-09-12"}
         )
 
     app = web.Application()
-    app.add_routes([web.get("/orders/{order_id}", order)])
+    app.add_routes([web.get(route, order)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ports = [free_port() for _ in range(count)]
     try:
         for port in ports:
-            await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
+            await web.TCPSite(runner, "127.0.0.1", port, backlog=backlog).start()
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         await runner.cleanup()
@@ -1395,8 +1404,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     same_tls_for_all()
+    run_to_the_end(run(Plan.of(args)))
+
+
+def run_to_the_end(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; Ctrl-C exits 130 once its ``finally`` blocks have stopped the workers
+    and dropped the databases (asyncio.run cancels it and waits for them)."""
     try:
-        asyncio.run(run(Plan.of(args)))
+        asyncio.run(main)
     except KeyboardInterrupt:
         print("\ninterrupted: the workers were stopped and the databases dropped", file=sys.stderr)
         raise SystemExit(130) from None

@@ -30,28 +30,21 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+# bench/e2e.py (the script's own folder is on sys.path): the same server, tenant and seed
+from e2e import ADMIN_DSN, ORDERS, ROOT, SELECT, TEMPLATE, TENANT, dsn_for, free_port
+
 FLOOR = ROOT.parent / "shared" / "bench" / "floor_push.py"
-ADMIN_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-TENANT = "bench"
-ORDERS = 10_000
-TEMPLATE = (
-    "Your order #{{ params.order_id }} is {{ row.status }}. "
-    "Tracking: {{ row.tracking }}, expected {{ row.estimated_delivery }}."
-)
-SELECT = "SELECT status, tracking, estimated_delivery FROM orders WHERE order_id = $1"
 #: wrk's request: the seed's job shape (the phone in ``parameters.customer_phone``, where
 #: floor_push.py reads it, and in ``customer_context``), a fresh order id, phone and
 #: idempotency key each time, so every reply is a new message the engine stores
@@ -71,16 +64,6 @@ request = function()
   return wrk.format(nil, nil, headers, body)
 end
 """
-
-
-def dsn_for(database: str) -> str:
-    return urlunsplit(urlsplit(ADMIN_DSN)._replace(path="/" + database))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def admin(sql: str) -> str | None:

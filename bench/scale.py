@@ -47,7 +47,6 @@ import asyncpg
 import e2e  # bench/e2e.py: the script's own folder is on sys.path
 import psutil
 import yaml
-from aiohttp import web
 from e2e import ROOT, Bench, Proc, fmt, percentile, print_table
 
 PHASES = ("idle", "burst", "replicas", "compare")
@@ -58,6 +57,8 @@ SPARE_CONNECTIONS = 20
 PROBE_APP = "scale-bench probe"
 PUSH_ORDERS = 10_000
 PUSH_SELECT = "SELECT status, tracking, estimated_delivery FROM push_orders WHERE order_id = $1"
+#: the REST source of a burst: ``GET /slow{n}/orders/{id}`` answers after n seconds
+SLOW_ROUTE = "/slow{seconds:[0-9]}/orders/{order_id}"
 
 
 # -- what to run ------------------------------------------------------------------
@@ -250,18 +251,9 @@ def server_ports(pid: int, ports: set[int]) -> list[tuple[int, int]]:
     return found
 
 
-async def wait_ok(url: str, proc: Proc, timeout_s: float = 60) -> None:
-    """Poll ``url`` every 5 ms until it answers 200."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with aiohttp.ClientSession() as http:
-        while loop.time() - started < timeout_s and proc.process.returncode is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.005)
-    raise RuntimeError(f"{proc.name} did not answer {url}:\n{proc.tail()}")
+async def wait_ready(proc: Proc, url: str) -> None:
+    """Until ``url`` answers 200, polled every 5 ms: ready time is a figure here."""
+    await e2e.wait_http(proc, url, timeout_s=60, poll_s=0.005)
 
 
 def worker_run_options() -> str:
@@ -388,9 +380,9 @@ async def start_worker(
     proc = await e2e.spawn(name, args, bench.worker_env(env), bench.folder)
     proc.url = f"http://127.0.0.1:{port}"
     try:
-        await wait_ok(f"{proc.url}/healthz", proc)
+        await wait_ready(proc, f"{proc.url}/healthz")
         ready = time.perf_counter() - started
-        await wait_ok(f"{proc.url}/readyz", proc)
+        await wait_ready(proc, f"{proc.url}/readyz")
     except BaseException:
         await proc.stop(5)
         raise
@@ -529,12 +521,7 @@ async def pickups(
             await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)  # the wake-ups that come after the reply
     updates, empty = await update_counts(conn)
-    latencies = await conn.fetch(
-        """SELECT extract(epoch FROM bench_claimed_at - created_at)::float8 FROM jobs
-           WHERE id = ANY($1::bigint[]) AND bench_claimed_at IS NOT NULL""",
-        ids,
-    )
-    return [float(r[0]) for r in latencies], updates / samples, empty / samples
+    return await e2e.claim_delays(conn, ids), updates / samples, empty / samples
 
 
 async def idle_level(
@@ -687,29 +674,6 @@ def burst_config(shop_dsn: str, api_url: str | None) -> dict[str, Any]:
     return config
 
 
-@contextlib.asynccontextmanager
-async def slow_api() -> AsyncIterator[str]:
-    """A loopback HTTP server: ``GET /slow{n}/orders/{id}`` answers after n seconds."""
-
-    async def order(request: web.Request) -> web.Response:
-        await asyncio.sleep(int(request.match_info["seconds"]))
-        order_id = request.match_info["order_id"]
-        return web.json_response(
-            {"status": "shipped", "tracking": f"TRK{order_id}", "estimated_delivery": "2025-09-12"}
-        )
-
-    app = web.Application()
-    app.add_routes([web.get("/slow{seconds:[0-9]}/orders/{order_id}", order)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = e2e.free_port()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 @dataclass
 class BurstRow:
     source: str
@@ -786,7 +750,7 @@ async def run_bursts(bench: Bench, plan: Plan, rows: list[BurstRow]) -> None:
     rest = e2e.rest_available()
     if not rest:
         bench.notes.append("bursts on the REST source: connectors.rest is not importable.")
-    async with slow_api() as url:
+    async with e2e.slow_api(1, SLOW_ROUTE, backlog=4096) as (url,):
         config = burst_config(bench.dsns["shop"], url if rest else None)
         path = bench.folder / "bursts.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -1095,7 +1059,7 @@ async def floor_push(bench: Bench, config: Path, env: Mapping[str, str]) -> Proc
     args = [sys.executable, str(FLOOR_PUSH), "run", "--tenant", e2e.TENANT, "--config", str(config)]
     proc = await e2e.spawn("floor", args, {**env, "WORKER_HTTP": f"127.0.0.1:{port}"}, bench.folder)
     proc.url = f"http://127.0.0.1:{port}"
-    await wait_ok(f"{proc.url}/healthz", proc)
+    await wait_ready(proc, f"{proc.url}/healthz")
     return proc
 
 
@@ -1333,11 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     e2e.same_tls_for_all()
-    try:
-        asyncio.run(run(Plan.of(args), args.worker_log_level))
-    except KeyboardInterrupt:
-        print("\ninterrupted: the workers were stopped and the databases dropped", file=sys.stderr)
-        raise SystemExit(130) from None
+    e2e.run_to_the_end(run(Plan.of(args), args.worker_log_level))
 
 
 if __name__ == "__main__":
