@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections import deque
 from collections.abc import AsyncIterator
@@ -92,16 +93,23 @@ class ListQueue(JobQueue):
         return None
 
 
-@pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
-    shutil.copy(REPO / "config" / "demo" / "shop.db", tmp_path / "shop.db")
-    (tmp_path / "shop.yaml").write_text(CONFIG, encoding="utf-8")
-    tenant = load_tenant(tmp_path / "shop.yaml")
+@contextlib.asynccontextmanager
+async def shop_pipeline(folder: Path, config: str) -> AsyncIterator[Pipeline]:
+    """The shop tenant of ``config`` on a copy of the demo database in ``folder``."""
+    shutil.copy(REPO / "config" / "demo" / "shop.db", folder / "shop.db")
+    (folder / "shop.yaml").write_text(config, encoding="utf-8")
+    tenant = load_tenant(folder / "shop.yaml")
     sources = Sources(tenant)
     try:
         yield Pipeline(tenant, sources, Metrics())
     finally:
         await sources.close()
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    async with shop_pipeline(tmp_path, CONFIG) as shop:
+        yield shop
 
 
 def job(query_type: str = "order_status", **overrides: Any) -> dict[str, Any]:
@@ -233,14 +241,8 @@ GATED = CONFIG.replace("    connection: {path: shop.db}\n", ONE_AT_A_TIME).repla
 @pytest.fixture
 async def gated(tmp_path: Path) -> AsyncIterator[Pipeline]:
     """The shop tenant with one read at a time on its source."""
-    shutil.copy(REPO / "config" / "demo" / "shop.db", tmp_path / "shop.db")
-    (tmp_path / "shop.yaml").write_text(GATED, encoding="utf-8")
-    tenant = load_tenant(tmp_path / "shop.yaml")
-    sources = Sources(tenant)
-    try:
-        yield Pipeline(tenant, sources, Metrics())
-    finally:
-        await sources.close()
+    async with shop_pipeline(tmp_path, GATED) as shop:
+        yield shop
 
 
 class Clock:
