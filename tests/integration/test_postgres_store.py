@@ -197,6 +197,15 @@ async def admin_count(dsn: str, sql: str) -> int:
         await admin.close()
 
 
+async def listen_sessions(dsn: str) -> int:
+    """The store's ``LISTEN`` sessions on ``dsn``'s database."""
+    return await admin_count(
+        dsn,
+        """SELECT count(*) FROM pg_stat_activity
+            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
+    )
+
+
 async def test_wait_for_jobs__another_tenants_insert_does_not_wake(
     store: PostgresStore, dsn: str
 ) -> None:
@@ -208,12 +217,7 @@ async def test_wait_for_jobs__another_tenants_insert_does_not_wake(
 
     assert await woken
     assert not await store.wait_for_jobs(1, "acme")  # False: the time ran out
-    listeners = await admin_count(
-        dsn,
-        """SELECT count(*) FROM pg_stat_activity
-            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
-    )
-    assert listeners == 1  # one session LISTENs for both tenants
+    assert await listen_sessions(dsn) == 1  # one session LISTENs for both tenants
 
 
 async def test_wait_for_jobs__wakes_when_a_delayed_job_or_a_lease_falls_due(
@@ -487,12 +491,7 @@ async def test_local_engine__each_tenants_long_poll_wakes_for_its_own_jobs(
     finally:
         stop.set()
         await server
-    listeners = await admin_count(
-        dsn,
-        """SELECT count(*) FROM pg_stat_activity
-            WHERE datname = $1 AND application_name = 'data-lookup-worker listen'""",
-    )
-    assert listeners == 1  # one session LISTENs for every tenant
+    assert await listen_sessions(dsn) == 1  # one session LISTENs for every tenant
 
 
 async def test_too_many_connections__is_the_queue_unavailable_not_a_crash(
