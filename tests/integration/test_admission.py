@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pymysql
@@ -301,6 +302,23 @@ async def test_sqlserver_pool__reads_on_its_own_threads_and_idle_connections_clo
     assert all(s.closed for s in sessions)
 
 
+async def twenty_reads_at_once(source: dict[str, Any]) -> int:
+    """20 reads at once of ``source``'s ``slow`` query, all answered ok and its circuit
+    still closed; the limit its gate came to."""
+    tenant = load_tenant(document={"tenant_id": "full", "data_sources": [source]})
+    sources = Sources(tenant)
+    pipeline = Pipeline(tenant, sources, Metrics())
+    try:
+        answers = await asyncio.gather(
+            *(pipeline.lookup("slow", {"id": str(n)}) for n in range(20))
+        )
+        assert [a.outcome for a in answers] == ["ok"] * 20, {str(a.result) for a in answers}
+        assert sources.circuit(source["id"]).state == "closed"
+        return sources.gate(source["id"]).limit
+    finally:
+        await sources.close()
+
+
 async def test_full_source__reads_wait_for_the_connections_it_has(
     databases: tuple[str, str],
 ) -> None:
@@ -318,18 +336,9 @@ async def test_full_source__reads_wait_for_the_connections_it_has(
             "slow": {"query": "SELECT $1::text AS id, pg_sleep(0.3) IS NULL AS s", "args": ["id"]}
         },
     }
-    tenant = load_tenant(document={"tenant_id": "full", "data_sources": [source]})
-    sources = Sources(tenant)
-    pipeline = Pipeline(tenant, sources, Metrics())
     try:
-        answers = await asyncio.gather(
-            *(pipeline.lookup("slow", {"id": str(n)}) for n in range(20))
-        )
-        assert [a.outcome for a in answers] == ["ok"] * 20, {str(a.result) for a in answers}
-        assert sources.circuit("crm").state == "closed"
-        assert sources.gate("crm").limit <= 3
+        assert await twenty_reads_at_once(source) <= 3
     finally:
-        await sources.close()
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
         )
@@ -350,17 +359,9 @@ async def test_full_mysql_source__reads_wait_for_the_connections_it_has() -> Non
         "connection": {"host": "127.0.0.1", "username": name, "database": name},
         "queries": {"slow": {"query": "SELECT $1 AS id, SLEEP(0.3) AS s", "args": ["id"]}},
     }
-    tenant = load_tenant(document={"tenant_id": "full", "data_sources": [source]})
-    sources = Sources(tenant)
-    pipeline = Pipeline(tenant, sources, Metrics())
     try:
-        answers = await asyncio.gather(
-            *(pipeline.lookup("slow", {"id": str(n)}) for n in range(20))
-        )
-        assert [a.outcome for a in answers] == ["ok"] * 20, {str(a.result) for a in answers}
-        assert sources.circuit("shop").state == "closed"
+        await twenty_reads_at_once(source)
     finally:
-        await sources.close()
         with admin.cursor() as cur:
             cur.execute(f"DROP USER '{name}'@'127.0.0.1'")
             cur.execute(f"DROP DATABASE {name}")
