@@ -116,8 +116,9 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
                 proc.wait()
 
 
-def queue_init(dsn: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def queue_init(dsn: str, **env: str) -> None:
+    """``worker queue init`` on ``dsn``; a failure fails the test, with its stderr."""
+    init = subprocess.run(
         [*WORKER, "queue", "init", "--dsn", dsn],
         cwd=REPO,
         env=_env(**env),
@@ -125,6 +126,7 @@ def queue_init(dsn: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+    assert init.returncode == 0, init.stderr
 
 
 def insert(db: str, payloads: list[dict[str, Any]]) -> list[int]:
@@ -187,8 +189,7 @@ def test_session_pooling__the_worker_answers_as_it_does_directly(
     bouncer: Callable[..., PgBouncer], queue_db: str, workers: Workers
 ) -> None:
     pool = bouncer(pool_mode="session", pool_size=20)
-    init = queue_init(pool.dsn(queue_db))
-    assert init.returncode == 0, init.stderr
+    queue_init(pool.dsn(queue_db))
     workers.start("shop", QUEUE_DSN=pool.dsn(queue_db))
     ids = insert(
         queue_db,
@@ -222,8 +223,7 @@ def test_transaction_pooling__tenants_share_a_few_server_connections(
     bouncer: Callable[..., PgBouncer], queue_db: str, workers: Workers
 ) -> None:
     pool = bouncer(pool_mode="transaction", pool_size=2)
-    init = queue_init(DIRECT.format(queue_db))
-    assert init.returncode == 0, init.stderr
+    queue_init(DIRECT.format(queue_db))
     for tenant in TENANTS:
         workers.start(tenant, **transaction_env(pool, queue_db))
     orders = ("12345", "99999", "12345", "12345")
@@ -248,8 +248,7 @@ def test_transaction_pooling__a_new_job_wakes_the_idle_worker(
 ) -> None:
     pool = bouncer(pool_mode="transaction", pool_size=2)
     # The migrations hold a transaction-scoped lock: transaction pooling serves them.
-    init = queue_init(pool.dsn(queue_db), **transaction_env(pool, queue_db))
-    assert init.returncode == 0, init.stderr
+    queue_init(pool.dsn(queue_db), **transaction_env(pool, queue_db))
     workers.start("shop", **transaction_env(pool, queue_db))
     wait_answered(queue_db, insert(queue_db, [job("order_status", order_id="12345")]), workers)
     time.sleep(2)  # the worker is in its long poll now: only the NOTIFY can end it early
@@ -266,8 +265,7 @@ def test_transaction_pooling_without_the_settings__the_worker_stops_and_says_wha
     keep (another client's statement of the same name, or none) and LISTEN on one it
     lends out (no wake-up ever arrives): it must not start half-working."""
     pool = bouncer(pool_mode="transaction", pool_size=1)
-    init = queue_init(DIRECT.format(queue_db))
-    assert init.returncode == 0, init.stderr
+    queue_init(DIRECT.format(queue_db))
     proc = workers.start("shop", QUEUE_DSN=pool.dsn(queue_db))
     try:
         proc.wait(timeout=30)
