@@ -433,10 +433,12 @@ async def seed_pgq_replies(dsn: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bench_databases() -> AsyncIterator[dict[str, str]]:
-    """Three fresh databases, dropped (connections and all) on the way out."""
-    prefix = f"lookup_bench_{secrets.token_hex(4)}"
-    names = {role: f"{prefix}_{role}" for role in ("shop", "queue", "pgq")}
+async def bench_databases(
+    roles: Sequence[str] = ("shop", "queue", "pgq"), prefix: str = "lookup_bench"
+) -> AsyncIterator[dict[str, str]]:
+    """A fresh database for each role, dropped (connections and all) on the way out."""
+    prefix = f"{prefix}_{secrets.token_hex(4)}"
+    names = {role: f"{prefix}_{role}" for role in roles}
     try:
         for name in names.values():
             await admin(f'CREATE DATABASE "{name}"')

@@ -42,7 +42,7 @@ import asyncpg
 import psutil
 
 # bench/e2e.py (the script's own folder is on sys.path): the same server, tenant and seed
-from e2e import ADMIN_DSN, ORDERS, ROOT, SELECT, TEMPLATE, TENANT, dsn_for, free_port
+from e2e import ADMIN_DSN, ORDERS, ROOT, SELECT, TEMPLATE, TENANT, bench_databases, free_port
 
 FLOOR = ROOT.parent / "shared" / "bench" / "floor_push.py"
 #: wrk's request: the seed's job shape (the phone in ``parameters.customer_phone``, where
@@ -77,12 +77,9 @@ async def admin(sql: str) -> str | None:
 
 @contextlib.asynccontextmanager
 async def databases() -> AsyncIterator[dict[str, str]]:
-    prefix = f"lookup_prof_{secrets.token_hex(4)}"
-    names = {role: f"{prefix}_{role}" for role in ("shop", "queue")}
-    try:
-        for name in names.values():
-            await admin(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(dsn_for(names["shop"]))
+    """A shop (orders ``ORD-000001``…, wrk's ids) and a queue database, dropped at the end."""
+    async with bench_databases(("shop", "queue"), prefix="lookup_prof") as dsns:
+        conn = await asyncpg.connect(dsns["shop"])
         try:
             await conn.execute(
                 f"""CREATE TABLE orders (order_id text PRIMARY KEY, status text NOT NULL,
@@ -96,11 +93,7 @@ async def databases() -> AsyncIterator[dict[str, str]]:
             )
         finally:
             await conn.close()
-        yield {role: dsn_for(name) for role, name in names.items()}
-    finally:
-        for name in names.values():
-            with contextlib.suppress(asyncpg.PostgresError, OSError):
-                await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield dsns
 
 
 def tenant_config(shop_dsn: str, pool_size: int) -> dict[str, object]:
