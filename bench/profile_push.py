@@ -7,7 +7,7 @@ Run it from the repository:  ``.venv/bin/python bench/profile_push.py [--levels 
 It starts, on loopback, ``worker engine serve`` on a fresh PostgreSQL queue database,
 ``worker run`` (push mode: ``ENGINE_URL`` at the engine), ``../shared/bench/floor_push.py``
 (aiohttp + asyncpg + Jinja2, nothing else) and, with ``--before TREE``, a ``worker run``
-from an older source tree (``git worktree add /tmp/before <commit>``), all on the same
+from an older source tree (``git worktree add ../before <commit>``), all on the same
 tenant config, and loads each in turn with wrk (``apt-get install wrk``): ``POST
 /webhook/data/order_status`` with a contract job body, a fresh order id, phone and
 ``Idempotency-Key`` per request. For each level it prints requests a second, wrk's
