@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from typing import Any
 
 from worker.audit import AuditLog
@@ -32,9 +33,29 @@ class JobQueue(abc.ABC):
     def __init__(self, tenant_id: str, worker_id: str) -> None:
         self.tenant_id = tenant_id
         self.worker_id = worker_id
+        #: when the last claim came back (`time.monotonic`); None after one failed
+        self.answered_at: float | None = None
+
+    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+        """Up to ``max_jobs`` of the tenant's jobs, waiting up to ``wait_s`` for the first.
+
+        A claim that comes back, empty or not, proves the engine or store answers
+        (`answered_within`): a readiness probe need not ask it again.
+        """
+        try:
+            jobs = await self._claim(max_jobs, wait_s)
+        except BaseException:
+            self.answered_at = None
+            raise
+        self.answered_at = time.monotonic()
+        return jobs
+
+    def answered_within(self, seconds: float) -> bool:
+        """Did a claim come back in the last ``seconds``, with none failing since?"""
+        return self.answered_at is not None and time.monotonic() - self.answered_at <= seconds
 
     @abc.abstractmethod
-    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]: ...
+    async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]: ...
 
     @abc.abstractmethod
     async def heartbeat(self, job: ClaimedJob) -> None:
@@ -81,7 +102,7 @@ class EngineQueue(JobQueue):
         super().__init__(tenant_id, worker_id)
         self.client = client
 
-    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+    async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         return await self.client.next_jobs(
             self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s
         )
@@ -144,7 +165,7 @@ class StoreQueue(JobQueue):
         self.lease_s = lease_s
         self.audit: AuditLog | None = None
 
-    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+    async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
         jobs = await self.store.claim_or_release(claim)
         # A wait that ran out saw no sign of jobs, and the caller's next claim looks

@@ -63,7 +63,7 @@ class ListQueue(JobQueue):
         self.finish_error: Exception | None = None
         self.runtime: Runtime | None = None
 
-    async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+    async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         if self.claim_errors:
             raise self.claim_errors.pop(0)
         in_flight = self.runtime.in_flight if self.runtime else 0
