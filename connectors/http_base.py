@@ -50,6 +50,7 @@ __all__ = [
     "HTTPSettings",
     "SafeHTTP",
     "dig",
+    "json_value",
     "result_of",
     "retry_after",
     "safe_message",
@@ -112,6 +113,16 @@ class HTTPResponse:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
+
+
+def json_value(value: Any, what: str) -> Any:
+    """``value`` if JSON can carry it (a query's body or payload, checked when the config
+    loads), else a `ValueError` naming ``what``."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON: {exc}") from None
+    return value
 
 
 def dig(document: Any, path: str | None) -> Any:

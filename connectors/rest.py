@@ -55,7 +55,14 @@ from connectors.base import (
     first_error,
     placeholder_names,
 )
-from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, dig, result_of
+from connectors.http_base import (
+    HTTPResponse,
+    HTTPSettings,
+    SafeHTTP,
+    dig,
+    json_value,
+    result_of,
+)
 
 __all__ = ["RESTConnector", "RESTQuery", "RESTSettings", "check_path"]
 
@@ -119,11 +126,7 @@ class RESTQuery(BaseModel):
     @field_validator("body")
     @classmethod
     def _json_body(cls, value: Any) -> Any:
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"body must be JSON: {exc}") from None
-        return value
+        return json_value(value, "body")
 
     @model_validator(mode="after")
     def _body_needs_post(self) -> RESTQuery:

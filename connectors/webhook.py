@@ -61,7 +61,14 @@ from connectors.base import (
     first_error,
     placeholder_names,
 )
-from connectors.http_base import HTTPResponse, HTTPSettings, SafeHTTP, dig, result_of
+from connectors.http_base import (
+    HTTPResponse,
+    HTTPSettings,
+    SafeHTTP,
+    dig,
+    json_value,
+    result_of,
+)
 from connectors.network import TLSSettings
 
 __all__ = [
@@ -150,11 +157,7 @@ class WebhookQuery(BaseModel):
     @field_validator("payload")
     @classmethod
     def _json_payload(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"payload must be JSON: {exc}") from None
-        return value
+        return json_value(value, "payload")  # type: ignore[no-any-return]
 
 
 class WebhookConnector(Connector):
