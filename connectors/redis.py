@@ -28,6 +28,26 @@ What a read returns (replies are decoded as UTF-8 text):
 A nil, an empty hash, set or list, or an MGET/HMGET of nothing but nils is
 *not found*.
 
+Two reads take no ``key``:
+
+- ``{"command": "SCAN", "match": "order:{customer_phone}:*", "count": 100,
+  "max_keys": 20, "type": "hash", "values": true}`` walks the keyspace with
+  ``SCAN cursor MATCH … COUNT …`` (never KEYS, which blocks the server) until
+  the cursor comes back to 0 or ``max_keys`` (at most ``max_rows``) keys have
+  matched; the whole walk is under the read's deadline, and a walk that has
+  not finished by then is a `SourceTimeout` (a partial list could say "no such
+  order" wrongly). A parameter in ``match`` is a literal: its ``*``, ``?``,
+  ``[``, ``]`` and ``\\`` are escaped, so a customer cannot widen the pattern.
+  The rows are ``{"key": …}``, sorted by key; with ``values`` each also has
+  ``type`` and ``value``, fetched in two pipelined round trips (TYPE of every
+  key, then by type: GET, HGETALL, ``LRANGE 0 max_rows-1``, ``SRANDMEMBER
+  key max_rows`` sorted, ``ZRANGE 0 max_rows-1``; any other type's value is
+  null), and together they may hold at most ``max_bytes`` (as JSON).
+- ``{"command": "INFO", "section": "memory"}`` answers INFO's fields as one row
+  ``{"used_memory": "1024", …}`` (values as the server writes them, text), or
+  with ``"rows": "fields"`` a row ``{"section", "field", "value"}`` per field.
+  The section is fixed in the config. An ACL user needs ``+info`` for it.
+
 At most ``max_rows`` items are fetched, by asking the server for no more:
 LRANGE and ZRANGE windows are narrowed (a window counted from the end costs one
 LLEN/ZCARD first), ZRANGE BYSCORE/BYLEX and ZRANGEBYSCORE get a ``LIMIT``,
@@ -55,7 +75,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio
@@ -92,11 +112,16 @@ from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
 __all__ = [
     "READ_COMMANDS",
+    "InfoSpec",
     "PoolStats",
     "RedisConnector",
+    "RedisInfoQuery",
     "RedisQuery",
+    "RedisScanQuery",
     "RedisSettings",
     "RedisSpec",
+    "ScanSpec",
+    "glob_escape",
 ]
 
 _HEALTH_TIMEOUT_S = 10.0
@@ -242,8 +267,8 @@ _COMMANDS: dict[str, _Command] = {
     "JSON.GET": _Command(_Reply.JSON, "JSON.GET key [args: paths]", (0, None)),
 }
 
-#: The commands a query may name: reads only.
-READ_COMMANDS: frozenset[str] = frozenset(_COMMANDS)
+#: The commands a query may name: reads only (SCAN and INFO take no key).
+READ_COMMANDS: frozenset[str] = frozenset({*_COMMANDS, "SCAN", "INFO"})
 
 #: Commands whose window is by index, and how to learn the length they count from.
 _LENGTH_OF = {"LRANGE": "LLEN", "ZRANGE": "ZCARD", "ZREVRANGE": "ZCARD"}
@@ -265,6 +290,56 @@ class RedisQuery(BaseModel):
         if isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value):
             raise ValueError("args are text or numbers, not true/false")
         return value
+
+
+class RedisScanQuery(BaseModel):
+    """A SCAN read: the keys matching a pattern (module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: str
+    match: str = Field(min_length=1, max_length=1000)
+    #: SCAN's COUNT: how much of the keyspace one call looks at (a hint to the server)
+    count: int = Field(default=100, ge=1, le=10_000)
+    #: stop once this many keys matched; never more than max_rows
+    max_keys: int | None = Field(default=None, ge=1)
+    type: Literal["string", "hash", "list", "set", "zset", "stream"] | None = None
+    #: also fetch each key's value (pipelined)
+    values: bool = False
+
+
+class RedisInfoQuery(BaseModel):
+    """An INFO read: the server's fields, of one section or the default ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: str
+    section: str | None = Field(default=None, pattern=r"^[A-Za-z_]{1,40}$")
+    #: ``row``: one row of every field; ``fields``: a row per field
+    rows: Literal["row", "fields"] = "row"
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """A prepared SCAN: the pattern still holding ``{name}``."""
+
+    match: str
+    count: int
+    max_keys: int | None
+    type: str | None
+    values: bool
+
+    command: ClassVar[str] = "SCAN"
+
+
+@dataclass(frozen=True)
+class InfoSpec:
+    """A prepared INFO."""
+
+    section: str | None
+    rows: str
+
+    command: ClassVar[str] = "INFO"
 
 
 @dataclass(frozen=True)
@@ -712,9 +787,18 @@ class RedisConnector(Connector):
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a redis query is a mapping: {cls.query_shape}")
+        command = raw.get("command")
+        word = command.strip().upper() if isinstance(command, str) else None
+        if word == "SCAN" and not placeholder_names(command):
+            scan = validate_query(RedisScanQuery, raw, cls)
+            spec = ScanSpec(scan.match, scan.count, scan.max_keys, scan.type, scan.values)
+            return PreparedQuery(spec=spec, names=placeholder_names(scan.match))
+        if word == "INFO":
+            info = validate_query(RedisInfoQuery, raw, cls)
+            return PreparedQuery(spec=InfoSpec(info.section, info.rows))
         query = validate_query(RedisQuery, raw, cls)
-        spec = _prepare_spec(query)
-        return PreparedQuery(spec=spec, names=spec.names)
+        prepared = _prepare_spec(query)
+        return PreparedQuery(spec=prepared, names=prepared.names)
 
     async def open(self) -> None:
         # Only the pool object (and the SSH tunnel, if any): connections open on the
@@ -744,9 +828,13 @@ class RedisConnector(Connector):
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
+        if isinstance(spec, ScanSpec):
+            return await self._scan(spec, bound.params, timeout_s)
+        if isinstance(spec, InfoSpec):
+            return await self._info(spec, timeout_s)
         if not isinstance(spec, RedisSpec):
             raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
-        if spec.command not in READ_COMMANDS:  # a hand-made spec: still only reads
+        if spec.command not in _COMMANDS:  # a hand-made spec: still only reads
             raise NotARead(f"{spec.command!r} is not a read command")
         cap = self.limits.max_rows
         call = _Call.bind(spec, bound.params)
@@ -758,6 +846,85 @@ class RedisConnector(Connector):
                     length = int(await self._call([length_of, call.key], timeout_s))
                 reply = await self._call(call.line(cap, length), timeout_s)
                 return _result(call, reply, cap)
+
+    async def _scan(
+        self, spec: ScanSpec, params: Mapping[str, Any], timeout_s: float
+    ) -> ReadResult:
+        cap = self.limits.max_rows
+        want = min(spec.max_keys or cap, cap)
+        pattern = _bind(spec.match, {k: glob_escape(_text(v)) for k, v in params.items()})
+        walk = _Walk()
+        with self._translating(timeout_s, "SCAN"):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    keys = await self._walk(pattern, spec, want, walk, timeout_s)
+                    if not keys:
+                        return ReadResult(rows=[])
+                    if not spec.values:
+                        return ReadResult.of_rows([{"key": key} for key in keys])
+                    rows = await self._values(keys, cap, timeout_s)
+            except TimeoutError as exc:
+                raise SourceTimeout(
+                    self.source_id,
+                    f"SCAN had not finished within {timeout_s:g} s ({walk.calls} calls, "
+                    f"{walk.matched} keys matched): narrow the pattern or lower max_keys",
+                ) from exc
+        if len(json.dumps(rows)) > self.limits.max_bytes:
+            raise self.fail(
+                f"the values of the {len(rows)} keys SCAN matched are larger than "
+                f"{self.limits.max_bytes} bytes: lower max_keys or leave out values"
+            )
+        return ReadResult(rows=rows, data=rows)
+
+    async def _walk(
+        self, pattern: str, spec: ScanSpec, want: int, walk: _Walk, timeout_s: float
+    ) -> list[str]:
+        """SCAN until the cursor is back at 0 or ``want`` keys matched; sorted, at most ``want``."""
+        found: set[str] = set()  # SCAN may return a key twice
+        cursor = "0"
+        while True:
+            line = ["SCAN", cursor, "MATCH", pattern, "COUNT", str(spec.count)]
+            if spec.type is not None:
+                line += ["TYPE", spec.type]
+            cursor, batch = await self._call(line, timeout_s)
+            walk.calls += 1
+            found.update(batch)
+            walk.matched = len(found)
+            if str(cursor) == "0" or len(found) >= want:
+                return sorted(found)[:want]
+            cursor = str(cursor)
+
+    async def _values(self, keys: list[str], cap: int, timeout_s: float) -> list[dict[str, Any]]:
+        """Each key's type and value, in two pipelined round trips."""
+        types = await self._call_many([["TYPE", key] for key in keys], timeout_s)
+        lines = {
+            key: _VALUE_OF[kind](key, cap) for key, kind in zip(keys, types, strict=True)
+            if kind in _VALUE_OF
+        }  # fmt: skip
+        replies = dict(
+            zip(lines, await self._call_many(list(lines.values()), timeout_s), strict=True)
+        )
+        rows = []
+        for key, kind in zip(keys, types, strict=True):
+            value: Any = None
+            if key in replies and replies[key] is not None:
+                value = _scanned_value(str(kind), replies[key], cap)
+            rows.append({"key": key, "type": str(kind), "value": value})
+        return rows
+
+    async def _info(self, spec: InfoSpec, timeout_s: float) -> ReadResult:
+        line = ["INFO"] if spec.section is None else ["INFO", spec.section]
+        with self._translating(timeout_s, "INFO"):
+            async with asyncio.timeout(timeout_s):
+                text = await self._call(line, timeout_s)
+        fields = _info_fields(str(text))
+        if not fields:
+            return ReadResult(rows=[])
+        if spec.rows == "fields":
+            rows = [{"section": s, "field": f, "value": v} for s, f, v in fields]
+            return ReadResult.of_rows(self.cap_rows(rows))
+        row = {field: value for _, field, value in fields}
+        return ReadResult(rows=[row], data=row)
 
     def _target(self) -> _Target:
         """Where to connect and as whom: the one place a tunnel or TLS settings plug in."""
@@ -814,13 +981,43 @@ class RedisConnector(Connector):
             await pool.drop_idle()
             return await self._send(pool, line, timeout_s, retry_dead=False)
 
+    async def _call_many(self, lines: Sequence[Sequence[str]], timeout_s: float) -> list[Any]:
+        """Send commands in one write (a pipeline) and read every reply; as `_call`."""
+        if not lines:
+            return []
+        pool = self._ensure_pool()
+        try:
+            return await self._send_many(pool, lines, timeout_s, retry_dead=True)
+        except _DeadConnection:
+            await pool.drop_idle()
+            return await self._send_many(pool, lines, timeout_s, retry_dead=False)
+
     async def _send(
         self, pool: _Pool, line: Sequence[str], timeout_s: float, *, retry_dead: bool
     ) -> Any:
+        return (await self._send_many(pool, [line], timeout_s, retry_dead=retry_dead))[0]
+
+    async def _send_many(
+        self, pool: _Pool, lines: Sequence[Sequence[str]], timeout_s: float, *, retry_dead: bool
+    ) -> list[Any]:
         async with pool.borrow(timeout_s, self.settings.connect_timeout_s) as borrowed:
             try:
-                await borrowed.conn.send_command(*line)
-                return await borrowed.conn.read_response()
+                conn = borrowed.conn
+                if len(lines) == 1:
+                    await conn.send_command(*lines[0])
+                else:
+                    await conn.send_packed_command(conn.pack_commands(lines))
+                replies: list[Any] = []
+                refused: redis.exceptions.ResponseError | None = None
+                for _ in lines:
+                    try:  # every reply is read, so the connection stays in step
+                        replies.append(await conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        refused = refused or exc
+                        replies.append(None)
+                if refused is not None:
+                    raise refused
+                return replies
             except redis.exceptions.ConnectionError as exc:
                 if pool.closed:
                     raise SourceUnavailable(self.source_id, "the source was closed") from exc
@@ -892,3 +1089,56 @@ def _response_error(exc: redis.exceptions.ResponseError, command: str) -> str:
     if text.upper().startswith("WRONGTYPE"):
         return f"{command} does not fit the type of value the key holds (WRONGTYPE)"
     return f"Redis refused {command}: {text[:200]}"
+
+
+# -- SCAN and INFO -------------------------------------------------------------------
+
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis glob pattern (MATCH): ``*?[]\\`` escaped."""
+    return _GLOB.sub(r"\\\1", text)
+
+
+@dataclass
+class _Walk:
+    """How far a SCAN got, for the message when it runs out of time."""
+
+    calls: int = 0
+    matched: int = 0
+
+
+#: the command that reads a scanned key's value, by its TYPE, fetching at most ``cap`` items
+_VALUE_OF: dict[str, Callable[[str, int], list[str]]] = {
+    "string": lambda key, cap: ["GET", key],
+    "hash": lambda key, cap: ["HGETALL", key],
+    "list": lambda key, cap: ["LRANGE", key, "0", str(cap - 1)],
+    "set": lambda key, cap: ["SRANDMEMBER", key, str(cap)],
+    "zset": lambda key, cap: ["ZRANGE", key, "0", str(cap - 1)],
+}
+
+
+def _scanned_value(kind: str, reply: Any, cap: int) -> Any:
+    if kind == "hash":
+        return {str(k): jsonable(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+    if kind == "set":
+        return sorted(jsonable(v) for v in reply)
+    if isinstance(reply, list):
+        return [jsonable(v) for v in reply[:cap]]
+    return jsonable(reply)
+
+
+def _info_fields(text: str) -> list[tuple[str, str, str]]:
+    """INFO's text as (section, field, value); ``# Section`` lines name the section."""
+    fields = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            section = line.lstrip("#").strip().lower()
+        elif ":" in line:
+            field, _, value = line.partition(":")
+            fields.append((section, field, value))
+    return fields

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shutil
 import socket
@@ -26,8 +27,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 import redis.asyncio
 import redis.exceptions
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from connectors.base import (
@@ -48,7 +52,9 @@ from connectors.redis import (
     RedisConnector,
     RedisSettings,
     RedisSpec,
+    ScanSpec,
     _json_result,
+    glob_escape,
 )
 from connectors.registry import load
 from connectors.testing import ConnectorContract, RawQuery
@@ -410,6 +416,7 @@ def test_prepare__allows_every_listed_command() -> None:
         "GET", "MGET", "HGET", "HGETALL", "HMGET", "HEXISTS", "HLEN", "HKEYS", "HVALS",
         "SMEMBERS", "SISMEMBER", "SCARD", "ZRANGE", "ZREVRANGE", "ZRANGEBYSCORE", "ZSCORE",
         "ZCARD", "LRANGE", "LLEN", "LINDEX", "EXISTS", "TTL", "TYPE", "STRLEN", "JSON.GET",
+        "SCAN", "INFO",
     } == READ_COMMANDS  # fmt: skip
 
 
@@ -1403,3 +1410,225 @@ def test_settings__url_gives_the_target(tmp_path: Path, url: str, target: tuple[
 
 def test_registry__loads_the_redis_entry_point() -> None:
     assert load("redis") is RedisConnector
+
+
+# -- SCAN and INFO -------------------------------------------------------------------
+
+
+def scan(ns: str, match: str = "order:{order_id}", **extra: Any) -> dict[str, Any]:
+    return {"command": "SCAN", "match": f"{ns}{match}", **extra}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param({"command": "SCAN"}, "match", id="no-match"),
+        pytest.param({"command": "SCAN", "match": "k:*", "key": "k"}, "key", id="scan-key"),
+        pytest.param({"command": "SCAN", "match": "k:*", "count": 0}, "count", id="count-zero"),
+        pytest.param({"command": "SCAN", "match": "k:*", "type": "module"}, "type", id="bad-type"),
+        pytest.param({"command": "SCAN", "match": "k:*", "max_keys": 0}, "max_keys", id="max-0"),
+        pytest.param({"command": "INFO", "section": "{section}"}, "section", id="info-param"),
+        pytest.param({"command": "INFO", "section": "a b"}, "section", id="info-space"),
+        pytest.param({"command": "INFO", "key": "k"}, "key", id="info-key"),
+        pytest.param({"command": "INFO", "rows": "all"}, "rows", id="info-rows"),
+    ],
+)
+def test_prepare__refuses_bad_scan_and_info_shapes(raw: RawQuery, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RedisConnector.prepare(raw)
+
+
+def test_prepare__scan_names_the_placeholders_of_its_pattern() -> None:
+    query = RedisConnector.prepare({"command": "scan", "match": "{shop}:order:{order_id}:*"})
+
+    assert query.names == ("shop", "order_id")
+    assert isinstance(query.spec, ScanSpec)
+
+
+async def test_scan__keys_matching_the_pattern_sorted_without_keys_command(
+    make_connector: MakeConnector, tarpit: TarpitProxy, shop: str
+) -> None:
+    connector = make_connector(port=tarpit.port)
+
+    result = await read(connector, scan(shop, "order:*", count=2))
+
+    assert result.rows == [{"key": f"{shop}order:12345"}, {"key": f"{shop}order:12346"}]
+    sent = tarpit.commands()
+    assert sent
+    assert all(line[0] == "SCAN" for line in sent)
+    assert all(line[2:6] == ["MATCH", f"{shop}order:*", "COUNT", "2"] for line in sent)
+
+
+async def test_scan__values_by_type_in_two_pipelined_round_trips(
+    make_connector: MakeConnector, tarpit: TarpitProxy, shop: str
+) -> None:
+    connector = make_connector(port=tarpit.port, limits=Limits(max_rows=3))
+
+    result = await read(connector, scan(shop, "{which}", values=True), which="*")
+    by_key = {row["key"].removeprefix(shop): row for row in result.rows}
+
+    # "*" as a parameter is a literal star: no key is called that
+    assert by_key == {}
+    result = await read(connector, scan(shop, "[ghr]*", values=True, count=1000))
+    by_key = {row["key"].removeprefix(shop): row for row in result.rows}
+    assert by_key == {
+        "greeting": {"key": f"{shop}greeting", "type": "string", "value": "Hello, Ana 👋"},
+        "history": {
+            "key": f"{shop}history",
+            "type": "list",
+            "value": ["event-0", "event-1", "event-2"],  # at most max_rows items
+        },
+        "recent": {"key": f"{shop}recent", "type": "zset", "value": ["12340", "12341", "12345"]},
+    }
+    assert [line[0] for line in tarpit.commands() if line[0] != "SCAN"] == [
+        *["TYPE"] * 3,
+        "GET",
+        "LRANGE",
+        "ZRANGE",
+    ]
+
+
+async def test_scan__hash_and_set_values(make_connector: MakeConnector, shop: str) -> None:
+    result = await read(make_connector(), scan(shop, "{what}", values=True), what="tags")
+    hashes = await read(make_connector(), scan(shop, "order:*", values=True, type="hash"))
+
+    assert result.rows == [
+        {"key": f"{shop}tags", "type": "set", "value": ["express", "fragile", "gift"]}
+    ]
+    assert hashes.rows[1] == {"key": f"{shop}order:12346", "type": "hash",
+                              "value": {"status": "processing"}}  # fmt: skip
+
+
+async def test_scan__stops_at_max_keys_and_max_rows(
+    make_connector: MakeConnector, admin: redis.asyncio.Redis, ns: str
+) -> None:
+    await admin.mset({f"{ns}item:{i:03}": str(i) for i in range(300)})
+    connector = make_connector(limits=Limits(max_rows=50))
+
+    capped = await read(connector, scan(ns, "item:*", count=1000))
+    fewer = await read(connector, scan(ns, "item:*", count=1000, max_keys=5))
+
+    assert len(capped.rows) == 50
+    assert len(fewer.rows) == 5
+    assert all(row["key"].startswith(f"{ns}item:") for row in capped.rows)
+
+
+async def test_scan__nothing_matching_is_not_found(
+    make_connector: MakeConnector, shop: str
+) -> None:
+    result = await read(make_connector(), scan(shop), order_id="99999")
+
+    assert not result.found
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        pytest.param("*", id="star"),
+        pytest.param("1234?", id="question-mark"),
+        pytest.param("1234[0-9]", id="class"),
+        pytest.param("[", id="open-bracket"),
+        pytest.param("1234\\5", id="backslash"),
+        pytest.param("12345]", id="close-bracket"),
+    ],
+)
+async def test_scan__a_parameter_cannot_widen_the_pattern(
+    make_connector: MakeConnector, shop: str, evil: str
+) -> None:
+    result = await read(make_connector(), scan(shop), order_id=evil)
+
+    assert not result.found
+
+
+async def test_scan__a_parameter_with_glob_characters_matches_its_own_key(
+    make_connector: MakeConnector, admin: redis.asyncio.Redis, ns: str
+) -> None:
+    odd = "a*b?c[d]e\\f"
+    await admin.set(f"{ns}order:{odd}", "odd")
+    await admin.set(f"{ns}order:aXbYcdeZf", "lookalike")
+
+    result = await read(make_connector(), scan(ns, "order:{id}", values=True), id=odd)
+
+    assert result.rows == [{"key": f"{ns}order:{odd}", "type": "string", "value": "odd"}]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.text(alphabet="ab*?[]\\^-!", min_size=1, max_size=8))
+def test_glob_escape__any_text_matches_only_itself_on_the_server(value: str) -> None:
+    client = redis.Redis(host=HOST, port=PORT, decode_responses=True, protocol=2)
+    prefix = f"lookup-test:{secrets.token_hex(4)}:glob:"
+    try:
+        client.set(prefix + value, "1")
+        client.set(prefix + "ab", "1")
+        client.set(prefix + "a", "1")
+        found = set(client.scan_iter(match=prefix + glob_escape(value), count=1000))
+        assert found == {prefix + value}
+    finally:
+        client.delete(prefix + value, prefix + "ab", prefix + "a")
+        client.close()
+
+
+async def test_scan__a_walk_past_the_deadline_is_a_timeout_naming_its_progress(
+    make_connector: MakeConnector, tarpit: TarpitProxy, shop: str
+) -> None:
+    connector = make_connector(port=tarpit.port)
+
+    with pytest.raises(SourceTimeout, match=r"SCAN had not finished within 0\.5 s \(0 calls"):
+        await read(connector, scan(shop, f"{TARPIT}:*"), timeout_s=0.5)
+
+
+async def test_scan__values_past_max_bytes_are_a_source_error(
+    make_connector: MakeConnector, admin: redis.asyncio.Redis, ns: str
+) -> None:
+    await admin.mset({f"{ns}big:{i}": "x" * 400 for i in range(5)})
+    connector = make_connector(limits=Limits(max_rows=100, max_bytes=1000))
+
+    with pytest.raises(SourceError, match="larger than 1000 bytes"):
+        await read(connector, scan(ns, "big:*", values=True))
+    assert len((await read(connector, scan(ns, "big:*"))).rows) == 5  # the keys alone fit
+
+
+async def test_info__one_row_of_a_sections_fields(make_connector: MakeConnector) -> None:
+    result = await read(make_connector(), {"command": "INFO", "section": "server"})
+
+    assert len(result.rows) == 1
+    assert result.rows[0]["redis_version"].count(".") == 2
+    assert result.data == result.rows[0]
+    assert "used_memory" not in result.rows[0]
+
+
+async def test_info__a_row_per_field(make_connector: MakeConnector) -> None:
+    result = await read(
+        make_connector(limits=Limits(max_rows=500)), {"command": "INFO", "rows": "fields"}
+    )
+
+    sections = {row["section"] for row in result.rows}
+    assert {"server", "clients", "memory"} <= sections
+    assert {"section": "server", "field": "tcp_port", "value": str(PORT)} in result.rows
+
+
+async def test_info__renders_through_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_REDIS_URL", f"redis://{HOST}:{PORT}/0")
+    tenant = load_tenant(
+        document={
+            "tenant_id": "redis_info",
+            "data_sources": [
+                {
+                    "id": "cache",
+                    "type": "redis",
+                    "connection": {"url": "${env:TEST_REDIS_URL}"},
+                    "queries": {"version": {"command": "INFO", "section": "server"}},
+                }
+            ],
+            "lookups": {
+                "version": {"source": "cache", "template": "Redis {{ row.redis_version }}"},
+            },
+        },
+        templates_dir=REPO / "templates",
+    )
+
+    async with open_worker(tenant, with_queue=False) as worker:
+        answer = await worker.pipeline.lookup("version", {})
+
+    assert answer.outcome == "ok", answer.message
+    assert re.fullmatch(r"Redis [0-9]+\.[0-9]+\.[0-9]+", answer.message)
