@@ -1,4 +1,4 @@
-"""Airtable sources: records of one table, found with ``filterByFormula``.
+"""Airtable sources: records of one table, found with ``filterByFormula`` or by record id.
 
 A query names a table and a filter map (equality on every key)::
 
@@ -11,6 +11,24 @@ string becomes a single-quoted string with backslashes, quotes and line breaks
 escaped (other control characters dropped), an integer or a finite float a number,
 a boolean ``TRUE()``/``FALSE()``, null ``BLANK()``. Field names come from the config
 only and may not contain braces. The table name is one URL path segment.
+
+Other reads, each one optional key:
+
+- ``formula``: a whole ``filterByFormula`` written in the config, where
+  ``{Field}`` is a field (Airtable's syntax) and a parameter is written
+  ``{{name}}`` (or ``{{$json.name}}``), *bare*: the worker puts the escaped
+  literal there, so ``AND({Phone}={{customer_phone}}, {Status}!='closed')``. The
+  formula is scanned when the config loads: a ``{{…}}`` inside a quoted string, an
+  unclosed string or field reference is a config error. With ``filter`` too, both
+  must hold (``AND(<filter>, <formula>)``).
+- ``sort``: ``[{"field": "Created", "direction": "desc"}]`` (``asc`` by default),
+  sent as ``sort[0][field]`` / ``sort[0][direction]``; the first sorts first.
+- ``record``: ``"{record_id}"`` reads one record, ``GET …/Orders/{recordId}``
+  (Get record) — one URL-encoded path segment. A value that is not an Airtable
+  record id (``rec`` and 14 letters or digits) is not found without a request.
+  It takes none of the list keys (``filter``, ``formula``, ``sort``, ``view``,
+  ``fields``, ``limit``). Airtable finds a record of another table of the same
+  base too (documented behaviour).
 
 Pages are followed through ``offset`` until ``max_rows`` rows (or the query's
 ``limit``) are read; each row is the record's ``fields`` plus its ``id``. Optional
@@ -34,10 +52,10 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import (
     Bound,
@@ -52,12 +70,21 @@ from connectors.base import (
 )
 from connectors.saas import SaaSConnector, SaaSSettings, records_with_id
 
-__all__ = ["AirtableConnector", "AirtableQuery", "AirtableSettings", "formula", "literal"]
+__all__ = [
+    "AirtableConnector",
+    "AirtableQuery",
+    "AirtableSettings",
+    "AirtableSort",
+    "FormulaTemplate",
+    "formula",
+    "literal",
+]
 
 AIRTABLE_API = "https://api.airtable.com/v0"
 #: Airtable: after a 429, "wait 30 seconds before subsequent requests will succeed"
 RATE_LIMIT_PAUSE_S = 30.0
 _PAGE_MAX = 100
+_RECORD_ID = re.compile(r"^rec[A-Za-z0-9]{14}$")
 
 Scalar = str | int | float | bool | None
 
@@ -73,15 +100,97 @@ class AirtableSettings(SaaSSettings):
 
 
 _FIELD_NAME = re.compile(r"^[^{}\x00-\x1f]+$")
+_PARAM = re.compile(r"\{\{\s*(?:\$json\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-class AirtableQuery(BaseModel):
-    """A read on a table: records equal to ``filter`` on every field, at most ``limit``."""
+class FormulaTemplate:
+    """A config's ``formula``: its text split around ``{{name}}`` parameters.
+
+    ``parts`` alternates formula text and a parameter name (None after the last
+    text). Built by scanning the formula as Airtable reads it — quoted strings
+    with backslash escapes, ``{Field}`` references — so a parameter is known to
+    stand where a value may, never inside a string or a field name.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.parts = _scan(text)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for _, name in self.parts if name is not None))
+
+    def render(self, params: Mapping[str, Any]) -> str:
+        """The formula with each parameter as an escaped literal."""
+        return "".join(
+            text + (literal(params.get(name)) if name is not None else "")
+            for text, name in self.parts
+        )
+
+
+def _scan(text: str) -> tuple[tuple[str, str | None], ...]:
+    parts: list[tuple[str, str | None]] = []
+    chunk: list[str] = []
+    at = 0
+    while at < len(text):
+        char = text[at]
+        if char in "'\"":
+            end = _string_end(text, at)
+            if "{{" in text[at:end]:
+                raise ValueError(
+                    "a {{parameter}} inside a quoted string: write it bare, "
+                    "the worker quotes its value"
+                )
+        elif text.startswith("{{", at):
+            match = _PARAM.match(text, at)
+            if match is None:
+                raise ValueError(f"cannot read the parameter at {text[at : at + 30]!r}")
+            parts.append(("".join(chunk), match.group(1)))
+            chunk, at = [], match.end()
+            continue
+        elif char == "{":
+            end = text.find("}", at) + 1
+            if end == 0 or not _FIELD_NAME.match(text[at + 1 : end - 1]):
+                raise ValueError(f"cannot read the field reference at {text[at : at + 30]!r}")
+        else:
+            end = at + 1
+        chunk.append(text[at:end])
+        at = end
+    parts.append(("".join(chunk), None))
+    return tuple(parts)
+
+
+def _string_end(text: str, at: int) -> int:
+    """The index after the string literal opening at ``at``."""
+    quote_char, at = text[at], at + 1
+    while at < len(text):
+        if text[at] == "\\":
+            at += 2
+        elif text[at] == quote_char:
+            return at + 1
+        else:
+            at += 1
+    raise ValueError("a quoted string in the formula is not closed")
+
+
+class AirtableSort(BaseModel):
+    """One ``sort[n]`` entry: a field and ``asc`` or ``desc``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    field: str = Field(min_length=1, max_length=255)
+    direction: Literal["asc", "desc"] = "asc"
+
+
+class AirtableQuery(BaseModel):
+    """A read on a table: one ``record``, or the records that ``filter`` and ``formula`` keep."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     table: str = Field(min_length=1, max_length=255)
+    record: str | None = Field(default=None, min_length=1, max_length=200)
     filter: dict[str, Scalar] = Field(default_factory=dict)
+    formula: str | None = Field(default=None, min_length=1, max_length=10_000)
+    sort: list[AirtableSort] = Field(default_factory=list, max_length=20)
     fields: list[str] | None = None
     view: str | None = Field(default=None, min_length=1)
     limit: int | None = Field(default=None, ge=1)
@@ -93,6 +202,26 @@ class AirtableQuery(BaseModel):
             if not _FIELD_NAME.match(name):
                 raise ValueError(f"the field name {name!r} cannot be used in a formula")
         return value
+
+    @field_validator("formula")
+    @classmethod
+    def _formula_reads(cls, value: str | None) -> str | None:
+        if value is not None:
+            FormulaTemplate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _record_alone(self) -> AirtableQuery:
+        if self.record is not None:
+            listed = ("filter", "formula", "sort", "view", "fields", "limit")
+            given = [key for key in listed if key in self.model_fields_set]
+            if given:
+                raise ValueError(f"record reads one record: it takes no {', '.join(given)}")
+        return self
+
+    @property
+    def template(self) -> FormulaTemplate | None:
+        return FormulaTemplate(self.formula) if self.formula is not None else None
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -114,11 +243,17 @@ def literal(value: Any) -> str:
     return "'" + text.translate(_ESCAPES) + "'"
 
 
-def formula(wanted: Mapping[str, Any]) -> str | None:
-    """``{"Order ID": "12345"}`` → ``AND({Order ID}='12345')``; None for no filter."""
-    if not wanted:
-        return None
-    return "AND(" + ",".join(f"{{{name}}}={literal(v)}" for name, v in wanted.items()) + ")"
+def formula(wanted: Mapping[str, Any], extra: str | None = None) -> str | None:
+    """``{"Order ID": "12345"}`` → ``AND({Order ID}='12345')``; None for no filter.
+
+    ``extra`` (a rendered `FormulaTemplate`) must hold too; alone, it is sent as it is.
+    """
+    clauses = [f"{{{name}}}={literal(v)}" for name, v in wanted.items()]
+    if extra is not None and not clauses:
+        return extra
+    if extra is not None:
+        clauses.append(extra)
+    return "AND(" + ",".join(clauses) + ")" if clauses else None
 
 
 class AirtableConnector(SaaSConnector):
@@ -128,7 +263,10 @@ class AirtableConnector(SaaSConnector):
     vendor: ClassVar[str] = "Airtable"
     health_path: ClassVar[str] = "/meta/whoami"
     Settings: ClassVar[type[ConnectionSettings]] = AirtableSettings
-    query_shape: ClassVar[str] = '{"table": "Orders", "filter": {"Order ID": "{order_id}"}}'
+    query_shape: ClassVar[str] = (
+        '{"table": "Orders", "filter": {"Order ID": "{order_id}"}}, with "formula", '
+        '"sort", "fields", "view", "limit"; or {"table": "Orders", "record": "{record_id}"}'
+    )
     extra: ClassVar[str | None] = "rest"
 
     settings: AirtableSettings
@@ -138,41 +276,55 @@ class AirtableConnector(SaaSConnector):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"an airtable query is a mapping: {cls.query_shape}")
         spec = validate_query(AirtableQuery, raw, cls)
-        return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
+        template = spec.template
+        names = placeholder_names([spec.filter, spec.record or ""])
+        names += tuple(n for n in (template.names if template else ()) if n not in names)
+        return PreparedQuery(spec=spec, names=names)
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
         if not isinstance(spec, AirtableQuery):
             raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        if spec.record is not None:
+            return await self._get(spec, spec.record, bound, timeout_s)
+        template = spec.template
         wanted = bind_placeholders(spec.filter, bound.params)
+        text = formula(wanted, template.render(bound.params) if template else None)
         cap = min(self.limits.max_rows, spec.limit or self.limits.max_rows)
-        url = self._http.url(
-            "/{base}/{table}", {"base": self.settings.base_id, "table": spec.table}
-        )
         # The query string is built here: ``fields[]`` repeats, which a params mapping cannot.
         params: list[tuple[str, Any]] = [
-            ("filterByFormula", formula(wanted)),
+            ("filterByFormula", text),
             ("maxRecords", cap),
             ("pageSize", min(_PAGE_MAX, cap)),
             ("view", spec.view),
             *(("fields[]", name) for name in spec.fields or ()),
         ]
+        for n, order in enumerate(spec.sort):
+            params += [
+                (f"sort[{n}][field]", order.field),
+                (f"sort[{n}][direction]", order.direction),
+            ]
         params = [(key, value) for key, value in params if value is not None]
+        return await self._list(spec.table, params, cap, bound, timeout_s)
+
+    async def _list(
+        self,
+        table: str,
+        params: list[tuple[str, Any]],
+        cap: int,
+        bound: Bound,
+        timeout_s: float,
+    ) -> ReadResult:
+        """List records, following ``offset`` until ``cap`` rows."""
+        url = self._http.url("/{base}/{table}", {"base": self.settings.base_id, "table": table})
         hide = list(bound.params.values())
         deadline = time.monotonic() + timeout_s
         rows: list[dict[str, Any]] = []
         offsets: set[str] = set()
         while len(rows) < cap:
-            left = self._time_left(deadline, timeout_s)
-            response = await self._http.request(
-                "GET",
-                f"{url}?{urlencode(params, quote_via=quote)}",
-                timeout_s=left,
-                idempotent=True,
-                headers=self._auth(),
-                rate_limit_pause_s=RATE_LIMIT_PAUSE_S,
+            page = await self._fetch(
+                f"{url}?{urlencode(params, quote_via=quote)}", hide, deadline, timeout_s
             )
-            page = self._document(response, hide)
             if page is None:
                 return ReadResult(rows=[])
             rows.extend(records_with_id(page.get("records") or [], "fields"))
@@ -182,6 +334,37 @@ class AirtableConnector(SaaSConnector):
             offsets.add(offset)
             params = [*(pair for pair in params if pair[0] != "offset"), ("offset", offset)]
         return ReadResult.of_rows(rows[:cap])
+
+    async def _get(
+        self, spec: AirtableQuery, record: str, bound: Bound, timeout_s: float
+    ) -> ReadResult:
+        """Get record: one ``GET …/{table}/{recordId}``; not an id → not found, unasked."""
+        value = jsonable(bind_placeholders(record, bound.params))
+        if not isinstance(value, str) or not _RECORD_ID.match(value):
+            return ReadResult(rows=[])
+        url = self._http.url(
+            "/{base}/{table}/{record}",
+            {"base": self.settings.base_id, "table": spec.table, "record": value},
+        )
+        deadline = time.monotonic() + timeout_s
+        document = await self._fetch(url, list(bound.params.values()), deadline, timeout_s)
+        if document is None:
+            return ReadResult(rows=[])
+        return ReadResult.of_rows(records_with_id([document], "fields"))
+
+    async def _fetch(
+        self, url: str, hide: list[Any], deadline: float, timeout_s: float
+    ) -> Mapping[str, Any] | None:
+        response = await self._http.request(
+            "GET",
+            url,
+            timeout_s=self._time_left(deadline, timeout_s),
+            idempotent=True,
+            headers=self._auth(),
+            rate_limit_pause_s=RATE_LIMIT_PAUSE_S,
+        )
+        document: Mapping[str, Any] | None = self._document(response, hide)
+        return document
 
     @staticmethod
     def error_of(document: Any) -> tuple[str, str]:

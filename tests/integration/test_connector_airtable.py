@@ -10,8 +10,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from connectors.airtable import AirtableConnector, AirtableSettings, formula, literal
+from connectors.airtable import (
+    AirtableConnector,
+    AirtableSettings,
+    FormulaTemplate,
+    formula,
+    literal,
+)
 from connectors.base import (
     Bound,
     ConfigError,
@@ -23,17 +31,18 @@ from connectors.base import (
 )
 from connectors.testing import ConnectorContract, RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
-from tests.standins.airtable import AirtableStandIn, Record
+from tests.standins.airtable import AirtableStandIn, Record, parse_formula, truthy
 from worker.config import load_tenant
 
 BASE = "appTESTbase000001"
 TOKEN = "patTEST.stand-in-token-0123456789"
 ORDERS = [
-    Record("rec0000000000001", {"Order ID": "12345", "Status": "shipped", "Qty": 2}),
-    Record("rec0000000000002", {"Order ID": "12346", "Status": "processing", "Qty": 1}),
-    Record("rec0000000000003", {"Order ID": "A'B\\C", "Status": "odd", "Gift": True}),
-    Record("rec0000000000004", {"Order ID": "12347", "Status": "", "Qty": 3}),
+    Record("rec00000000000001", {"Order ID": "12345", "Status": "shipped", "Qty": 2}),
+    Record("rec00000000000002", {"Order ID": "12346", "Status": "processing", "Qty": 1}),
+    Record("rec00000000000003", {"Order ID": "A'B\\C", "Status": "odd", "Gift": True}),
+    Record("rec00000000000004", {"Order ID": "12347", "Status": "", "Qty": 3}),
 ]
+CUSTOMERS = [Record("recCUSTOMER00001a", {"Name": "Ana", "Phone": "+1234567890"})]
 ORDER_QUERY = {"table": "Orders", "filter": {"Order ID": "{order_id}"}}
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +51,11 @@ MakeConnector = Callable[..., AirtableConnector]
 
 @pytest.fixture
 async def stand() -> AsyncIterator[AirtableStandIn]:
-    bulk = [Record(f"rec{i:013d}", {"Order ID": str(i), "Status": "open"}) for i in range(250)]
+    bulk = [Record(f"rec{i:014d}", {"Order ID": str(i), "Status": "open"}) for i in range(250)]
     standin = AirtableStandIn(
         base_id=BASE,
         token=TOKEN,
-        tables={"Orders": ORDERS, "Slow": ORDERS, "Bulk": bulk},
+        tables={"Orders": ORDERS, "Slow": ORDERS, "Bulk": bulk, "Customers": CUSTOMERS},
     )
     async with serve(standin.app()) as url:
         standin.base_url = url
@@ -121,7 +130,7 @@ async def test_run__lists_records_with_a_formula_and_a_bearer_token(
 ) -> None:
     rows = await read(make(), ORDER_QUERY, order_id="12345")
 
-    assert rows == [{"Order ID": "12345", "Status": "shipped", "Qty": 2, "id": "rec0000000000001"}]
+    assert rows == [{"Order ID": "12345", "Status": "shipped", "Qty": 2, "id": "rec00000000000001"}]
     (request,) = stand.seen_at(f"/v0/{BASE}/Orders")
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert parse_qs(urlsplit(request.raw_path).query) == {
@@ -134,7 +143,7 @@ async def test_run__lists_records_with_a_formula_and_a_bearer_token(
 async def test_run__empty_fields_are_left_out_as_airtable_does(make: MakeConnector) -> None:
     rows = await read(make(), ORDER_QUERY, order_id="12347")
 
-    assert rows == [{"Order ID": "12347", "Qty": 3, "id": "rec0000000000004"}]
+    assert rows == [{"Order ID": "12347", "Qty": 3, "id": "rec00000000000004"}]
 
 
 async def test_run__fields_and_view_are_passed_on(
@@ -144,7 +153,7 @@ async def test_run__fields_and_view_are_passed_on(
 
     rows = await read(make(), query, order_id="12345")
 
-    assert rows == [{"Status": "shipped", "id": "rec0000000000001"}]
+    assert rows == [{"Status": "shipped", "id": "rec00000000000001"}]
     (params,) = list_requests(stand)
     assert params["fields[]"] == ["Status"]
     assert params["view"] == ["Grid view"]
@@ -157,7 +166,7 @@ async def test_run__several_fields_and_typed_values(
 
     rows = await read(make(), query, status="processing", qty=1)
 
-    assert [row["id"] for row in rows] == ["rec0000000000002"]
+    assert [row["id"] for row in rows] == ["rec00000000000002"]
     assert stand.formulas == ["AND({Status}='processing',{Qty}=1)"]
 
 
@@ -202,7 +211,7 @@ async def test_run__injection_looking_parameters_stay_one_literal(
 async def test_run__escaped_value_still_matches_exactly(make: MakeConnector) -> None:
     rows = await read(make(), ORDER_QUERY, order_id="A'B\\C")
 
-    assert [row["id"] for row in rows] == ["rec0000000000003"]
+    assert [row["id"] for row in rows] == ["rec00000000000003"]
 
 
 async def test_run__follows_offset_across_pages_up_to_max_rows(
@@ -290,7 +299,7 @@ async def test_run__429_with_retry_after_is_retried_within_the_deadline(
 
     rows = await read(make(), ORDER_QUERY, order_id="12345")
 
-    assert [row["id"] for row in rows] == ["rec0000000000001"]
+    assert [row["id"] for row in rows] == ["rec00000000000001"]
     assert time.monotonic() - started >= 1.0
     assert len(list_requests(stand)) == 2
 
@@ -359,7 +368,29 @@ async def test_health_check__asks_whoami(make: MakeConnector, stand: AirtableSta
         pytest.param("Orders", "is a mapping", id="text"),
         pytest.param({"filter": {}}, "table", id="no-table"),
         pytest.param({"table": "T", "filter": {"a}b": "{x}"}}, "cannot be used", id="brace"),
-        pytest.param({"table": "T", "formula": "TRUE()"}, "formula", id="raw-formula"),
+        pytest.param({"table": "T", "formula": "{A}='{{x}}'"}, "inside a quoted", id="quoted"),
+        pytest.param({"table": "T", "formula": "{A}='x"}, "not closed", id="open-string"),
+        pytest.param({"table": "T", "formula": "{A={{x}}"}, "field reference", id="open-field"),
+        pytest.param({"table": "T", "formula": "{A}={{x y}}"}, "parameter", id="bad-param"),
+        pytest.param({"table": "T", "formula": ""}, "formula", id="empty-formula"),
+        pytest.param(
+            {"table": "T", "sort": [{"field": "A", "direction": "down"}]},
+            r"sort\.0\.direction",
+            id="sort-direction",
+        ),
+        pytest.param(
+            {"table": "T", "sort": [{"direction": "asc"}]}, r"sort\.0\.field", id="no-field"
+        ),
+        pytest.param(
+            {"table": "T", "record": "{r}", "filter": {"A": "{x}"}},
+            "record reads one record: it takes no filter",
+            id="record-and-filter",
+        ),
+        pytest.param(
+            {"table": "T", "record": "{r}", "sort": [{"field": "A"}]},
+            "takes no sort",
+            id="record-sort",
+        ),
     ],
 )
 def test_prepare__refuses_what_it_cannot_bind_safely(raw: Any, problem: str) -> None:
@@ -381,3 +412,170 @@ def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert {s.type_name for s in tenant.sources.values()} == {"airtable"}
     assert set(tenant.lookups) == {"order_status", "open_orders"}
+
+
+def test_prepare__names_the_parameters_of_filter_formula_and_record() -> None:
+    query = {
+        "table": "Orders",
+        "filter": {"Status": "{status}"},
+        "formula": "AND({Qty}>={{min}}, {Qty}<={{ $json.max }}, {Status}!={{status}})",
+    }
+
+    assert AirtableConnector.prepare(query).names == ("status", "min", "max")
+    assert AirtableConnector.prepare({"table": "T", "record": "{record_id}"}).names == (
+        "record_id",
+    )
+
+
+# -- formulas, sorting and single records ----------------------------------------------
+
+
+async def test_run__formula_takes_escaped_parameters_where_they_stand(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {"table": "Orders", "formula": "AND({Qty}>={{min}}, {Status}!='processing')"}
+
+    rows = await read(make(), query, min=2)
+
+    assert [row["id"] for row in rows] == ["rec00000000000001", "rec00000000000004"]
+    assert stand.formulas == ["AND({Qty}>=2, {Status}!='processing')"]
+
+
+async def test_run__filter_and_formula_must_both_hold(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {
+        "table": "Orders",
+        "filter": {"Status": "{status}"},
+        "formula": "OR({Qty}=1, FIND({{word}}, {Order ID}))",
+    }
+
+    rows = await read(make(), query, status="shipped", word="234")
+
+    assert [row["id"] for row in rows] == ["rec00000000000001"]
+    assert stand.formulas == ["AND({Status}='shipped',OR({Qty}=1, FIND('234', {Order ID})))"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("x', TRUE()), OR(TRUE(), '", id="close-and-or"),
+        pytest.param("\\', TRUE(), '", id="backslash-quote"),
+        pytest.param('"), TRUE(), ("', id="double-quote"),
+        pytest.param("} {Status", id="braces"),
+        pytest.param("{{min}}", id="placeholder"),
+    ],
+)
+async def test_run__formula_parameters_cannot_leave_their_literal(
+    make: MakeConnector, stand: AirtableStandIn, value: str
+) -> None:
+    query = {"table": "Orders", "formula": "AND({Order ID}={{order_id}}, {Qty}>0)"}
+
+    rows = await read(make(), query, order_id=value)
+
+    assert rows == []
+    (sent,) = stand.formulas
+    assert sent == f"AND({{Order ID}}={literal(value)}, {{Qty}}>0)"
+    assert parse_formula(sent).fields == {"Order ID", "Qty"}
+
+
+async def test_run__sort_is_sent_as_airtable_reads_it(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {
+        "table": "Orders",
+        "sort": [{"field": "Qty", "direction": "desc"}, {"field": "Status"}],
+    }
+
+    rows = await read(make(), query)
+
+    assert [row.get("Qty") for row in rows] == [3, 2, 1, None]
+    (params,) = list_requests(stand)
+    assert params["sort[0][field]"] == ["Qty"] and params["sort[0][direction]"] == ["desc"]
+    assert params["sort[1][field]"] == ["Status"] and params["sort[1][direction]"] == ["asc"]
+
+
+async def test_run__sort_pages_keep_their_order(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    query = {"table": "Bulk", "sort": [{"field": "Order ID", "direction": "desc"}]}
+
+    rows = await read(make(limits=Limits(max_rows=150)), query)
+
+    assert [row["Order ID"] for row in rows] == sorted(map(str, range(250)), reverse=True)[:150]
+    assert len(list_requests(stand, "Bulk")) == 2
+
+
+async def test_run__sort_on_an_unknown_field_is_a_source_error(make: MakeConnector) -> None:
+    with pytest.raises(SourceError, match="422 UNKNOWN_FIELD_NAME"):
+        await read(make(), {"table": "Orders", "sort": [{"field": "Nope"}]})
+
+
+async def test_run__record_id_gets_one_record(make: MakeConnector, stand: AirtableStandIn) -> None:
+    rows = await read(make(), {"table": "Orders", "record": "{r}"}, r="rec00000000000004")
+
+    assert rows == [{"Order ID": "12347", "Qty": 3, "id": "rec00000000000004"}]
+    (request,) = stand.seen
+    assert request.raw_path == f"/v0/{BASE}/Orders/rec00000000000004"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_run__record_of_another_table_of_the_base_is_found_as_airtable_does(
+    make: MakeConnector,
+) -> None:
+    rows = await read(make(), {"table": "Orders", "record": "{r}"}, r="recCUSTOMER00001a")
+
+    assert [row["id"] for row in rows] == ["recCUSTOMER00001a"]
+
+
+async def test_run__missing_record_is_not_found(
+    make: MakeConnector, stand: AirtableStandIn
+) -> None:
+    rows = await read(make(), {"table": "Orders", "record": "{r}"}, r="recMISSING000000x")
+
+    assert rows == []
+    assert len(stand.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("../Bulk", id="dot-dot"),
+        pytest.param("rec00000000000001/x", id="slash"),
+        pytest.param("rec00000000000001?x=1", id="query"),
+        pytest.param("12345", id="not-an-id"),
+        pytest.param(None, id="null"),
+    ],
+)
+async def test_run__what_is_not_a_record_id_is_not_found_unasked(
+    make: MakeConnector, stand: AirtableStandIn, value: Any
+) -> None:
+    assert await read(make(), {"table": "Orders", "record": "{r}"}, r=value) == []
+    assert stand.seen == []
+
+
+# -- the escaping, as a property ---------------------------------------------------------
+
+_CONTROL_CHARS = "".join(map(chr, [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]))
+
+
+@given(st.text(max_size=60))
+def test_literal__any_text_reads_back_as_itself(text: str) -> None:
+    kept = text.translate({ord(c): None for c in _CONTROL_CHARS})
+
+    parsed = parse_formula("{F}=" + literal(text))
+
+    assert parsed.fields == {"F"}
+    assert truthy(parsed.evaluate({"F": kept}))
+    assert not truthy(parsed.evaluate({"F": kept + "x"}))
+
+
+@given(st.one_of(st.text(max_size=60), st.integers(), st.floats(), st.booleans(), st.none()))
+def test_formula_template__a_parameter_never_changes_the_formula_around_it(value: Any) -> None:
+    template = FormulaTemplate("AND({F}={{v}}, {G}='x')")
+
+    parsed = parse_formula(template.render({"v": value}))
+
+    assert parsed.fields == {"F", "G"}
+    for cell in ("other", 12345, None):
+        assert not truthy(parsed.evaluate({"F": cell, "G": "y"}))  # the AND still holds
