@@ -41,6 +41,29 @@ and lists, then ``result`` picks from it; None (an empty response) or a 404 is
 ``{"value": …}``. A SOAP Fault is a source failure whose text is the fault
 string, one line, trimmed, parameter values and secrets masked; 401/403 an
 auth failure.
+
+Without a WSDL (a service that publishes none, or one zeep cannot read), a
+query is the envelope itself, written by the tenant, posted to ``address``::
+
+    {"envelope": "<soapenv:Envelope xmlns:soapenv=…><soapenv:Body><ord:GetOrderStatus>"
+                 "<ord:orderId>{order_id}</ord:orderId></ord:GetOrderStatus>"
+                 "</soapenv:Body></soapenv:Envelope>",
+     "action": "urn:example:orders#GetOrderStatus", "result": "GetOrderStatusResult"}
+
+The envelope is parsed when the config loads (zeep's safe parser: no DTD, no
+entities; an ``Envelope`` of SOAP 1.1 or 1.2 with a ``Body`` holding one
+operation element, whose name is checked against `WRITE_VERBS` as an
+operation's is). ``{name}`` may stand in element text and attribute values
+only — not in names, comments or processing instructions. A read fills each
+into the parsed tree as text and lets lxml serialise it, so ``<``, ``&`` and
+``]]>`` are escaped wherever they appear, CDATA sections included (they are
+parsed into plain text); a value XML cannot carry (a NUL, a control
+character) is refused. SOAP 1.1 is sent as ``text/xml`` with ``SOAPAction:
+"<action>"``, 1.2 as ``application/soap+xml; action="<action>"``. The answer
+is parsed the same safe way into dicts (element local names; a repeated
+element becomes a list; an empty or ``xsi:nil`` element None; attributes
+are dropped), and ``result`` is a dotted path inside the Body's first element
+(the operation's response), which is the answer when ``result`` is absent.
 """
 
 from __future__ import annotations
@@ -54,7 +77,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -62,7 +85,9 @@ import httpx
 import zeep
 import zeep.exceptions
 import zeep.helpers
+import zeep.loader
 import zeep.wsdl.utils
+from lxml import etree  # type: ignore[import-untyped]
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -88,6 +113,7 @@ from connectors.base import (
     SourceUnavailable,
     bind_placeholders,
     first_error,
+    jsonable,
     placeholder_names,
 )
 from connectors.http_base import (
@@ -104,9 +130,12 @@ from connectors.network import TLSSettings
 __all__ = [
     "WRITE_VERBS",
     "BoundedTransport",
+    "EnvelopeSpec",
     "SOAPConnector",
+    "SOAPEnvelopeQuery",
     "SOAPQuery",
     "SOAPSettings",
+    "render_envelope",
 ]
 
 _LOAD_TIMEOUT_S = 30.0
@@ -145,8 +174,9 @@ class SOAPSettings(ConnectionSettings):
     # A rejected value would otherwise be echoed, password and all, in the error's text.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    #: the WSDL: an http(s) URL, or a file path relative to the tenant config
-    wsdl: str = Field(min_length=1)
+    #: the WSDL: an http(s) URL, or a file path relative to the tenant config;
+    #: none for a service read only with raw envelopes (then ``address`` is needed)
+    wsdl: str | None = Field(default=None, min_length=1)
     #: replaces the WSDL's ``soap:address`` (where reads are POSTed)
     address: str | None = None
     #: which ``wsdl:service`` and ``port`` to use; the first ones when absent
@@ -164,8 +194,8 @@ class SOAPSettings(ConnectionSettings):
 
     @field_validator("wsdl")
     @classmethod
-    def _wsdl_location(cls, value: str) -> str:
-        if _is_url(value) or value.startswith("//"):
+    def _wsdl_location(cls, value: str | None) -> str | None:
+        if value is not None and (_is_url(value) or value.startswith("//")):
             parts = urlsplit(value)
             if _origin(value) is None or parts.username or parts.password:
                 raise ValueError("a wsdl URL must be http(s), with a host and no credentials")
@@ -184,6 +214,8 @@ class SOAPSettings(ConnectionSettings):
     def _basic_auth_pair(self) -> SOAPSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if self.wsdl is None and self.address is None:
+            raise ValueError("give a wsdl, or the service's address for raw envelopes")
         return self
 
     def fields(self) -> dict[str, str]:
@@ -206,6 +238,144 @@ class SOAPQuery(BaseModel):
     result: str | None = Field(default=None, pattern=_DOTTED)
     #: the operator vouches that repeating this operation is harmless: retry it
     idempotent: bool = False
+
+
+class SOAPEnvelopeQuery(BaseModel):
+    """One configured SOAP read without a WSDL: the envelope, written out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    envelope: str = Field(min_length=1, max_length=100_000)
+    #: the SOAPAction (1.1) or ``action`` parameter (1.2); fixed in the config
+    action: str | None = Field(default=None, pattern=r'^[^"\s{}]{1,500}$')
+    result: str | None = Field(default=None, pattern=_DOTTED)
+    idempotent: bool = False
+
+
+_SOAP_NS: dict[str, Literal["1.1", "1.2"]] = {
+    "http://schemas.xmlsoap.org/soap/envelope/": "1.1",
+    "http://www.w3.org/2003/05/soap-envelope": "1.2",
+}
+_XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
+#: no DTD, no entities, no network: for envelopes the tenant writes and answers services send
+_SAFE_XML = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+
+
+@dataclass(frozen=True)
+class EnvelopeSpec:
+    """A prepared raw-envelope read: the template (checked), and how to send it."""
+
+    template: str
+    version: Literal["1.1", "1.2"]
+    operation: str
+    action: str | None = None
+    result: str | None = None
+    idempotent: bool = False
+
+
+def _parse_xml(content: bytes | str) -> Any:
+    """An lxml root element, parsed with `_SAFE_XML`; zeep's errors pass through."""
+    return zeep.loader.parse_xml(content, None, settings=_SAFE_XML)  # type: ignore[arg-type]  # bytes work
+
+
+def _prepare_envelope(query: SOAPEnvelopeQuery) -> EnvelopeSpec:
+    """Check the envelope once, at load time (module docstring)."""
+    try:
+        root = _parse_xml(query.envelope.strip().encode())
+    except zeep.exceptions.Error as exc:
+        raise ConfigError(f"soap envelope: not well-formed, safe XML ({_short(exc)})") from None
+    name = etree.QName(root)
+    version = _SOAP_NS.get(name.namespace or "")
+    if name.localname != "Envelope" or version is None:
+        raise ConfigError("soap envelope: the root must be a SOAP 1.1 or 1.2 Envelope")
+    body = root.find(f"{{{name.namespace}}}Body")
+    operations = [] if body is None else [e for e in body if isinstance(e.tag, str)]
+    if len(operations) != 1:
+        raise ConfigError("soap envelope: the Body must hold exactly one operation element")
+    for node in root.iter():
+        if not isinstance(node.tag, str) and placeholder_names(node.text or ""):
+            raise ConfigError(
+                "soap envelope: {placeholders} go in element text or attribute values, "
+                "not in comments or processing instructions"
+            )
+    template = etree.tostring(root, encoding="unicode")
+    return EnvelopeSpec(
+        template,
+        version,
+        etree.QName(operations[0]).localname,
+        query.action,
+        query.result,
+        query.idempotent,
+    )
+
+
+def _xml_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(jsonable(value))
+
+
+def render_envelope(spec: EnvelopeSpec, params: Mapping[str, Any]) -> bytes:
+    """The envelope with every ``{name}`` filled as text; `ValueError` for a value XML
+    cannot carry. Parameters are set on the parsed tree, so lxml escapes them."""
+    texts = {name: _xml_text(value) for name, value in params.items()}
+    root = _parse_xml(spec.template.encode())
+
+    def fill(text: str | None) -> str | None:
+        if text is None or not placeholder_names(text):
+            return text
+        return str(bind_placeholders(text, texts))
+
+    for node in root.iter():
+        if not isinstance(node.tag, str):
+            continue  # comments and processing instructions stay as written
+        node.text = fill(node.text)
+        node.tail = fill(node.tail)
+        for key, value in node.attrib.items():
+            node.set(key, fill(value) or "")
+    data: bytes = etree.tostring(root, xml_declaration=True, encoding="utf-8")
+    return data
+
+
+def _envelope_headers(spec: EnvelopeSpec) -> dict[str, str]:
+    if spec.version == "1.1":
+        return {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{spec.action or ""}"'}
+    action = f'; action="{spec.action}"' if spec.action else ""
+    return {"Content-Type": f"application/soap+xml; charset=utf-8{action}"}
+
+
+def _plain(element: Any) -> Any:
+    """An answer's element as dicts, lists and text (module docstring)."""
+    children = [child for child in element if isinstance(child.tag, str)]
+    if not children:
+        if element.get(_XSI_NIL) in ("true", "1"):
+            return None
+        text = (element.text or "").strip()
+        return text or None
+    grouped: dict[str, list[Any]] = {}
+    for child in children:
+        grouped.setdefault(etree.QName(child).localname, []).append(_plain(child))
+    return {name: items[0] if len(items) == 1 else items for name, items in grouped.items()}
+
+
+def _answer(body: bytes, version: str) -> tuple[Any, str | None]:
+    """The Body's first element as plain data, or the fault's text (blocking: lxml)."""
+    root = _parse_xml(body)
+    namespace = next(ns for ns, v in _SOAP_NS.items() if v == version)
+    soap_body = root.find(f"{{{namespace}}}Body")
+    if etree.QName(root).localname != "Envelope" or soap_body is None:
+        raise ValueError("not a SOAP envelope of the version sent")
+    first = next((e for e in soap_body if isinstance(e.tag, str)), None)
+    if first is None:
+        return None, None
+    if etree.QName(first).localname == "Fault":
+        fault = _plain(first) or {}
+        reason = fault.get("faultstring") or fault.get("Reason") or fault
+        text = reason.get("Text") if isinstance(reason, Mapping) else reason
+        return None, str(text)
+    return _plain(first), None
 
 
 # -- loading the WSDL -------------------------------------------------------------------
@@ -359,7 +529,8 @@ class SOAPConnector(Connector):
     Settings = SOAPSettings
     query_shape: ClassVar[str] = (
         '{"operation": "GetOrderStatus", "args": {"orderId": "{order_id}"}, '
-        '"result": "dotted.path" (optional)}'
+        '"result": "dotted.path" (optional)}, or without a WSDL {"envelope": "<soapenv:Envelope…'
+        '{order_id}…>", "action": "…", "result": "dotted.path"}'
     )
     extra: ClassVar[str | None] = "soap"
 
@@ -368,36 +539,46 @@ class SOAPConnector(Connector):
     def setup(self) -> None:
         self._service: _Service | None = None
         self._opening = asyncio.Lock()
+        #: the wire to ``address`` of a source without a WSDL
+        self._raw: SafeHTTP | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
         if not isinstance(raw, Mapping):
             raise ConfigError('a soap query is a mapping: {"operation": …, "args": {…}}')
+        if "envelope" in raw:
+            try:
+                raw_query = SOAPEnvelopeQuery.model_validate(raw)
+            except ValidationError as exc:
+                raise ConfigError("soap query: " + first_error(exc)) from None
+            spec = _prepare_envelope(raw_query)
+            _check_read(spec.operation)
+            names = placeholder_names(_texts_of(spec.template))
+            return PreparedQuery(spec=spec, names=names)
         try:
             query = SOAPQuery.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError("soap query: " + first_error(exc)) from None
-        verb = re.split(r"(?<=[a-z0-9])(?=[A-Z])|[_.\-]", query.operation)[0].lower()
-        if verb in WRITE_VERBS:
-            raise NotARead(
-                f"operation {query.operation!r} reads like a write ({verb!r}); "
-                "only read operations may be configured"
-            )
+        _check_read(query.operation)
         return PreparedQuery(spec=query, names=placeholder_names(query.args))
 
     async def open(self) -> None:
-        await self._opened()
+        if self.settings.wsdl is not None:
+            await self._opened()
 
     async def close(self) -> None:
         service, self._service = self._service, None
         if service is not None:
             await service.http.close()
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            await raw.close()
 
     async def health_check(self) -> None:
-        service = await self._opened()
-        response = await service.http.request(
+        address, http = await self._endpoint()
+        response = await http.request(
             "GET",
-            service.address,
+            address,
             timeout_s=_HEALTH_TIMEOUT_S,
             idempotent=True,
             headers=self._headers(),
@@ -406,10 +587,12 @@ class SOAPConnector(Connector):
         if response.status in (401, 403, 429) or (
             response.status >= 500 and not _is_fault(response)
         ):
-            service.http.check(response, not_found_ok=False)
+            http.check(response, not_found_ok=False)
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
+        if isinstance(spec, EnvelopeSpec):
+            return await self._run_envelope(spec, bound.params, timeout_s)
         if not isinstance(spec, SOAPQuery):
             raise self.fail("the query was not prepared by the soap connector")
         service = await self._opened()
@@ -430,6 +613,42 @@ class SOAPConnector(Connector):
         if response.status != 200 and not _is_fault(response):
             raise self.fail(f"the source answered {response.status}")
         answer = await asyncio.to_thread(self._parse, service, operation, response, hide)
+        return result_of(dig(answer, spec.result), max_rows=self.limits.max_rows)
+
+    async def _run_envelope(
+        self, spec: EnvelopeSpec, params: Mapping[str, Any], timeout_s: float
+    ) -> ReadResult:
+        hide = [*params.values(), *self.settings.secrets()]
+        try:
+            body = render_envelope(spec, params)
+        except ValueError:
+            raise self.fail(
+                "a parameter holds characters XML cannot carry (NUL or control characters)"
+            ) from None
+        address, http = await self._endpoint()
+        response = await http.request(
+            "POST",
+            address,
+            timeout_s=timeout_s,
+            idempotent=spec.idempotent,
+            content=body,
+            headers={**_envelope_headers(spec), **self._headers()},
+        )
+        if response.status in (401, 403, 429):
+            http.check(response)
+        if response.status == 404:
+            return ReadResult(rows=[])
+        if response.status != 200 and not _is_fault(response):
+            raise self.fail(f"the source answered {response.status}")
+        try:
+            answer, fault = await asyncio.to_thread(_answer, response.body, spec.version)
+        except (zeep.exceptions.Error, ValueError) as exc:
+            raise self.fail(
+                f"the answer is not a safe, well-formed SOAP {spec.version} envelope "
+                f"({type(exc).__name__})"
+            ) from None
+        if fault is not None:
+            raise self.fail("the service answered a SOAP fault: " + safe_message(fault, hide))
         return result_of(dig(answer, spec.result), max_rows=self.limits.max_rows)
 
     # -- the parts of a read ----------------------------------------------------------
@@ -493,10 +712,34 @@ class SOAPConnector(Connector):
 
     # -- opening ---------------------------------------------------------------------------
 
+    async def _endpoint(self) -> tuple[str, SafeHTTP]:
+        """Where reads are POSTed, and the wire to it: the WSDL's service, or ``address``."""
+        address = self.settings.address
+        if self.settings.wsdl is not None or address is None:
+            service = await self._opened()
+            return service.address, service.http
+        if self._raw is None:
+            self._raw = self._wire(address)
+        return address, self._raw
+
+    def _wire(self, address: str) -> SafeHTTP:
+        parts = urlsplit(address)
+        http_settings = HTTPSettings(
+            base_url=f"{parts.scheme}://{parts.netloc}",
+            max_response_bytes=min(self.settings.max_response_bytes, self.limits.max_bytes),
+            retries=self.settings.retries,
+            ssl=self.settings.ssl,
+        )
+        return SafeHTTP(self.source_id, http_settings, base_dir=self.base_dir)
+
     async def _opened(self) -> _Service:
         service = self._service
         if service is not None:
             return service
+        if self.settings.wsdl is None:
+            raise self.fail(
+                'the source has no wsdl: its queries must be raw envelopes ({"envelope": …})'
+            )
         async with self._opening:
             if self._service is None:
                 self._service = await self._open()
@@ -513,20 +756,13 @@ class SOAPConnector(Connector):
         address = self.settings.address or proxy._binding_options.get("address")
         if not isinstance(address, str) or _origin(address) is None:
             raise self.fail("the WSDL gives no http(s) address for the service: set address")
-        parts = urlsplit(address)
-        http_settings = HTTPSettings(
-            base_url=f"{parts.scheme}://{parts.netloc}",
-            max_response_bytes=min(self.settings.max_response_bytes, self.limits.max_bytes),
-            retries=self.settings.retries,
-            ssl=self.settings.ssl,
-        )
-        return _Service(
-            client, proxy, address, SafeHTTP(self.source_id, http_settings, base_dir=self.base_dir)
-        )
+        return _Service(client, proxy, address, self._wire(address))
 
     def _load_wsdl(self) -> Any:
         """zeep's client for the WSDL (blocking: run in a thread)."""
         wsdl = self.settings.wsdl
+        if wsdl is None:  # `_opened` says so first
+            raise self.fail("the source has no wsdl")
         remote = _is_url(wsdl)
         location = wsdl if remote else str(self.resolve_path(wsdl))
         if not remote and not Path(location).is_file():
@@ -563,3 +799,21 @@ def _is_fault(response: HTTPResponse) -> bool:
 
 def _short(exc: BaseException) -> str:
     return safe_message(str(exc), limit=160)
+
+
+def _check_read(operation: str) -> None:
+    verb = re.split(r"(?<=[a-z0-9])(?=[A-Z])|[_.\-]", operation)[0].lower()
+    if verb in WRITE_VERBS:
+        raise NotARead(
+            f"operation {operation!r} reads like a write ({verb!r}); "
+            "only read operations may be configured"
+        )
+
+
+def _texts_of(template: str) -> list[str]:
+    """Every element text, tail and attribute value of a checked envelope, in order."""
+    texts: list[str] = []
+    for node in _parse_xml(template.encode()).iter():
+        if isinstance(node.tag, str):
+            texts += [node.text or "", *node.attrib.values(), node.tail or ""]
+    return texts

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from pydantic import ValidationError
 
@@ -37,7 +39,13 @@ from connectors.base import (
     SourceUnavailable,
 )
 from connectors.registry import load
-from connectors.soap import SOAPConnector, SOAPQuery, SOAPSettings
+from connectors.soap import (
+    EnvelopeSpec,
+    SOAPConnector,
+    SOAPQuery,
+    SOAPSettings,
+    render_envelope,
+)
 from connectors.testing import ConnectorContract, RawQuery
 from tests.servers.hostile import (
     Recorder,
@@ -739,3 +747,299 @@ def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert {s.type_name for s in tenant.sources.values()} == {"soap"}
     assert set(tenant.lookups) == {"order_status", "order_lines"}
+
+
+# -- raw envelopes, without a WSDL -------------------------------------------------------------
+
+SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+
+
+def envelope(operation: str, inner: str, soap_ns: str = SOAP11) -> str:
+    return (
+        f'<soapenv:Envelope xmlns:soapenv="{soap_ns}" xmlns:ord="{NAMESPACE}">'
+        f"<soapenv:Header/><soapenv:Body><ord:{operation}>{inner}</ord:{operation}>"
+        "</soapenv:Body></soapenv:Envelope>"
+    )
+
+
+RAW_STATUS = {
+    "envelope": envelope("GetOrderStatus", "<ord:orderId>{order_id}</ord:orderId>"),
+    "action": "GetOrderStatus",
+    "result": "GetOrderStatusResult",
+}
+RAW_ECHO = {
+    "envelope": envelope("Echo", "<ord:text>{text}</ord:text>"),
+    "action": "Echo",
+    "result": "EchoResult",
+}
+RAW_LIST = {
+    "envelope": envelope("ListOrders", "<ord:customerPhone>{phone}</ord:customerPhone>"),
+    "action": "ListOrders",
+    "result": "ListOrdersResult.OrderStatus",
+}
+
+
+@pytest.fixture
+def make_raw(make_connector: MakeConnector, service: str) -> MakeConnector:
+    """Connectors with no WSDL: reads go to ``address`` (the spyne service by default)."""
+
+    def make(limits: Limits | None = None, **overrides: Any) -> SOAPConnector:
+        return make_connector(limits, wsdl=None, **{"address": f"{service}/", **overrides})
+
+    return make
+
+
+async def test_envelope__read_without_a_wsdl_gives_rows_by_the_result_path(
+    make_raw: MakeConnector,
+) -> None:
+    connector = make_raw()
+
+    found = await read(connector, RAW_STATUS, order_id="12345")
+    listed = await read(connector, RAW_LIST, phone="+1234567890")
+    missing = await read(connector, RAW_STATUS, order_id="99999")
+
+    assert found.rows == [
+        {
+            "orderId": "12345",
+            "status": "shipped",
+            "tracking": "UPS123456",
+            "estimatedDelivery": "2025-09-12",
+            "total": "19.50",
+            "items": {"Item": {"sku": "SKU-789", "quantity": "2"}},
+        }
+    ]
+    assert [row["orderId"] for row in listed.rows] == ["12345", "12346"]
+    assert "tracking" not in listed.rows[1]  # spyne leaves out a null; no WSDL says it exists
+    assert not missing.found
+
+
+async def test_envelope__without_result_the_answer_is_the_operations_response(
+    make_raw: MakeConnector,
+) -> None:
+    result = await read(make_raw(), {"envelope": RAW_ECHO["envelope"]}, text="hi")
+
+    assert result.rows == [{"EchoResult": "hi"}]
+
+
+async def test_envelope__posted_as_soap_11_with_the_soapaction_header(
+    make_raw: MakeConnector, proxy: str, recorder: Recorder
+) -> None:
+    result = await read(make_raw(address=proxy), RAW_ECHO, text="a & b")
+
+    assert result.data == "a & b"
+    (seen,) = recorder.seen
+    assert seen.method == "POST"
+    assert seen.headers["SOAPAction"] == '"Echo"'
+    assert seen.headers["Content-Type"] == "text/xml; charset=utf-8"
+    assert seen.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert b"<ord:text>a &amp; b</ord:text>" in seen.body
+
+
+async def test_envelope__soap_12_sends_the_action_in_the_content_type(
+    make_raw: MakeConnector, other_host: str, other_recorder: Recorder
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = (
+            f'<e:Envelope xmlns:e="{SOAP12}"><e:Body><r:EchoResponse xmlns:r="{NAMESPACE}">'
+            "<r:EchoResult>twelve</r:EchoResult></r:EchoResponse></e:Body></e:Envelope>"
+        )
+        return web.Response(text=body, content_type="application/soap+xml")
+
+    other_recorder.misbehave = answer
+    query = {**RAW_ECHO, "envelope": envelope("Echo", "<ord:text>{text}</ord:text>", SOAP12)}
+
+    result = await read(make_raw(address=other_host), query, text="x")
+
+    assert result.data == "twelve"
+    (seen,) = other_recorder.seen
+    assert seen.headers["Content-Type"] == 'application/soap+xml; charset=utf-8; action="Echo"'
+    assert "SOAPAction" not in seen.headers
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("<b>bold</b>", id="tags"),
+        pytest.param("</ord:text><ord:extra>1</ord:extra><ord:text>", id="close-and-inject"),
+        pytest.param("a]]>b<![CDATA[c", id="cdata-end"),
+        pytest.param("&amp; &lt; &#x41; &x;", id="entities"),
+        pytest.param("\"quotes\" and 'apostrophes'", id="quotes"),
+        pytest.param("{order_id}", id="placeholder-text"),
+        pytest.param("Café ☕ 👋", id="unicode"),
+    ],
+)
+async def test_envelope__a_parameter_comes_back_as_the_same_text(
+    make_raw: MakeConnector, value: str
+) -> None:
+    result = await read(make_raw(), RAW_ECHO, text=value, order_id="12345")
+
+    assert result.data == value
+
+
+async def test_envelope__a_value_inside_cdata_and_attributes_stays_text(
+    make_raw: MakeConnector, proxy: str, recorder: Recorder
+) -> None:
+    inner = '<ord:text note="{text}"><![CDATA[{text}]]></ord:text>'
+    query = {"envelope": envelope("Echo", inner), "result": "EchoResult"}
+    evil = 'x]]></ord:text>"<ord:evil/>'
+
+    async def canned(request: web.Request) -> web.StreamResponse:
+        # spyne's schema has no "note" attribute: answer here, the request is what counts
+        body = (
+            f'<s:Envelope xmlns:s="{SOAP11}"><s:Body><EchoResponse xmlns="{NAMESPACE}">'
+            "<EchoResult>ok</EchoResult></EchoResponse></s:Body></s:Envelope>"
+        )
+        return web.Response(text=body, content_type="text/xml")
+
+    recorder.misbehave = canned
+
+    result = await read(make_raw(address=proxy), query, text=evil)
+
+    assert result.data == "ok"
+    tree = etree.fromstring(recorder.seen[0].body)
+    (text,) = tree.iter(f"{{{NAMESPACE}}}text")
+    assert (text.text, text.get("note"), len(text)) == (evil, evil, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text())
+def test_render_envelope__any_value_stays_one_text_node(value: str) -> None:
+    inner = '<ord:text a="{v}">{v}</ord:text><ord:n><![CDATA[[{v}]]]></ord:n>'
+    spec = SOAPConnector.prepare({"envelope": envelope("Echo", inner)}).spec
+    assert isinstance(spec, EnvelopeSpec)
+
+    try:
+        body = render_envelope(spec, {"v": value})
+    except ValueError:
+        # Only a value XML 1.0 cannot carry is refused.
+        assert any(
+            (ord(c) < 0x20 and c not in "\t\n\r")
+            or 0xD800 <= ord(c) <= 0xDFFF
+            or c in "\ufffe\uffff"
+            for c in value
+        )
+        return
+    tree = etree.fromstring(body)
+    tags = [etree.QName(e).localname for e in tree.iter() if isinstance(e.tag, str)]
+    assert tags == ["Envelope", "Header", "Body", "Echo", "text", "n"]
+    text = next(tree.iter(f"{{{NAMESPACE}}}text"))
+    assert (text.text or "", text.get("a")) == (value, value)
+    assert next(tree.iter(f"{{{NAMESPACE}}}n")).text == f"[{value}]"
+
+
+async def test_envelope__a_value_xml_cannot_carry_is_refused_before_sending(
+    make_raw: MakeConnector, proxy: str, recorder: Recorder
+) -> None:
+    with pytest.raises(SourceError, match="characters XML cannot carry"):
+        await read(make_raw(address=proxy), RAW_ECHO, text="nul\x00byte")
+
+    assert recorder.seen == []
+
+
+async def test_envelope__a_fault_is_a_source_error_without_parameter_values(
+    make_raw: MakeConnector,
+) -> None:
+    query = {"envelope": envelope("GetInvoice", "<ord:orderId>{order_id}</ord:orderId>")}
+
+    with pytest.raises(SourceError, match="SOAP fault: Invoice for order … is archived") as caught:
+        await read(make_raw(), query, order_id="12345")
+
+    assert "12345" not in str(caught.value)
+
+
+async def test_envelope__an_answer_with_a_dtd_is_refused(
+    make_raw: MakeConnector, proxy: str, recorder: Recorder
+) -> None:
+    async def xxe(request: web.Request) -> web.StreamResponse:
+        body = (
+            '<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
+            f'<s:Envelope xmlns:s="{SOAP11}"><s:Body>'
+            f'<EchoResponse xmlns="{NAMESPACE}"><EchoResult>&x;</EchoResult></EchoResponse>'
+            "</s:Body></s:Envelope>"
+        )
+        return web.Response(text=body, content_type="text/xml")
+
+    recorder.misbehave = xxe
+
+    with pytest.raises(SourceError, match=r"not a safe, well-formed SOAP 1\.1 envelope"):
+        await read(make_raw(address=proxy), RAW_ECHO, text="x")
+
+
+async def test_envelope__an_endless_answer_is_cut_off(
+    make_raw: MakeConnector, proxy: str, recorder: Recorder
+) -> None:
+    recorder.misbehave = endless(recorder, "text/xml")
+
+    with pytest.raises(SourceError, match="larger than"):
+        await read(make_raw(address=proxy, max_response_bytes=100_000), RAW_ECHO, text="x")
+
+
+async def test_envelope__with_a_wsdl_goes_to_its_service_address(
+    make_connector: MakeConnector,
+) -> None:
+    result = await read(make_connector(), RAW_STATUS, order_id="12346")
+
+    assert result.rows[0]["status"] == "processing"
+
+
+async def test_envelope__a_wsdl_query_on_a_source_without_wsdl_says_so(
+    make_raw: MakeConnector,
+) -> None:
+    with pytest.raises(SourceError, match="has no wsdl: its queries must be raw envelopes"):
+        await read(make_raw(), ORDER_STATUS, order_id="12345")
+
+
+async def test_envelope__health_check_without_a_wsdl(make_raw: MakeConnector) -> None:
+    await make_raw().health_check()
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        pytest.param({"envelope": "<a>{x}"}, "not well-formed", id="broken"),
+        pytest.param({"envelope": "<a>{x}</a>"}, "SOAP 1.1 or 1.2 Envelope", id="not-envelope"),
+        pytest.param(
+            {"envelope": f'<e:Envelope xmlns:e="{SOAP11}"><e:Header/></e:Envelope>'},
+            "exactly one operation",
+            id="no-body",
+        ),
+        pytest.param(
+            {"envelope": envelope("Echo", "").replace("</soapenv:Body>", "<x/></soapenv:Body>")},
+            "exactly one operation",
+            id="two-operations",
+        ),
+        pytest.param(
+            {"envelope": '<!DOCTYPE e [<!ENTITY x "y">]>' + envelope("Echo", "&x;")},
+            "not well-formed, safe XML",
+            id="dtd",
+        ),
+        pytest.param({**RAW_ECHO, "action": "{action}"}, "action", id="action-parameter"),
+        pytest.param({**RAW_ECHO, "operation": "Echo"}, "operation", id="both-shapes"),
+        pytest.param(
+            {"envelope": envelope("Echo", "<?pi {text}?>")},
+            "not in comments or processing instructions",
+            id="placeholder-in-pi",
+        ),
+    ],
+)
+def test_envelope__prepare_refuses_bad_envelopes(raw: Any, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        SOAPConnector.prepare(raw)
+
+
+def test_envelope__prepare_refuses_a_write_operation_and_names_placeholders() -> None:
+    with pytest.raises(NotARead, match="reads like a write"):
+        SOAPConnector.prepare({"envelope": envelope("CancelOrder", "<ord:id>{id}</ord:id>")})
+
+    query = SOAPConnector.prepare(
+        {"envelope": envelope("ListOrders", '<ord:a x="{first}">{second}</ord:a>{third}')}
+    )
+    assert query.names == ("second", "first", "third")
+
+
+def test_settings__raw_envelopes_need_an_address_without_a_wsdl() -> None:
+    with pytest.raises(ValidationError, match="give a wsdl, or the service's address"):
+        SOAPSettings.model_validate({"api_key": "k"})
+
+    assert SOAPSettings.model_validate({"address": "https://erp.example/soap"}).wsdl is None
