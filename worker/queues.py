@@ -11,7 +11,10 @@ idempotent, the customer still gets exactly one.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
+import math
+import random
 import time
 from typing import Any
 
@@ -22,9 +25,47 @@ from worker.jobs import JOB_TYPE, ClaimedJob
 from worker.pipeline import Answer
 from worker.stores.base import Claim, Reply, Store
 
-__all__ = ["EngineQueue", "JobQueue", "StoreQueue"]
+__all__ = ["EngineQueue", "JobQueue", "Racing", "StoreQueue"]
 
 log = logging.getLogger(__name__)
+
+
+class Racing:
+    """How long a replica that lost the last claim races pauses before it claims.
+
+    Each insert wakes every replica of the tenant; SKIP LOCKED gives the row to the
+    first claim and the others come back empty. A replica whose claim on a wake-up
+    found nothing pauses 1–2 ms before its next claim, up to 25–50 ms while it
+    keeps losing; a claim that gets jobs, or a second without losing, ends the
+    pause. The replica that keeps winning claims at once, and the others stay a
+    step behind: they take the jobs the winner has no room for, at the cost of one
+    claim a pause instead of one a wake-up. One replica alone seldom loses (only
+    when its own earlier claim took the row that woke it), and so seldom waits.
+    """
+
+    FIRST_S = 0.002
+    CAP_S = 0.05
+    FORGET_S = 1.0
+
+    def __init__(self) -> None:
+        self._pause_s = 0.0
+        self._lost_at = -math.inf
+
+    def pause_s(self) -> float:
+        """How long to wait before the next claim (0: claim at once)."""
+        if not self._pause_s or time.monotonic() - self._lost_at > self.FORGET_S:
+            return 0.0
+        return random.uniform(self._pause_s / 2, self._pause_s)  # noqa: S311 - jitter
+
+    def settled(self, *, won: bool) -> None:
+        """A claim on a wake-up came back, with jobs (``won``) or without."""
+        if won:
+            self._pause_s = 0.0
+            return
+        now = time.monotonic()
+        last = self._pause_s if now - self._lost_at <= self.FORGET_S else 0.0
+        self._pause_s = min(max(2 * last, self.FIRST_S), self.CAP_S)
+        self._lost_at = now
 
 
 class JobQueue(abc.ABC):
@@ -164,15 +205,34 @@ class StoreQueue(JobQueue):
         self.store = store
         self.lease_s = lease_s
         self.audit: AuditLog | None = None
+        self.racing = Racing()
 
     async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
+        """Claim; when that finds nothing, wait for a sign of jobs and claim again,
+        until some come or ``wait_s`` passes with no sign.
+
+        Every insert wakes every replica of the tenant, and one of them gets the
+        rows: a replica that keeps losing these races pauses before it claims
+        (`Racing`), so that the wake-ups of the pause gather into one claim.
+        """
         claim = Claim(self.tenant_id, [JOB_TYPE], max_jobs, self.lease_s, self.worker_id)
-        jobs = await self.store.claim_or_release(claim)
+        deadline = time.monotonic() + wait_s
+        jobs = await self._claim_now(claim)
+        if jobs:
+            self.racing.settled(won=True)
         # A wait that ran out saw no sign of jobs, and the caller's next claim looks
         # anyway: claiming again here would double an idle worker's transactions.
-        if not jobs and wait_s > 0 and await self.store.wait_for_jobs(wait_s, self.tenant_id):
-            jobs = await self.store.claim_or_release(claim)
+        while not jobs and (left := deadline - time.monotonic()) > 0:
+            if not await self.store.wait_for_jobs(left, self.tenant_id):
+                break
+            jobs = await self._claim_now(claim)
+            self.racing.settled(won=bool(jobs))
         return jobs
+
+    async def _claim_now(self, claim: Claim) -> list[ClaimedJob]:
+        if pause_s := self.racing.pause_s():
+            await asyncio.sleep(pause_s)
+        return await self.store.claim_or_release(claim)
 
     async def heartbeat(self, job: ClaimedJob) -> None:
         if not await self.store.heartbeat(int(job.id), lease_s=self.lease_s, attempt=job.attempt):

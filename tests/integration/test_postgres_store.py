@@ -13,6 +13,7 @@ from tests.support.databases import ADMIN, fresh_postgres
 from worker.engine_client import EngineClient
 from worker.errors import ConfigError
 from worker.local_engine import LocalEngine, serve_engine
+from worker.queues import StoreQueue
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
 from worker.stores.postgres import MIGRATIONS, PostgresStore
 
@@ -93,6 +94,28 @@ async def test_claim__concurrent_claimants_never_share_a_job(dsn: str) -> None:
     taken = [j.id for batch in rounds for j in batch]
     assert len(taken) == len(set(taken)) == 200
     assert set(taken) == {str(i) for i in ids}
+
+
+async def test_claim__the_replica_that_lost_a_race_waits_on_and_takes_the_next_job(
+    dsn: str,
+) -> None:
+    """An insert wakes both replicas; one gets the row, the other's long poll goes on
+    (not back to the run loop empty-handed, to claim again at once) and takes the
+    next job after its pause."""
+    async with PostgresStore(dsn) as one, PostgresStore(dsn) as two:
+        replicas = [StoreQueue(store, "acme", f"w{i}") for i, store in enumerate((one, two))]
+        polls = [asyncio.create_task(q.claim(max_jobs=5, wait_s=60)) for q in replicas]
+        await asyncio.sleep(1.0)  # both listening, after their first (empty) claim
+        first = await one.enqueue(payload())
+        done, pending = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(1.0)  # the loser has woken, claimed nothing, and waits
+        assert len(done) == 1 and len(pending) == 1
+        [winner] = done
+        [loser] = pending
+        assert [j.id for j in winner.result()] == [str(first)]
+        second = await one.enqueue(payload())
+        jobs = await asyncio.wait_for(loser, 30)
+        assert [j.id for j in jobs] == [str(second)]
 
 
 async def test_claim__expired_lease_is_handed_out_again_then_given_up(store: PostgresStore) -> None:
