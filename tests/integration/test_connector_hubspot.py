@@ -25,6 +25,7 @@ from connectors.testing import ConnectorContract, RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
 from tests.standins.hubspot import CrmObject, HubSpotStandIn
 from worker.config import load_tenant
+from worker.errors import InputRefused
 
 TOKEN = "pat-na1-00000000-stand-in-token"
 CONTACTS = [
@@ -45,6 +46,12 @@ ANA = {
     "id": "101",
 }
 
+COMPANIES = [
+    CrmObject("201", {"name": "Acme Corp", "revenue": "100", "domain": "acme.com", "tier": "gold"}),
+    CrmObject("202", {"name": "Beta Labs", "revenue": "2500", "domain": "beta.io", "tier": None}),
+    CrmObject("203", {"name": "Gamma", "revenue": "40", "domain": "gamma.acme.com", "tier": "tin"}),
+]
+
 REPO = Path(__file__).resolve().parents[2]
 MakeConnector = Callable[..., HubSpotConnector]
 
@@ -55,7 +62,8 @@ async def stand() -> AsyncIterator[HubSpotStandIn]:
         CrmObject(str(1000 + i), {"dealstage": "open", "dealname": f"D{i}"}) for i in range(450)
     ]
     standin = HubSpotStandIn(
-        token=TOKEN, objects={"contacts": CONTACTS, "slow": CONTACTS, "deals": deals}
+        token=TOKEN,
+        objects={"contacts": CONTACTS, "slow": CONTACTS, "deals": deals, "companies": COMPANIES},
     )
     async with serve(standin.app()) as url:
         standin.base_url = url
@@ -326,3 +334,304 @@ def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert {s.type_name for s in tenant.sources.values()} == {"hubspot"}
     assert set(tenant.lookups) == {"customer_lookup"}
+
+
+# -- the other search operators, groups and reads by id ----------------------------------
+
+
+def company(rule: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "companies", "filters": [rule], "properties": ["name"]}
+
+
+@pytest.mark.parametrize(
+    ("rule", "params", "found"),
+    [
+        pytest.param({"operator": "EQ", "value": "{v}"}, {"v": 100}, ["201"], id="EQ"),
+        pytest.param({"operator": "NEQ", "value": "{v}"}, {"v": "100"}, ["202", "203"], id="NEQ"),
+        pytest.param({"operator": "LT", "value": "{v}"}, {"v": "100"}, ["203"], id="LT"),
+        pytest.param({"operator": "LTE", "value": "{v}"}, {"v": "100"}, ["201", "203"], id="LTE"),
+        pytest.param({"operator": "GT", "value": "{v}"}, {"v": "100"}, ["202"], id="GT"),
+        pytest.param({"operator": "GTE", "value": "{v}"}, {"v": 100}, ["201", "202"], id="GTE"),
+        pytest.param(
+            {"operator": "BETWEEN", "value": "{low}", "highValue": "{high}"},
+            {"low": "40", "high": "100"},
+            ["201", "203"],
+            id="BETWEEN",
+        ),
+        pytest.param(
+            {"operator": "IN", "values": ["{a}", "2500"]}, {"a": "40"}, ["202", "203"], id="IN"
+        ),
+        pytest.param(
+            {"operator": "NOT_IN", "values": ["{a}", "2500"]}, {"a": "40"}, ["201"], id="NOT_IN"
+        ),
+    ],
+)
+async def test_run__comparison_operators_reach_hubspot_with_bound_values(
+    make: MakeConnector,
+    stand: HubSpotStandIn,
+    rule: dict[str, Any],
+    params: dict[str, Any],
+    found: list[str],
+) -> None:
+    rows = await read(make(), company({"propertyName": "revenue", **rule}), **params)
+
+    assert [row["id"] for row in rows] == found
+    (sent,) = stand.searches[0]["filterGroups"][0]["filters"]
+    assert sent["propertyName"] == "revenue" and sent["operator"] == rule["operator"]
+    for key in ("value", "highValue"):
+        if key in rule:
+            assert isinstance(sent[key], str)
+    if "values" in rule:
+        assert all(isinstance(v, str) for v in sent["values"])
+
+
+@pytest.mark.parametrize(
+    ("rule", "found"),
+    [
+        pytest.param({"operator": "HAS_PROPERTY"}, ["201", "203"], id="HAS_PROPERTY"),
+        pytest.param({"operator": "NOT_HAS_PROPERTY"}, ["202"], id="NOT_HAS_PROPERTY"),
+    ],
+)
+async def test_run__property_presence_operators_send_no_value(
+    make: MakeConnector, stand: HubSpotStandIn, rule: dict[str, Any], found: list[str]
+) -> None:
+    rows = await read(make(), company({"propertyName": "tier", **rule}))
+
+    assert [row["id"] for row in rows] == found
+    assert stand.searches[0]["filterGroups"][0]["filters"] == [{"propertyName": "tier", **rule}]
+
+
+async def test_run__contains_token_with_the_configs_wildcard(make: MakeConnector) -> None:
+    query = company({"propertyName": "domain", "operator": "CONTAINS_TOKEN", "value": "*{d}"})
+
+    rows = await read(make(), query, d="acme.com")
+
+    assert [row["id"] for row in rows] == ["201", "203"]
+
+
+async def test_run__not_contains_token(make: MakeConnector) -> None:
+    query = company({"propertyName": "name", "operator": "NOT_CONTAINS_TOKEN", "value": "{w}"})
+
+    assert [row["id"] for row in await read(make(), query, w="ACME")] == ["202", "203"]
+
+
+@pytest.mark.parametrize("value", ["*", "*.com", "ac*"])
+async def test_run__a_customers_wildcard_is_refused_unasked(
+    make: MakeConnector, stand: HubSpotStandIn, value: str
+) -> None:
+    query = company({"propertyName": "domain", "operator": "CONTAINS_TOKEN", "value": "{d}"})
+
+    with pytest.raises(InputRefused, match="may not hold") as caught:
+        await read(make(), query, d=value)
+
+    assert value not in str(caught.value).replace("'*'", "")
+    assert stand.seen == []
+
+
+async def test_run__a_list_parameter_fills_in_values(
+    make: MakeConnector, stand: HubSpotStandIn
+) -> None:
+    query = company({"propertyName": "tier", "operator": "IN", "values": ["{tiers}"]})
+
+    rows = await read(make(), query, tiers=["gold", "tin"])
+
+    assert [row["id"] for row in rows] == ["201", "203"]
+    assert stand.searches[0]["filterGroups"][0]["filters"][0]["values"] == ["gold", "tin"]
+
+
+async def test_run__filter_and_filters_are_one_group(
+    make: MakeConnector, stand: HubSpotStandIn
+) -> None:
+    query = {
+        "object": "companies",
+        "filter": {"tier": "{tier}"},
+        "filters": [{"propertyName": "revenue", "operator": "GT", "value": "{min}"}],
+    }
+
+    rows = await read(make(), query, tier="gold", min="50")
+
+    assert [row["id"] for row in rows] == ["201"]
+    assert stand.searches[0]["filterGroups"] == [
+        {
+            "filters": [
+                {"propertyName": "tier", "operator": "EQ", "value": "gold"},
+                {"propertyName": "revenue", "operator": "GT", "value": "50"},
+            ]
+        }
+    ]
+
+
+async def test_run__filter_groups_are_ored(make: MakeConnector, stand: HubSpotStandIn) -> None:
+    query = {
+        "object": "companies",
+        "filterGroups": [
+            {"filters": [{"propertyName": "domain", "operator": "EQ", "value": "{domain}"}]},
+            {
+                "filters": [
+                    {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": "{name}"},
+                    {"propertyName": "tier", "operator": "HAS_PROPERTY"},
+                ]
+            },
+        ],
+    }
+
+    rows = await read(make(), query, domain="beta.io", name="gamma")
+
+    assert [row["id"] for row in rows] == ["202", "203"]
+    assert len(stand.searches[0]["filterGroups"]) == 2
+
+
+async def test_run__hubspots_filter_limits_come_back_as_its_400(make: MakeConnector) -> None:
+    rule = {"propertyName": "tier", "operator": "HAS_PROPERTY"}
+    query = {"object": "companies", "filterGroups": [{"filters": [rule] * 6}] * 5}
+
+    with pytest.raises(SourceError, match="400 VALIDATION_ERROR: Too many filters"):
+        await read(make(), query)
+
+
+async def test_run__id_reads_one_object_with_its_properties(
+    make: MakeConnector, stand: HubSpotStandIn
+) -> None:
+    query = {"object": "contacts", "id": "{contact_id}", "properties": ["firstname", "phone"]}
+
+    rows = await read(make(), query, contact_id="102")
+
+    assert rows == [
+        {
+            "firstname": "Ben",
+            "phone": "+1987654321",
+            "hs_object_id": "102",
+            "createdate": "2025-09-01T10:00:00.000Z",
+            "lastmodifieddate": "2025-09-02T10:00:00.000Z",
+            "id": "102",
+        }
+    ]
+    (request,) = stand.seen
+    assert request.method == "GET"
+    assert request.raw_path == "/crm/v3/objects/contacts/102?properties=firstname%2Cphone"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_run__id_property_looks_up_a_unique_property(
+    make: MakeConnector, stand: HubSpotStandIn
+) -> None:
+    query = {"object": "contacts", "id": "{email}", "idProperty": "email"}
+
+    rows = await read(make(), query, email="cy@example.com")
+
+    assert [row["id"] for row in rows] == ["103"]
+    assert stand.seen[0].raw_path.endswith("/contacts/cy%40example.com?idProperty=email")
+
+
+async def test_run__id_property_that_is_not_unique_is_hubspots_400(make: MakeConnector) -> None:
+    query = {"object": "contacts", "id": "{p}", "idProperty": "phone"}
+
+    with pytest.raises(SourceError, match="400 VALIDATION_ERROR"):
+        await read(make(), query, p="+1234567890")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("999", id="unknown"),
+        pytest.param("../search", id="dot-dot"),
+        pytest.param("101/x?y=1", id="slash-query"),
+        pytest.param("Ana", id="not-numeric"),
+    ],
+)
+async def test_run__missing_object_is_not_found_and_the_id_stays_one_segment(
+    make: MakeConnector, stand: HubSpotStandIn, value: str
+) -> None:
+    assert await read(make(), {"object": "contacts", "id": "{i}"}, i=value) == []
+
+    (request,) = stand.seen
+    assert request.method == "GET"
+    assert request.raw_path.partition("?")[0].count("/") == 5  # /crm/v3/objects/contacts/{one}
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+async def test_run__empty_id_is_not_found_unasked(
+    make: MakeConnector, stand: HubSpotStandIn, value: Any
+) -> None:
+    assert await read(make(), {"object": "contacts", "id": "{i}"}, i=value) == []
+    assert stand.seen == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        pytest.param(
+            company({"propertyName": "a", "operator": "BETWEEN", "value": "{x}"}),
+            r"filters\.0: .*BETWEEN takes highValue, value",
+            id="between-without-high",
+        ),
+        pytest.param(
+            company({"propertyName": "a", "operator": "IN", "value": "{x}"}),
+            "IN takes values",
+            id="in-with-value",
+        ),
+        pytest.param(
+            company({"propertyName": "a", "operator": "HAS_PROPERTY", "value": "x"}),
+            "HAS_PROPERTY takes no value",
+            id="has-property-with-value",
+        ),
+        pytest.param(
+            company({"propertyName": "a", "operator": "IN", "values": []}),
+            r"filters\.0\.values",
+            id="empty-values",
+        ),
+        pytest.param(
+            company({"propertyName": "a", "operator": "LIKE", "value": "x"}),
+            r"filters\.0\.operator",
+            id="unknown-operator",
+        ),
+        pytest.param(
+            company({"property": "a", "operator": "EQ", "value": "x"}),
+            r"filters\.0\.propertyName",
+            id="no-property-name",
+        ),
+        pytest.param(
+            {"object": "companies", "filter": {"a": "x"}, "filterGroups": [{"filters": []}]},
+            "filterGroups",
+            id="groups-and-filter",
+        ),
+        pytest.param(
+            {"object": "companies", "filterGroups": [{"filters": []}]},
+            r"filterGroups\.0\.filters",
+            id="empty-group",
+        ),
+        pytest.param(
+            {"object": "contacts", "id": "{i}", "filter": {"a": "x"}},
+            "id reads one object: it takes no filter",
+            id="id-and-filter",
+        ),
+        pytest.param(
+            {"object": "contacts", "idProperty": "email"}, "idProperty goes with id", id="lone"
+        ),
+    ],
+)
+def test_prepare__refuses_a_filter_hubspot_would_not_take(raw: Any, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        HubSpotConnector.prepare(raw)
+
+
+def test_prepare__names_the_parameters_of_every_operand() -> None:
+    query = {
+        "object": "deals",
+        "filterGroups": [
+            {
+                "filters": [
+                    {
+                        "propertyName": "a",
+                        "operator": "BETWEEN",
+                        "value": "{lo}",
+                        "highValue": "{hi}",
+                    },
+                    {"propertyName": "b", "operator": "IN", "values": ["x", "{one}"]},
+                ]
+            }
+        ],
+    }
+
+    assert HubSpotConnector.prepare(query).names == ("lo", "hi", "one")
+    assert HubSpotConnector.prepare({"object": "deals", "id": "{deal_id}"}).names == ("deal_id",)
