@@ -11,6 +11,19 @@ so the parameter ``"12345"`` matches the JSON number ``12345`` and the Excel
 cell ``12345.0``; dates compare by their ISO text; booleans ignore case
 (``TRUE`` = ``true``); everything else is case-sensitive. A parameter is only
 ever a value to compare with, never an operator.
+
+A file may also be read over the network: ``url`` instead of ``path``
+(``https://files.example.com/stock.csv``). It goes through the HTTP sources'
+safe layer (`connectors.http_base.SafeHTTP`): the egress rules of an
+engine-served config (public addresses only, unless ``WORKER_ALLOW_NETWORKS``),
+redirects only within the same origin, the download streamed and cut off at
+``max_bytes`` with a clear error, the read's deadline over connect, TLS and
+body. ``http://`` is for the operator only: an engine-served config must use
+``https://``. The parsed file is kept ``cache_s`` seconds (default 60); after
+that the next read asks again with ``If-None-Match`` / ``If-Modified-Since``,
+and a ``304`` keeps the parsed copy for another ``cache_s``. Concurrent reads
+share one download. A failed download is a source failure (the fallback),
+even with a copy in the cache; a 404 too (the file is missing, not the row).
 """
 
 from __future__ import annotations
@@ -20,17 +33,20 @@ import asyncio
 import codecs
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
 import threading
+import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, BinaryIO, ClassVar, Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import (
     Bound,
@@ -46,6 +62,8 @@ from connectors.base import (
     placeholder_names,
     validate_query,
 )
+from connectors.http_base import HTTPSettings, SafeHTTP
+from connectors.network import TLSSettings
 from worker.errors import ConnectorMissing
 
 __all__ = [
@@ -72,10 +90,51 @@ Scalar = str | int | float | bool | None
 
 
 class FileSettings(ConnectionSettings):
-    """``connection`` of a file source."""
+    """``connection`` of a file source: a ``path``, or a ``url`` and how to fetch it."""
+
+    # A rejected url could carry a token in its query string: never echo it.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     #: the file, relative to the tenant config's folder
-    path: str = Field(min_length=1)
+    path: str | None = Field(default=None, min_length=1)
+    #: or the file's https:// URL (http:// only in an operator's config)
+    url: str | None = Field(default=None, min_length=1)
+    #: sent with the download; ``{api_key}`` names the field below
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_key: SecretStr | None = None
+    #: the download is cut off past this
+    max_bytes: int = Field(default=20_000_000, ge=1_000, le=500_000_000)
+    #: how long a downloaded file is used before it is asked for again
+    cache_s: float = Field(default=60.0, ge=0, le=86_400)
+    ssl: TLSSettings | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an https:// URL (or http://), with a host")
+        if parts.username is not None or parts.password is not None or parts.fragment:
+            raise ValueError("must not hold credentials or a #fragment: use headers and api_key")
+        return value
+
+    @model_validator(mode="after")
+    def _path_or_url(self) -> FileSettings:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give either path (a local file) or url (a download), not both")
+        if self.url is None and (self.headers or self.api_key or self.ssl):
+            raise ValueError("headers, api_key and ssl are for a url")
+        return self
+
+    @property
+    def where(self) -> str:
+        """The file as errors name it: the path, or the URL without its query."""
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        return self.path or ""
 
 
 class CSVSettings(FileSettings):
@@ -149,6 +208,9 @@ class TabularFileConnector(Connector, Generic[QueryT]):
     def setup(self) -> None:
         self._cache: tuple[tuple[int, int], Any] | None = None
         self._cache_lock = threading.Lock()
+        self._download: _Download | None = None
+        self._downloading = asyncio.Lock()
+        self._http: SafeHTTP | None = None
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:
@@ -159,11 +221,15 @@ class TabularFileConnector(Connector, Generic[QueryT]):
 
     async def close(self) -> None:
         self._cache = None
+        self._download = None
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def health_check(self) -> None:
         with self._translating():
             async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-                await asyncio.to_thread(self._document)
+                await self._loaded(_HEALTH_TIMEOUT_S)
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         if not isinstance(query.spec, self.Query):
@@ -174,8 +240,69 @@ class TabularFileConnector(Connector, Generic[QueryT]):
         with self._translating():
             # A parse cannot be stopped half-way; it runs on to fill the cache.
             async with asyncio.timeout(timeout_s):
-                rows = await asyncio.to_thread(self._select, spec, wanted, limit)
+                document = await self._loaded(timeout_s)
+                rows = await asyncio.to_thread(self._select, spec, wanted, limit, document)
         return ReadResult.of_rows(self.cap_rows(rows))
+
+    async def _loaded(self, timeout_s: float) -> Any:
+        """The parsed file: from disk (`_document`) or downloaded (`_fetched`)."""
+        if self.settings.url is None:
+            return await asyncio.to_thread(self._document)
+        return await self._fetched(self.settings.url, timeout_s)
+
+    async def _fetched(self, url: str, timeout_s: float) -> Any:
+        """The downloaded file, parsed; from the cache for ``cache_s``, then revalidated."""
+        async with self._downloading:  # concurrent reads share one download
+            cached = self._download
+            if cached is not None and time.monotonic() < cached.fresh_until:
+                return cached.document
+            if url.startswith("http://") and not self.reach.trusted:
+                raise SourceUnavailable(
+                    self.source_id,
+                    "a config served by the engine may download files over https:// only",
+                )
+            http = self._client(url)
+            ask = {} if cached is None else cached.conditions()
+            response = await http.request(
+                "GET", url, timeout_s=timeout_s, idempotent=True, headers=ask
+            )
+            fresh_until = time.monotonic() + self.settings.cache_s
+            if response.status == 304 and cached is not None:
+                self._download = cached.renewed(fresh_until)
+                return cached.document
+            if response.status == 404:
+                raise SourceUnavailable(
+                    self.source_id, f"the file {self.settings.where!r} was not found (404)"
+                )
+            http.check(response, not_found_ok=False)  # 401/403, 429, other errors
+            if response.status != 200:
+                raise self.fail(f"downloading the file answered {response.status}, not 200")
+            download = _Download(
+                None,
+                fresh_until,
+                response.headers.get("etag"),
+                response.headers.get("last-modified"),
+            )
+            # Like a local file's, the parse fills the cache even if the read gives up on it.
+            return await asyncio.to_thread(self._store, response.body, download)
+
+    def _store(self, body: bytes, download: _Download) -> Any:
+        document = self._parse(io.BytesIO(body))
+        self._download = dataclasses.replace(download, document=document)
+        return document
+
+    def _client(self, url: str) -> SafeHTTP:
+        if self._http is None:
+            parts = urlsplit(url)
+            settings = HTTPSettings(
+                base_url=f"{parts.scheme}://{parts.netloc}",
+                headers=self.settings.headers,
+                api_key=self.settings.api_key,
+                max_response_bytes=self.settings.max_bytes,
+                ssl=self.settings.ssl,
+            )
+            self._http = SafeHTTP(self.source_id, settings, base_dir=self.base_dir)
+        return self._http
 
     @abc.abstractmethod
     def _parse(self, fh: BinaryIO) -> Any:
@@ -189,8 +316,10 @@ class TabularFileConnector(Connector, Generic[QueryT]):
     def _table(self, document: Any, spec: QueryT) -> Table:
         """The rows the query reads in the parsed document; `_Unreadable` if none."""
 
-    def _select(self, spec: QueryT, wanted: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
-        table = self._table(self._document(), spec)
+    def _select(
+        self, spec: QueryT, wanted: Mapping[str, Any], limit: int, document: Any
+    ) -> list[dict[str, Any]]:
+        table = self._table(document, spec)
         if table.columns is not None:
             unknown = [key for key in wanted if key not in table.columns]
             if unknown:
@@ -208,7 +337,8 @@ class TabularFileConnector(Connector, Generic[QueryT]):
 
     def _document(self) -> Any:
         """The parsed file, from the cache while its mtime and size are unchanged."""
-        with self._cache_lock, self.resolve_path(self.settings.path).open("rb") as fh:
+        path = self.settings.path or ""
+        with self._cache_lock, self.resolve_path(path).open("rb") as fh:
             stat = os.fstat(fh.fileno())
             key = (stat.st_mtime_ns, stat.st_size)
             if self._cache is None or self._cache[0] != key:
@@ -218,7 +348,7 @@ class TabularFileConnector(Connector, Generic[QueryT]):
     @contextlib.contextmanager
     def _translating(self) -> Iterator[None]:
         """File and parser errors into the `SourceError` family, in one place."""
-        path = self.settings.path
+        path = self.settings.where
         try:
             yield
         except TimeoutError as exc:  # before OSError: it is one
@@ -233,6 +363,28 @@ class TabularFileConnector(Connector, Generic[QueryT]):
             raise self.fail(f"{path!r}: {exc}") from exc
         except self._parse_errors() as exc:
             raise self.fail(f"cannot parse {path!r} as {self.type_name}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Download:
+    """A downloaded, parsed file and what revalidates it."""
+
+    document: Any
+    fresh_until: float
+    etag: str | None
+    last_modified: str | None
+
+    def conditions(self) -> dict[str, str]:
+        """The conditional-request headers that let the server answer 304."""
+        ask = {}
+        if self.etag:
+            ask["If-None-Match"] = self.etag
+        if self.last_modified:
+            ask["If-Modified-Since"] = self.last_modified
+        return ask
+
+    def renewed(self, fresh_until: float) -> _Download:
+        return _Download(self.document, fresh_until, self.etag, self.last_modified)
 
 
 def compare_text(value: Any) -> str:
