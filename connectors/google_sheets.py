@@ -8,6 +8,14 @@ The filter is parsed when the config loads: ``column = {param}`` clauses joined
 by ``and`` (the seed's ``{{$json.param}}`` and ``{{param}}`` mean the same; a
 quoted literal such as ``status = "active"`` works too), or a mapping
 ``{"phone": "{customer_phone}"}``. The range's first row names the columns.
+
+Any-of filters: in the text, ``or`` joins groups of ``and``-ed clauses (``and``
+binds first, as in SQL: ``phone = {phone} or email = {email} and plan = 'Pro'``
+keeps a row with the phone, or with the e-mail on the Pro plan); as data, a list
+of mappings keeps a row that matches any one of them
+(``[{"phone": "{phone}"}, {"email": "{email}"}]``). ``and`` and ``or`` inside a
+quoted literal are text. A group may name a column once; an empty group is
+refused, so no filter can match every row by accident.
 The values come from the Sheets API v4 ``spreadsheets.values.get`` (gspread's
 ``HTTPClient.values_get``) and are compared here, as trimmed text: a parameter
 is only ever a value to compare with and never reaches the request. Numbers
@@ -190,17 +198,30 @@ class SheetsQuery(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     range: str = Field(min_length=1, max_length=500)
-    filter: str | dict[str, Scalar] = Field(default_factory=dict)
+    filter: str | dict[str, Scalar] | list[dict[str, Scalar]] = Field(default_factory=dict)
     limit: int | None = Field(default=None, ge=1)
     render: Literal["unformatted", "formatted"] = "unformatted"
+
+    @field_validator("filter")
+    @classmethod
+    def _no_empty_group(
+        cls, value: str | dict[str, Scalar] | list[dict[str, Scalar]]
+    ) -> str | dict[str, Scalar] | list[dict[str, Scalar]]:
+        if isinstance(value, list) and (not value or not all(value)):
+            raise ValueError("an any-of list needs at least one group, each naming a column")
+        return value
 
 
 @dataclass(frozen=True)
 class SheetsSpec:
-    """A prepared sheet read: ``filter`` maps a column to a ``{name}`` or a literal."""
+    """A prepared sheet read: rows matching any of ``groups`` (all rows when there is none).
+
+    Each group maps a column to a ``{name}`` or a literal, and matches when every
+    column does.
+    """
 
     range: str
-    filter: dict[str, Scalar]
+    groups: tuple[dict[str, Scalar], ...]
     limit: int | None
     render: Literal["unformatted", "formatted"]
 
@@ -209,16 +230,46 @@ _PARAM = re.compile(
     r"\{\{\s*(?:\$json\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}"
 )
 _CLAUSE = re.compile(r"^(?P<column>[^=]*?)\s*=\s*(?P<value>.*)$", re.DOTALL)
-_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_JOIN = re.compile(r"\s+(and|or)\s+", re.IGNORECASE)
 
 
-def parse_filter(text: str) -> dict[str, Scalar]:
-    """``"phone = {p} and plan = 'Pro'"`` → ``{"phone": "{p}", "plan": "Pro"}``."""
+def _clauses(text: str) -> list[list[str]]:
+    """The clauses of each ``or`` group, split on ``and`` / ``or`` outside quoted literals."""
+    groups: list[list[str]] = [[]]
+    start = at = 0
+    quote: str | None = None
+    while at < len(text):
+        char = text[at]
+        join = None if quote or char in "'\"" else _JOIN.match(text, at)
+        if join is not None:
+            groups[-1].append(text[start:at])
+            if join.group(1).lower() == "or":
+                groups.append([])
+            start = at = join.end()
+            continue
+        if char == quote:
+            quote = None
+        elif quote is None and char in "'\"":
+            quote = char
+        at += 1
+    groups[-1].append(text[start:])
+    return groups
+
+
+def parse_filter(text: str) -> list[dict[str, Scalar]]:
+    """``"phone = {p} and plan = 'Pro' or email = {e}"`` → any-of groups of all-of clauses.
+
+    That one gives ``[{"phone": "{p}", "plan": "Pro"}, {"email": "{e}"}]``.
+    """
+    return [_group(clauses) for clauses in _clauses(text.strip())]
+
+
+def _group(clauses: list[str]) -> dict[str, Scalar]:
     wanted: dict[str, Scalar] = {}
-    for clause in _AND.split(text.strip()):
+    for clause in clauses:
         match = _CLAUSE.match(clause.strip())
         column = match.group("column").strip() if match else ""
-        if not match or not column:
+        if not match or not column or column.split()[0].lower() in ("and", "or"):
             raise ConfigError(
                 f"cannot read the filter clause {clause.strip()!r}: write column = {{param}}"
             )
@@ -296,9 +347,14 @@ class GoogleSheetsConnector(Connector):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a google_sheets query is a mapping: {cls.query_shape}")
         query = validate_query(SheetsQuery, raw, cls)
-        wanted = parse_filter(query.filter) if isinstance(query.filter, str) else query.filter
-        spec = SheetsSpec(query.range, dict(wanted), query.limit, query.render)
-        return PreparedQuery(spec=spec, names=placeholder_names(spec.filter))
+        if isinstance(query.filter, str):
+            groups = parse_filter(query.filter)
+        elif isinstance(query.filter, dict):
+            groups = [query.filter] if query.filter else []
+        else:
+            groups = query.filter
+        spec = SheetsSpec(query.range, tuple(dict(g) for g in groups), query.limit, query.render)
+        return PreparedQuery(spec=spec, names=placeholder_names(list(spec.groups)))
 
     async def open(self) -> None:
         await self._ensure_open()
@@ -325,7 +381,7 @@ class GoogleSheetsConnector(Connector):
         spec = query.spec
         if not isinstance(spec, SheetsSpec):
             raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
-        wanted = bind_placeholders(spec.filter, bound.params)
+        wanted = [bind_placeholders(group, bound.params) for group in spec.groups]
         limit = min(self.limits.max_rows, spec.limit or self.limits.max_rows)
         params: ParamsType = {"majorDimension": "ROWS"}
         if spec.render == "unformatted":
@@ -349,8 +405,9 @@ class GoogleSheetsConnector(Connector):
         return ReadResult.of_rows(self._select(spec.range, table, wanted, limit))
 
     def _select(
-        self, where: str, table: list[list[Any]], wanted: Mapping[str, Any], limit: int
+        self, where: str, table: list[list[Any]], wanted: list[dict[str, Any]], limit: int
     ) -> list[dict[str, Any]]:
+        """The rows matching any group of ``wanted`` (every row when it is empty)."""
         if not table:
             return []
         columns: dict[str, int] = {}
@@ -358,17 +415,22 @@ class GoogleSheetsConnector(Connector):
             name = str(jsonable(cell)).strip() if cell is not None else ""
             if name:
                 columns.setdefault(name, index)
-        unknown = [key for key in wanted if key not in columns]
+        unknown = [key for group in wanted for key in group if key not in columns]
         if unknown:
             raise self.fail(
                 f"no column {unknown[0]!r} in the header row of {where!r} "
                 f"(columns: {', '.join(columns) or 'none'})"
             )
-        texts = {columns[key]: compare_text(value) for key, value in wanted.items()}
+        texts = [
+            {columns[key]: compare_text(value) for key, value in group.items()} for group in wanted
+        ]
         found: list[dict[str, Any]] = []
         for record in table[1:]:
             cells = list(record) + [None] * (len(table[0]) - len(record))
-            if all(compare_text(cells[index]) == text for index, text in texts.items()):
+            if not texts or any(
+                all(compare_text(cells[index]) == text for index, text in group.items())
+                for group in texts
+            ):
                 found.append({name: cells[index] for name, index in columns.items()})
                 if len(found) >= limit:
                     break

@@ -29,7 +29,7 @@ from connectors.base import (
     SourceTimeout,
     SourceUnavailable,
 )
-from connectors.google_sheets import GoogleSheetsConnector, GoogleSheetsSettings
+from connectors.google_sheets import GoogleSheetsConnector, GoogleSheetsSettings, parse_filter
 from connectors.testing import ConnectorContract, RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
 from tests.standins.google_sheets import JWT_BEARER, GoogleSheetsStandIn, Spreadsheet
@@ -458,9 +458,13 @@ async def test_run__unreachable_api_is_unavailable(make: MakeConnector) -> None:
         pytest.param("phone = p", "use a {param} placeholder", id="bare-word"),
         pytest.param("= {p}", "cannot read the filter clause", id="no-column"),
         pytest.param("phone = {p} and phone = {q}", "twice", id="repeated-column"),
+        pytest.param("phone = {p} or ", "compares with '{p} or'", id="dangling-or"),
+        pytest.param("phone = {p} or or email = {e}", "cannot read the filter", id="double-or"),
+        pytest.param([], "at least one group", id="empty-list"),
+        pytest.param([{"phone": "{p}"}, {}], "at least one group", id="empty-group"),
     ],
 )
-def test_prepare__refuses_a_filter_it_cannot_read(row_filter: str, problem: str) -> None:
+def test_prepare__refuses_a_filter_it_cannot_read(row_filter: Any, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         GoogleSheetsConnector.prepare({"range": "A:B", "filter": row_filter})
 
@@ -532,3 +536,86 @@ def test_example_config__loads(monkeypatch: pytest.MonkeyPatch, pasted_key: dict
     assert {s.type_name for s in tenant.sources.values()} == {"google_sheets"}
     assert set(tenant.lookups) == {"customer_lookup", "active_customer"}
     assert tenant.lookups["customer_lookup"].query.names == ("customer_phone",)
+
+
+# -- any-of filters ---------------------------------------------------------------------
+
+BEN = {
+    "name": "Ben Ode",
+    "email": "ben@example.com",
+    "phone": " +1987654321 ",
+    "plan": "Free",
+    "balance": 0,
+}
+
+
+@pytest.mark.parametrize(
+    "row_filter",
+    [
+        pytest.param("phone = {phone} or email = {email}", id="text"),
+        pytest.param("phone = {phone} OR email = {{$json.email}}", id="upper-case-n8n"),
+        pytest.param([{"phone": "{phone}"}, {"email": "{email}"}], id="list-of-mappings"),
+    ],
+)
+async def test_run__any_of_groups_keep_a_row_matching_one(
+    make: MakeConnector, row_filter: Any
+) -> None:
+    query = {"range": "Customers!A:E", "filter": row_filter}
+
+    by_email = await read(make(), query, phone="+10", email="ben@example.com")
+    both = await read(make(), query, phone="+1234567890", email="ben@example.com")
+    neither = await read(make(), query, phone="+10", email="nobody@example.com")
+
+    assert by_email == [BEN]
+    assert both == [ANA, BEN]  # sheet order, each row once
+    assert neither == []
+
+
+async def test_run__and_binds_before_or(make: MakeConnector) -> None:
+    query = {
+        "range": "Customers!A:E",
+        "filter": "phone = {phone} or email = {email} and plan = 'Pro'",
+    }
+
+    assert await read(make(), query, phone="+10", email="ben@example.com") == []
+    assert await read(make(), query, phone="+10", email="ana@example.com") == [ANA]
+
+
+async def test_run__a_row_matching_two_groups_comes_once(make: MakeConnector) -> None:
+    query = {"range": "Customers!A:E", "filter": [{"plan": "Pro"}, {"name": "{name}"}]}
+
+    assert await read(make(), query, name="Ana Lima") == [ANA]
+
+
+async def test_run__unknown_column_in_any_group_names_the_header(make: MakeConnector) -> None:
+    query = {"range": "Customers!A:E", "filter": "phone = {p} or mobile = {p}"}
+
+    with pytest.raises(SourceError, match="no column 'mobile'"):
+        await read(make(), query, p="+1234567890")
+
+
+@pytest.mark.parametrize(
+    ("text", "groups"),
+    [
+        pytest.param("a = {x}", [{"a": "{x}"}], id="one"),
+        pytest.param(
+            "a = {x} and b = 'y' or c = {z}", [{"a": "{x}", "b": "y"}, {"c": "{z}"}], id="and-or"
+        ),
+        pytest.param("plan = 'Pro or Free'", [{"plan": "Pro or Free"}], id="or-in-quotes"),
+        pytest.param('note = "a and b" and c = {z}', [{"note": "a and b", "c": "{z}"}], id="and-q"),
+        pytest.param("a = {x} or a = {y}", [{"a": "{x}"}, {"a": "{y}"}], id="column-per-group"),
+        pytest.param("order = {x}", [{"order": "{x}"}], id="keyword-inside-a-word"),
+    ],
+)
+def test_parse_filter__or_joins_groups_of_and_clauses(
+    text: str, groups: list[dict[str, str]]
+) -> None:
+    assert parse_filter(text) == groups
+
+
+def test_prepare__names_the_parameters_of_every_group() -> None:
+    query = GoogleSheetsConnector.prepare(
+        {"range": "A:E", "filter": [{"phone": "{phone}"}, {"email": "{email}", "plan": "{phone}"}]}
+    )
+
+    assert query.names == ("phone", "email")
