@@ -653,6 +653,44 @@ def stats(tenant_id: str | None, config_path: Path | None, since: str, as_json: 
         click.echo(f"{row['hour']:<26} {source:<24} {row['query_count']:>8} {avg:>8.1f}")
 
 
+@cli.command("import-n8n")
+@click.argument("workflows", nargs=-1, required=True, metavar="WORKFLOW.json...")
+@click.option("--tenant", "tenant_id", required=True, metavar="T", help="The new config's tenant.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the config here instead of standard output.",
+)
+def import_n8n(workflows: tuple[str, ...], tenant_id: str, out: Path | None) -> None:
+    """Turn n8n workflow exports into a tenant config: one lookup per workflow.
+
+    What needs a person (credentials, reply templates, nodes with no equivalent)
+    goes to standard error. Exit 1 when something could not be translated, 3 when
+    a file is not a workflow export.
+    """
+    from worker.n8n_import import InvalidWorkflow, import_files
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", tenant_id):
+        raise click.BadParameter("letters, digits, _ . - (up to 100)", param_hint="--tenant")
+    try:
+        result = import_files([Path(w) for w in workflows], tenant_id)
+    except InvalidWorkflow as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(3) from None
+    for line in result.report():
+        click.echo(line, err=True)
+    if result.config is not None and out is None:
+        click.echo(result.config, nl=False)
+    elif result.config is not None and out is not None:
+        try:
+            out.write_text(result.config, encoding="utf-8")
+        except OSError as exc:
+            why = f"cannot write it: {exc.strerror}"
+            raise click.BadParameter(why, param_hint="--out") from None
+        click.echo(f"wrote {out}", err=True)
+    raise SystemExit(result.exit_code)
+
+
 @cli.command()
 @click.option(
     "--keep",
