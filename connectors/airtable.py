@@ -52,6 +52,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
@@ -184,7 +185,7 @@ class AirtableSort(BaseModel):
 class AirtableQuery(BaseModel):
     """A read on a table: one ``record``, or the records that ``filter`` and ``formula`` keep."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     table: str = Field(min_length=1, max_length=255)
     record: str | None = Field(default=None, min_length=1, max_length=200)
@@ -219,7 +220,7 @@ class AirtableQuery(BaseModel):
                 raise ValueError(f"record reads one record: it takes no {', '.join(given)}")
         return self
 
-    @property
+    @cached_property
     def template(self) -> FormulaTemplate | None:
         return FormulaTemplate(self.formula) if self.formula is not None else None
 
