@@ -9,6 +9,35 @@ A query is one of three reads, told apart by its keys::
 A search answers its hits' ``_source`` as rows, each with its ``_id``; a get
 answers the document (a 404 is ``not_found``); a count answers ``{"count": n}``.
 
+A search may carry ``aggs`` (read-only aggregations, checked when the config
+loads; see `AGG_TYPES`)::
+
+    {"index": "orders", "query": {"term": {"customer_phone": "{customer_phone}"}},
+     "aggs": {"by_status": {"terms": {"field": "status", "size": 5},
+                            "aggs": {"spent": {"sum": {"field": "total"}}}},
+              "average": {"avg": {"field": "total"}}}}
+
+Only the types of `AGG_TYPES` with their listed options, at most
+``_MAX_AGGS`` aggregations ``_MAX_DEPTH`` deep; a bucket aggregation's
+``size`` is at most ``max_rows`` (terms asks for 10 when none is given), a
+``top_hits`` ``size`` at most ``_MAX_TOP_HITS``; no scripts. ``{name}`` may
+stand only in the query clauses of ``filter`` / ``filters`` (bound as in the
+query); fields, sizes and bounds are fixed in the config. Without ``size`` an
+aggregation search asks for no hits. The answer:
+
+- ``data``: ``{"aggs": {name: value}, "hits": [rows]}``, where a metric's value
+  is its number (or null), ``top_hits`` a list of hit rows, ``filter`` a
+  mapping ``{"doc_count", sub-aggregations…}``, and a bucket aggregation
+  (terms, histogram, date_histogram, range, filters) a list of buckets
+  ``{"key", "key_as_string"?, "from"?, "to"?, "doc_count", sub-aggregations…}``
+  (keyed answers come back as the same list);
+- ``rows``: the buckets of the aggregation named by ``"rows"`` in the query,
+  else of the first bucket aggregation; when there is none, one row of the
+  top-level aggregations ``{name: value}``.
+
+No bucket, no metric with a value, no top hit and no filter that matched
+(nor any hit) is *not found*.
+
 What is enforced, and where:
 
 - Only ``search``, ``get`` and ``count`` are ever called. `prepare` refuses
@@ -97,6 +126,7 @@ from connectors.base import (
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
 
 __all__ = [
+    "AGG_TYPES",
     "ElasticsearchConnector",
     "ElasticsearchQuery",
     "ElasticsearchSettings",
@@ -118,6 +148,41 @@ _WRITE_KEYS = frozenset(
 #: top-level keys naming an API call: anything but a read is refused
 _API_KEYS = frozenset({"op", "operation", "action", "api", "method"})
 _READ_APIS = frozenset({"search", "get", "count"})
+
+#: aggregation types a query may use, and the options each may take
+AGG_TYPES: dict[str, frozenset[str]] = {
+    "terms": frozenset(
+        {"field", "size", "shard_size", "min_doc_count", "order", "missing", "include", "exclude"}
+    ),
+    **{
+        metric: frozenset({"field", "missing", "format"})
+        for metric in ("avg", "sum", "min", "max", "value_count")
+    },
+    "cardinality": frozenset({"field", "missing", "precision_threshold"}),
+    "date_histogram": frozenset(
+        {
+            "field", "calendar_interval", "fixed_interval", "format", "time_zone",
+            "min_doc_count", "extended_bounds", "hard_bounds", "order", "offset", "missing",
+            "keyed",
+        }
+    ),
+    "histogram": frozenset(
+        {
+            "field", "interval", "min_doc_count", "extended_bounds", "hard_bounds", "order",
+            "offset", "missing", "keyed",
+        }
+    ),
+    "range": frozenset({"field", "ranges", "keyed", "missing", "format"}),
+    "filter": frozenset(),  # its body is a query clause
+    "filters": frozenset({"filters", "other_bucket", "other_bucket_key"}),
+    "top_hits": frozenset({"size", "from", "sort", "_source"}),
+}  # fmt: skip
+_METRICS = frozenset({"avg", "sum", "min", "max", "value_count", "cardinality"})
+_BUCKETS = frozenset({"terms", "histogram", "date_histogram", "range", "filters"})
+_MAX_AGGS = 20
+_MAX_DEPTH = 3
+_MAX_TOP_HITS = 10
+_MAX_SHARD_SIZE = 1_000
 
 _Context = Literal["value", "wildcard", "regexp", "query_string", "query_text"]
 _REGEXP_OPERATORS = re.compile(r'([.?+*|{}\[\]()"\\#@&<>~])')
@@ -182,6 +247,9 @@ class ElasticsearchQuery(BaseModel):
     sort: list[Any] | dict[str, Any] | str | None = None
     source: bool | list[str] | dict[str, Any] | None = Field(default=None, alias="_source")
     count: bool = False
+    aggs: dict[str, Any] | None = Field(default=None, min_length=1, max_length=_MAX_AGGS)
+    #: which bucket aggregation gives the rows (the first one when absent)
+    rows: str | None = Field(default=None, min_length=1)
 
     @field_validator("index")
     @classmethod
@@ -200,6 +268,18 @@ class ElasticsearchQuery(BaseModel):
                 raise ValueError("a get takes _source as true/false or a list of fields")
         if self.count and (self.size, self.sort, self.source) != (None, None, None):
             raise ValueError("a count takes only index and query")
+        if self.aggs is not None and (self.id is not None or self.count):
+            raise ValueError("aggs belong to a search, not a get or a count")
+        if self.aggs is not None:
+            _check_aggs(self.aggs, ("aggs",), depth=1, seen=[0])
+            buckets = [name for name, body in self.aggs.items() if _agg_type(body) in _BUCKETS]
+            if self.rows is not None and self.rows not in buckets:
+                raise ValueError(
+                    f"rows names no top-level bucket aggregation (there are: "
+                    f"{', '.join(buckets) or 'none'})"
+                )
+        elif self.rows is not None:
+            raise ValueError("rows names an aggregation: it needs aggs")
         return self
 
     def request(
@@ -219,10 +299,11 @@ class ElasticsearchQuery(BaseModel):
         query = _bind(self.query or {"match_all": {}}, values, "value")
         if self.count:
             return SearchRequest("count", {"index": self.index, "query": query})
+        default_size = 0 if self.aggs is not None else max_rows
         kwargs = {
             "index": self.index,
             "query": query,
-            "size": min(self.size or max_rows, max_rows),
+            "size": min(default_size if self.size is None else self.size, max_rows),
             "timeout": f"{max(1, math.ceil(timeout_s * 1000))}ms",
             "allow_partial_search_results": False,
             "track_total_hits": False,
@@ -231,6 +312,8 @@ class ElasticsearchQuery(BaseModel):
             kwargs["sort"] = self.sort
         if self.source is not None:
             kwargs["source"] = self.source
+        if self.aggs is not None:
+            kwargs["aggs"] = _bind_aggs(self.aggs, values, max_rows)
         return SearchRequest("search", kwargs)
 
 
@@ -277,7 +360,7 @@ class ElasticsearchConnector(Connector):
         _check_no_scripts(spec.source)
         if placeholder_names([spec.sort, spec.source]):
             raise ConfigError("sort and _source are fixed in the config: no {placeholders}")
-        return PreparedQuery(spec=spec, names=placeholder_names([spec.id, spec.query]))
+        return PreparedQuery(spec=spec, names=placeholder_names([spec.id, spec.query, spec.aggs]))
 
     async def open(self) -> None:
         if self.settings.ssh is not None and self._route is None:
@@ -323,16 +406,40 @@ class ElasticsearchConnector(Connector):
                 if request.api == "get":
                     rows = await _get(client, request.kwargs)
                 else:
-                    rows = await self._search(client, request.kwargs)
+                    answer = await self._search(client, request.kwargs)
+                    rows = [_hit_row(hit) for hit in answer["hits"]["hits"]]
+                    if spec.aggs is not None:
+                        return self._aggregated(spec, answer, rows)
         return ReadResult.of_rows(self.cap_rows(rows))
 
-    async def _search(
-        self, client: AsyncElasticsearch, kwargs: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    async def _search(self, client: AsyncElasticsearch, kwargs: dict[str, Any]) -> Any:
         answer = await client.search(**kwargs)
         if answer.get("timed_out"):
             raise SourceTimeout(self.source_id, "the search passed its deadline on the server")
-        return [_hit_row(hit) for hit in answer["hits"]["hits"]]
+        return answer
+
+    def _aggregated(
+        self, spec: ElasticsearchQuery, answer: Any, hits: list[dict[str, Any]]
+    ) -> ReadResult:
+        """An aggregation search's answer as ``data`` and ``rows`` (module docstring)."""
+        aggs = spec.aggs or {}
+        raw = answer.get("aggregations")
+        if not isinstance(raw, Mapping):
+            raise self.fail("the answer has no aggregations")
+        try:
+            values = _agg_values(aggs, raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.fail(f"the aggregations' answer has an unexpected shape ({exc!r})") from None
+        data = jsonable({"aggs": values, "hits": hits})
+        named = spec.rows or next((n for n, b in aggs.items() if _agg_type(b) in _BUCKETS), None)
+        if named is not None:
+            rows = self.cap_rows(data["aggs"][named])
+        else:
+            row = data["aggs"]
+            rows = [row] if any(_has_value(v) for v in row.values()) else []
+        if not rows and not hits:
+            return ReadResult(rows=[])
+        return ReadResult(rows=rows, data=data)
 
     def _ensure_open(self) -> AsyncElasticsearch:
         if self._client is None:
@@ -534,3 +641,132 @@ def _child(context: _Context, key: str) -> _Context:
     if context == "query_string":
         return "query_text" if key == "query" else "value"
     return "value"
+
+
+# -- aggregations ---------------------------------------------------------------------
+
+
+def _agg_type(body: Any) -> str | None:
+    """The one aggregation type a body names (its other key may be ``aggs``)."""
+    if not isinstance(body, Mapping):
+        return None
+    kinds = [key for key in body if key not in ("aggs", "aggregations")]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _check_aggs(aggs: Any, at: tuple[str, ...], *, depth: int, seen: list[int]) -> None:
+    """The allow-list of the module docstring; `ValueError` naming the aggregation's path."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{'.'.join(at)}: aggregations nest at most {_MAX_DEPTH} deep")
+    if not isinstance(aggs, Mapping) or not aggs:
+        raise ValueError(f"{'.'.join(at)}: must map names to aggregations")
+    for name, body in aggs.items():
+        where = ".".join((*at, name))
+        seen[0] += 1
+        if seen[0] > _MAX_AGGS:
+            raise ValueError(f"{where}: at most {_MAX_AGGS} aggregations in one query")
+        if placeholder_names(name):
+            raise ValueError(f"{where}: an aggregation's name is fixed in the config")
+        kind = _agg_type(body)
+        if kind is None:
+            raise ValueError(f"{where}: must name exactly one aggregation type (and aggs)")
+        if kind not in AGG_TYPES:
+            raise ValueError(
+                f"{where}: {kind!r} is not an allowed aggregation ({', '.join(sorted(AGG_TYPES))})"
+            )
+        _check_agg_options(kind, body[kind], where)
+        subs = body.get("aggs", body.get("aggregations"))
+        if "aggs" in body and "aggregations" in body:
+            raise ValueError(f"{where}: give aggs or aggregations, not both")
+        if subs is not None:
+            if kind in _METRICS or kind == "top_hits":
+                raise ValueError(f"{where}: a {kind} aggregation takes no sub-aggregations")
+            _check_aggs(subs, (where, "aggs"), depth=depth + 1, seen=seen)
+
+
+def _check_agg_options(kind: str, options: Any, where: str) -> None:
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{where}.{kind}: must be a mapping")
+    try:
+        _check_no_scripts(options)
+    except ConfigError as exc:
+        raise ValueError(f"{where}.{kind}: {exc}") from None
+    if kind == "filter":
+        return  # a query clause: placeholders allowed, scripts refused above
+    unknown = sorted(set(options) - AGG_TYPES[kind])
+    if unknown:
+        raise ValueError(
+            f"{where}.{kind}: {unknown[0]!r} is not an option it may take "
+            f"({', '.join(sorted(AGG_TYPES[kind]))})"
+        )
+    fixed = {k: v for k, v in options.items() if not (kind == "filters" and k == "filters")}
+    if placeholder_names(fixed):
+        raise ValueError(
+            f"{where}.{kind}: parameters go only in filter/filters queries; fields, sizes and "
+            "bounds are fixed in the config"
+        )
+    for key, most in (("size", _MAX_SIZE), ("shard_size", _MAX_SHARD_SIZE), ("from", 100)):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most
+        ):
+            raise ValueError(f"{where}.{kind}.{key}: must be a whole number from 0 to {most}")
+
+
+def _bind_aggs(aggs: Mapping[str, Any], values: Mapping[str, Any], max_rows: int) -> dict[str, Any]:
+    """The aggregations as sent: parameters bound in filter queries, sizes capped."""
+    out: dict[str, Any] = {}
+    for name, body in aggs.items():
+        kind = _agg_type(body) or ""
+        options = dict(body[kind])
+        if kind in ("filter", "filters"):
+            options = _bind(options, values, "value")
+        if kind == "terms":
+            options["size"] = min(options.get("size", 10), max_rows)
+            if "shard_size" in options:
+                options["shard_size"] = max(options["shard_size"], options["size"])
+        if kind == "top_hits":
+            options["size"] = min(options.get("size", 3), _MAX_TOP_HITS, max_rows)
+        sent: dict[str, Any] = {kind: options}
+        subs = body.get("aggs", body.get("aggregations"))
+        if subs is not None:
+            sent["aggs"] = _bind_aggs(subs, values, max_rows)
+        out[name] = sent
+    return out
+
+
+def _agg_values(aggs: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    """Each aggregation's answer in the plain shape of the module docstring."""
+    return {name: _agg_value(body, answer[name]) for name, body in aggs.items()}
+
+
+def _agg_value(body: Mapping[str, Any], answer: Mapping[str, Any]) -> Any:
+    kind = _agg_type(body)
+    subs = body.get("aggs", body.get("aggregations")) or {}
+    if kind in _METRICS:
+        return answer.get("value")
+    if kind == "top_hits":
+        return [_hit_row(hit) for hit in answer["hits"]["hits"]]
+    if kind == "filter":
+        return {"doc_count": answer["doc_count"], **_agg_values(subs, answer)}
+    buckets = answer["buckets"]
+    if isinstance(buckets, Mapping):  # keyed, or named filters
+        buckets = [{"key": key, **bucket} for key, bucket in buckets.items()]
+    return [_bucket_row(bucket, subs) for bucket in buckets]
+
+
+def _has_value(value: Any) -> bool:
+    """A metric with a number, hits, or a filter that matched something."""
+    if isinstance(value, Mapping):
+        return bool(value.get("doc_count"))
+    return value not in (None, [])
+
+
+def _bucket_row(bucket: Mapping[str, Any], subs: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": bucket.get("key")}
+    for extra in ("key_as_string", "from", "to"):
+        if extra in bucket:
+            row[extra] = bucket[extra]
+    row["doc_count"] = bucket["doc_count"]
+    row.update(_agg_values(subs, bucket))
+    return row

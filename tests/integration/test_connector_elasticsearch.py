@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import json
 import os
 import re
 import socket
@@ -48,6 +49,7 @@ from connectors.base import (
     ConfigError,
     Limits,
     NotARead,
+    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
@@ -62,7 +64,10 @@ from connectors.elasticsearch import (
 )
 from connectors.registry import load
 from connectors.testing import ConnectorContract, RawQuery
+from tests.servers.es_search_app import es_search_app
+from tests.servers.hostile import Recorder, serve
 from worker.config import load_tenant
+from worker.service import open_worker
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-Pa55word"
@@ -793,3 +798,288 @@ async def test_live_run__bad_credentials_name_the_source_without_the_secret(
         await live_read(connector, {**BY_SKU, "index": live_index}, sku="A-1")
 
     assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
+
+
+# -- aggregations ----------------------------------------------------------------------
+#
+# Checked for real: prepare's allow-list, the request body, and a round trip through the
+# official client to `tests.servers.es_search_app`, a stand-in that answers the `_search`
+# API's documented shapes over a few documents. Not run against a real Elasticsearch here.
+
+BY_PHONE: dict[str, Any] = {"term": {"phone": "{phone}"}}
+STATUS_AGGS: dict[str, Any] = {
+    "index": "orders",
+    "query": BY_PHONE,
+    "aggs": {
+        "by_status": {
+            "terms": {"field": "status", "size": 5},
+            "aggs": {"spent": {"sum": {"field": "total"}}},
+        },
+        "average": {"avg": {"field": "total"}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        pytest.param(STATUS_AGGS, ("phone",), id="terms-with-metric"),
+        pytest.param(
+            {
+                "index": "orders",
+                "aggs": {
+                    "mine": {
+                        "filter": {"term": {"phone": "{phone}"}},
+                        "aggs": {"latest": {"top_hits": {"size": 1, "_source": ["status"]}}},
+                    },
+                    "kinds": {"filters": {"filters": {"open": {"term": {"status": "{st}"}}}}},
+                },
+            },
+            ("phone", "st"),
+            id="filter-filters-top-hits",
+        ),
+        pytest.param(
+            {
+                "index": "orders",
+                "rows": "by_day",
+                "aggs": {
+                    "by_total": {"range": {"field": "total", "ranges": [{"to": 10}, {"from": 10}]}},
+                    "by_day": {"date_histogram": {"field": "at", "calendar_interval": "day"}},
+                    "steps": {"histogram": {"field": "total", "interval": 10}},
+                    "n": {"value_count": {"field": "order_id"}},
+                    "phones": {"cardinality": {"field": "phone"}},
+                    "low": {"min": {"field": "total"}},
+                    "high": {"max": {"field": "total"}},
+                },
+            },
+            (),
+            id="every-bucket-type",
+        ),
+    ],
+)
+def test_aggs__prepare_accepts_the_allowed_types(raw: RawQuery, names: tuple[str, ...]) -> None:
+    assert ElasticsearchConnector.prepare(raw).names == names
+
+
+def _aggs(aggs: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"index": "orders", "aggs": aggs, **more}
+
+
+TOO_DEEP: dict[str, Any] = {"d": {"sum": {"field": "d"}}}
+for _name in "cba":
+    TOO_DEEP = {_name: {"terms": {"field": _name}, "aggs": TOO_DEEP}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        pytest.param(_aggs({"x": {"scripted_metric": {}}}), "scripted_metric", id="scripted"),
+        pytest.param(_aggs({"x": {"significant_terms": {"field": "a"}}}), "not an allowed",
+                     id="not-listed"),
+        pytest.param(_aggs({"x": {"terms": {"script": {"source": "1"}}}}), "script", id="script"),
+        pytest.param(_aggs({"x": {"avg": {"field": "a", "script": "1"}}}), "script",
+                     id="metric-script"),
+        pytest.param(_aggs({"x": {"terms": {"field": "a", "execution_hint": "map"}}}),
+                     "'execution_hint' is not an option", id="unknown-option"),
+        pytest.param(_aggs({"x": {"terms": {"field": "{field}"}}}), "fixed in the config",
+                     id="field-parameter"),
+        pytest.param(_aggs({"x": {"terms": {"field": "a", "size": "{n}"}}}),
+                     "fixed in the config", id="size-parameter"),
+        pytest.param(_aggs({"x": {"terms": {"field": "a", "size": 10_001}}}), "0 to 10000",
+                     id="size-huge"),
+        pytest.param(_aggs({"x": {"top_hits": {"size": True}}}), "whole number", id="size-bool"),
+        pytest.param(_aggs({"x": {"terms": {"field": "a"}, "avg": {"field": "b"}}}),
+                     "exactly one aggregation type", id="two-types"),
+        pytest.param(_aggs({"x": {"avg": {"field": "a"}, "aggs": {"y": {"sum": {"field": "b"}}}}}),
+                     "takes no sub-aggregations", id="metric-with-subs"),
+        pytest.param(_aggs(TOO_DEEP), "at most 3 deep", id="too-deep"),
+        pytest.param(_aggs({f"m{i}": {"sum": {"field": "a"}} for i in range(21)}), "aggs",
+                     id="too-many"),
+        pytest.param(_aggs({"m": {"sum": {"field": "a"}}}, rows="m"), "no top-level bucket",
+                     id="rows-not-bucket"),
+        pytest.param({"index": "orders", "rows": "x"}, "needs aggs", id="rows-without-aggs"),
+        pytest.param({"index": "orders", "count": True, "aggs": {"m": {"sum": {"field": "a"}}}},
+                     "not a get or a count", id="count-aggs"),
+        pytest.param(_aggs({"x": "terms"}), "exactly one aggregation type", id="not-a-mapping"),
+    ],
+)  # fmt: skip
+def test_aggs__prepare_refuses_what_is_not_a_cheap_read(raw: RawQuery, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        ElasticsearchConnector.prepare(raw)
+
+    assert "bad elasticsearch query" in str(caught.value)
+
+
+def test_aggs__the_request_caps_sizes_and_asks_for_no_hits() -> None:
+    raw = _aggs(
+        {
+            "by_status": {"terms": {"field": "status", "size": 500, "shard_size": 20}},
+            "plain": {"terms": {"field": "status"}},
+            "latest": {"top_hits": {"size": 50}},
+            "mine": {"filter": {"wildcard": {"phone": "{phone}*"}}},
+        }
+    )
+
+    bound = request(raw, max_rows=8, phone="+1*?")
+
+    assert bound.kwargs["size"] == 0
+    assert bound.kwargs["aggs"] == {
+        "by_status": {"terms": {"field": "status", "size": 8, "shard_size": 20}},
+        "plain": {"terms": {"field": "status", "size": 8}},
+        "latest": {"top_hits": {"size": 8}},
+        "mine": {"filter": {"wildcard": {"phone": "+1\\*\\?*"}}},
+    }
+    assert request({**raw, "size": 3}, max_rows=8, phone="x").kwargs["size"] == 3
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[tuple[str, Recorder]]:
+    recorder = Recorder()
+    async with serve(es_search_app(recorder)) as url:
+        yield url, recorder
+
+
+async def agg_read(connector: ElasticsearchConnector, raw: RawQuery, **params: Any) -> ReadResult:
+    return await connector.run(
+        ElasticsearchConnector.prepare(raw), Bound(params=params), timeout_s=5
+    )
+
+
+async def test_aggs__buckets_are_the_rows_and_data_holds_every_aggregation(
+    make_connector: Any, stand_in: tuple[str, Recorder]
+) -> None:
+    url, recorder = stand_in
+    connector = make_connector(url)
+
+    result = await agg_read(connector, STATUS_AGGS, phone="+1234567890")
+
+    assert result.rows == [
+        {"key": "shipped", "doc_count": 2, "spent": 59.5},
+        {"key": "processing", "doc_count": 1, "spent": 5.0},
+    ]
+    assert result.data == {"aggs": {"by_status": result.rows, "average": 64.5 / 3}, "hits": []}
+    sent = json.loads(recorder.seen[-1].body)
+    assert sent["size"] == 0
+    assert sent["query"] == {"term": {"phone": "+1234567890"}}
+    assert sent["aggs"]["by_status"]["terms"] == {"field": "status", "size": 5}
+
+
+async def test_aggs__metrics_only_is_one_row_and_nothing_matching_is_not_found(
+    make_connector: Any, stand_in: tuple[str, Recorder]
+) -> None:
+    raw = {
+        "index": "orders",
+        "query": BY_PHONE,
+        "aggs": {"spent": {"sum": {"field": "total"}}, "most": {"max": {"field": "total"}}},
+    }
+    connector = make_connector(stand_in[0])
+
+    found = await agg_read(connector, raw, phone="+1999999999")
+    missing = await agg_read(connector, STATUS_AGGS, phone="+0000")
+
+    assert found.rows == [{"spent": 7.25, "most": 7.25}]
+    assert not missing.found
+
+
+async def test_aggs__filter_filters_range_histogram_and_top_hits(
+    make_connector: Any, stand_in: tuple[str, Recorder]
+) -> None:
+    raw = _aggs(
+        {
+            "kinds": {
+                "filters": {
+                    "filters": {
+                        "mine": {"term": {"phone": "{phone}"}},
+                        "done": {"term": {"status": "delivered"}},
+                    }
+                }
+            },
+            "sizes": {"range": {"field": "total", "ranges": [{"to": 10}, {"from": 10}]}},
+            "steps": {"histogram": {"field": "total", "interval": 20}},
+            "shipped": {
+                "filter": {"term": {"status": "shipped"}},
+                "aggs": {"first": {"top_hits": {"size": 1}}},
+            },
+        },
+        rows="sizes",
+    )
+
+    result = await agg_read(make_connector(stand_in[0]), raw, phone="+1234567890")
+
+    assert result.rows == [
+        {"key": "*-10.0", "to": 10.0, "doc_count": 2},
+        {"key": "10.0-*", "from": 10.0, "doc_count": 2},
+    ]
+    aggs = result.data["aggs"]
+    assert aggs["kinds"] == [{"key": "mine", "doc_count": 3}, {"key": "done", "doc_count": 1}]
+    assert aggs["steps"] == [{"key": 0.0, "doc_count": 3}, {"key": 40.0, "doc_count": 1}]
+    assert aggs["shipped"]["doc_count"] == 2
+    assert aggs["shipped"]["first"][0]["order_id"] == "12345"
+    assert aggs["shipped"]["first"][0]["_id"] == "1"
+
+
+async def test_aggs__a_refusal_of_the_server_is_a_source_error_naming_its_type(
+    make_connector: Any, stand_in: tuple[str, Recorder]
+) -> None:
+    raw = _aggs({"by_day": {"date_histogram": {"field": "at", "calendar_interval": "day"}}})
+
+    with pytest.raises(SourceError, match=r"refused the read \(400: parsing_exception\)"):
+        await agg_read(make_connector(stand_in[0]), raw)
+
+
+async def test_aggs__render_through_the_pipeline(stand_in: tuple[str, Recorder]) -> None:
+    tenant = load_tenant(
+        document={
+            "tenant_id": "es_shop",
+            "data_sources": [
+                {
+                    "id": "search",
+                    "type": "elasticsearch",
+                    "connection": {"url": stand_in[0]},
+                    "queries": {"orders_by_status": STATUS_AGGS},
+                }
+            ],
+            "lookups": {
+                "orders_by_status": {
+                    "source": "search",
+                    "params": {"phone": {"pattern": "[+0-9]{6,16}"}},
+                    "template": "{% for b in rows %}{{ b.key }}: {{ b.doc_count }}"
+                    "{% if not loop.last %}, {% endif %}{% endfor %}",
+                    "not_found": "No orders.",
+                }
+            },
+        },
+        templates_dir=REPO / "templates",
+    )
+
+    async with open_worker(tenant, with_queue=False) as worker:
+        answer = await worker.pipeline.lookup("orders_by_status", {"phone": "+1234567890"})
+        nothing = await worker.pipeline.lookup("orders_by_status", {"phone": "+1000000"})
+
+    assert (answer.outcome, answer.message) == ("ok", "shipped: 2, processing: 1")
+    assert (nothing.outcome, nothing.message) == ("not_found", "No orders.")
+
+
+@live
+async def test_live_run__aggregations(
+    live_connector: ElasticsearchConnector, live_index: str
+) -> None:
+    raw = {
+        "index": live_index,
+        "query": {"term": {"active": "{a}"}},
+        "aggs": {
+            "stock": {
+                "range": {"field": "quantity", "ranges": [{"to": 1}, {"from": 1}]},
+                "aggs": {"avg_price": {"avg": {"field": "price"}}},
+            },
+            "priced": {"value_count": {"field": "price"}},
+        },
+    }
+    active = [p for p in PRODUCTS if p["active"]]
+
+    rows = await live_read(live_connector, raw, a=True)
+
+    assert [row["doc_count"] for row in rows] == [
+        sum(1 for p in active if p["quantity"] < 1),
+        sum(1 for p in active if p["quantity"] >= 1),
+    ]
