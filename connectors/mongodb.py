@@ -1,22 +1,30 @@
 """MongoDB sources through PyMongo's native asyncio client (`AsyncMongoClient`).
 
 A query is a small document: ``find`` with a filter, ``aggregate`` with a
-pipeline, or ``count_documents``::
+pipeline, ``count_documents``, or the distinct values of one field::
 
     {"collection": "orders", "filter": {"order_id": "{order_id}"},
      "projection": {"_id": 0, "status": 1}, "sort": [["created_at", -1]], "limit": 1}
     {"collection": "orders", "pipeline": [{"$match": {"phone": "{customer_phone}"}}, …]}
     {"collection": "orders", "filter": {"phone": "{customer_phone}"}, "count": true}
+    {"collection": "products", "filter": {"brand": "{brand}"}, "distinct": "category"}
+
+A ``distinct`` read answers the field's values in ascending order, one row
+``{"value": …}`` each, and ``data`` the list of them. Like MongoDB's
+``distinct`` command it counts each element of an array as a value; unlike it,
+it leaves out null (and missing), and it runs as an aggregation (``$match``,
+``$project``, ``$unwind``, ``$group``, ``$sort``, ``$limit``) so that the
+server sends at most ``max_rows`` values instead of the whole list.
 
 What is enforced, and where:
 
 - Reads only, by allow-list: the connector calls ``find``, ``aggregate`` and
-  ``count_documents`` and nothing else. `prepare` refuses a query that names a
-  write (``insert``, ``update``…), a pipeline with ``$out`` or ``$merge``
-  anywhere in it (both write), and ``$where``, ``$function`` and
-  ``$accumulator`` anywhere (they run JavaScript on the server). MongoDB has no
-  read-only session flag: give the source a user with only the ``read`` role
-  so the server refuses writes too.
+  ``count_documents`` and nothing else (``distinct`` is an aggregation).
+  `prepare` refuses a query that names a write (``insert``, ``update``…), a
+  pipeline with ``$out`` or ``$merge`` anywhere in it (both write), and
+  ``$where``, ``$function`` and ``$accumulator`` anywhere (they run JavaScript
+  on the server). MongoDB has no read-only session flag: give the source a
+  user with only the ``read`` role so the server refuses writes too.
 - Parameters are typed values, never operators: a string that is exactly
   ``{name}`` becomes the parameter's value (``{"$ne": null}`` sent as a
   parameter is the string ``'{"$ne": null}'``). Where a string would be read
@@ -32,8 +40,8 @@ What is enforced, and where:
   ``maxTimeMS`` still bounds the work left behind.
 - An unreachable server fails fast: server selection and connecting wait at
   most ``connect_timeout_s`` (1 s by default), then `SourceUnavailable`.
-- At most ``max_rows`` documents are fetched (``limit`` / a final ``$limit``
-  stage and a matching batch size), never all then sliced.
+- At most ``max_rows`` documents (or distinct values) are fetched (``limit`` /
+  a final ``$limit`` stage and a matching batch size), never all then sliced.
 
 The client keeps its own pool (``maxPoolSize = pool_size``), discovers the
 server again after a restart, and retries a read once on a network error
@@ -66,6 +74,7 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pymongo import AsyncMongoClient, errors
+from pymongo.asynchronous.collection import AsyncCollection
 
 from connectors.base import (
     Bound,
@@ -145,6 +154,8 @@ _OPTION_STAGES = frozenset({"$limit", "$skip", "$sort", "$count", "$sample"})
 _NESTED_PIPELINES = {"$lookup": "pipeline", "$unionWith": "pipeline"}
 
 _Context = Literal["query", "expr", "regex"]
+# A field path: dotted names, none empty or starting with "$" (an operator).
+_FIELD_PATH = re.compile(r"[^.$\x00][^.\x00]*(?:\.[^.$\x00][^.\x00]*)*")
 
 
 # -- settings and queries ----------------------------------------------------
@@ -185,7 +196,7 @@ class MongoDBSettings(ConnectionSettings):
 
 
 class MongoDBQuery(BaseModel):
-    """A configured read: ``filter`` (find), ``pipeline`` (aggregate) or ``count``."""
+    """A configured read: ``filter`` (find), ``pipeline`` (aggregate), ``count`` or ``distinct``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -197,6 +208,8 @@ class MongoDBQuery(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     skip: int = Field(default=0, ge=0)
     count: bool = False
+    #: the field whose distinct values are read (a dotted path), fixed in the config
+    distinct: str | None = Field(default=None, min_length=1, max_length=255)
 
     @field_validator("collection")
     @classmethod
@@ -205,6 +218,19 @@ class MongoDBQuery(BaseModel):
             raise ValueError("is fixed in the config: parameters go in the filter, not here")
         if "$" in value or "\x00" in value:
             raise ValueError("is not a collection name")
+        return value
+
+    @field_validator("distinct")
+    @classmethod
+    def _is_field_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if placeholder_names(value):
+            raise ValueError("is fixed in the config: parameters go in the filter, not here")
+        if not _FIELD_PATH.fullmatch(value):
+            raise ValueError(
+                "is not a field path: dotted field names, none empty or starting with '$'"
+            )
         return value
 
     def bind(self, params: Mapping[str, Any], *, max_rows: int) -> MongoOperation:
@@ -225,6 +251,13 @@ class MongoDBQuery(BaseModel):
                 limit=cap,
             )
         query = _bind(self.filter or {}, values, "query")
+        if self.distinct is not None:
+            return MongoOperation(
+                kind="distinct",
+                collection=self.collection,
+                pipeline=_distinct_pipeline(self.distinct, query, cap),
+                limit=cap,
+            )
         if self.count:
             return MongoOperation(
                 kind="count", collection=self.collection, filter=query, limit=self.limit or 0
@@ -245,7 +278,7 @@ class MongoDBQuery(BaseModel):
 class MongoOperation:
     """One bound read: what `MongoDBConnector.run` sends to the server."""
 
-    kind: Literal["find", "aggregate", "count"]
+    kind: Literal["find", "aggregate", "count", "distinct"]
     collection: str
     filter: dict[str, Any] | None = None
     pipeline: list[dict[str, Any]] | None = None
@@ -267,7 +300,7 @@ class MongoDBConnector(Connector):
     query_shape: ClassVar[str] = (
         '{"collection": "orders", "filter": {"order_id": "{order_id}"}, "projection": {…}, '
         '"sort": [["field", 1]], "limit": 1}, or "pipeline": […] instead of filter, '
-        'or "count": true'
+        'or "count": true, or "distinct": "field"'
     )
     extra: ClassVar[str | None] = "mongodb"
 
@@ -288,7 +321,7 @@ class MongoDBConnector(Connector):
         if writes:
             raise NotARead(
                 f"only reads are allowed: {writes[0]!r} writes; a mongodb query is a find "
-                "(filter), an aggregate (pipeline) or a count"
+                "(filter), an aggregate (pipeline), a count or a distinct"
             )
         spec = validate_query(MongoDBQuery, raw, cls)
         _check_shape(spec)
@@ -336,24 +369,10 @@ class MongoDBConnector(Connector):
                         options["limit"] = operation.limit
                     counted = await collection.count_documents(operation.filter or {}, **options)
                     return ReadResult(rows=[{"count": counted}], data=counted)
-                if operation.kind == "aggregate":
-                    cursor: Any = await collection.aggregate(
-                        operation.pipeline or [],
-                        maxTimeMS=max_time_ms,
-                        batchSize=operation.limit,
-                    )
-                else:
-                    cursor = collection.find(
-                        operation.filter,
-                        operation.projection,
-                        sort=operation.sort,
-                        skip=operation.skip,
-                        limit=operation.limit,
-                        batch_size=operation.limit,
-                        max_time_ms=max_time_ms,
-                    )
-                async with cursor:
-                    documents = await cursor.to_list(operation.limit)
+                documents = await _fetch(collection, operation, max_time_ms)
+        if operation.kind == "distinct":
+            values = [bson_to_plain(d.get("_id")) for d in documents][: self.limits.max_rows]
+            return ReadResult(rows=[{"value": value} for value in values], data=values)
         return ReadResult.of_rows(self.cap_rows([bson_to_plain(d) for d in documents]))
 
     def _ensure_open(self) -> AsyncMongoClient[dict[str, Any]]:
@@ -404,6 +423,29 @@ class MongoDBConnector(Connector):
             raise SourceTimeout(self.source_id, message) from exc
         except (errors.PyMongoError, BSONError) as exc:
             raise translate_error(self.source_id, exc) from exc
+
+
+async def _fetch(
+    collection: AsyncCollection[dict[str, Any]], operation: MongoOperation, max_time_ms: int
+) -> list[dict[str, Any]]:
+    """The documents of a find, aggregate or distinct: at most ``operation.limit``."""
+    if operation.kind in ("aggregate", "distinct"):
+        cursor: Any = await collection.aggregate(
+            operation.pipeline or [], maxTimeMS=max_time_ms, batchSize=operation.limit
+        )
+    else:
+        cursor = collection.find(
+            operation.filter,
+            operation.projection,
+            sort=operation.sort,
+            skip=operation.skip,
+            limit=operation.limit,
+            batch_size=operation.limit,
+            max_time_ms=max_time_ms,
+        )
+    async with cursor:
+        documents: list[dict[str, Any]] = await cursor.to_list(operation.limit)
+    return documents
 
 
 def _single_server(uri: str) -> tuple[str, int]:
@@ -476,6 +518,7 @@ def _check_shape(spec: MongoDBQuery) -> None:
                 ("projection", spec.projection is not None),
                 ("sort", spec.sort is not None),
                 ("count", spec.count),
+                ("distinct", spec.distinct is not None),
             )
             if used
         ]
@@ -491,6 +534,12 @@ def _check_shape(spec: MongoDBQuery) -> None:
                 raise ConfigError("each pipeline stage is one operator, like {'$match': {…}}")
     if spec.count and (spec.projection is not None or spec.sort is not None or spec.skip):
         raise ConfigError("a count query takes only filter and limit")
+    if spec.distinct is not None and (
+        spec.count or spec.projection is not None or spec.sort is not None or spec.skip
+    ):
+        raise ConfigError(
+            "a distinct query takes only filter and limit (its values come sorted, ascending)"
+        )
 
 
 def _check_operators(node: Any) -> None:
@@ -559,6 +608,22 @@ def _bind(node: Any, params: Mapping[str, Any], context: _Context) -> Any:
     if isinstance(node, list | tuple):
         return [_bind(value, params, context) for value in node]
     return node
+
+
+def _distinct_pipeline(field: str, query: dict[str, Any], cap: int) -> list[dict[str, Any]]:
+    """The distinct values of ``field`` in the documents ``query`` matches, sorted, ``cap`` at most.
+
+    ``$project`` reads the path through arrays of documents as ``distinct`` does,
+    ``$unwind`` makes each array element a value (and drops null and missing).
+    """
+    return [
+        {"$match": query},
+        {"$project": {"_id": 0, "value": f"${field}"}},
+        {"$unwind": "$value"},
+        {"$group": {"_id": "$value"}},
+        {"$sort": {"_id": 1}},
+        {"$limit": cap},
+    ]
 
 
 def _bind_pipeline(stages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> list[Any]:
