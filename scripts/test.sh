@@ -15,7 +15,7 @@ fi
 # each session and CI run); services.sh starts any of them that a previous run
 # stopped. The tests switch TLS on in PostgreSQL themselves. The SSH-tunnel
 # tests start their own OpenSSH server, the PgBouncer tests their own
-# PgBouncer: install them if missing.
+# PgBouncer, the status page's test a headless Chromium: install them if missing.
 ./scripts/services.sh
 install_missing() {  # install_missing BINARY PACKAGE
     if [ ! -x "$1" ] && command -v apt-get >/dev/null; then
@@ -26,6 +26,7 @@ install_missing() {  # install_missing BINARY PACKAGE
 }
 install_missing /usr/sbin/sshd openssh-server
 install_missing /usr/sbin/pgbouncer pgbouncer
+install_missing /usr/bin/chromium chromium  # the status page's browser test
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

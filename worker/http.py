@@ -15,13 +15,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.errors import WorkerError
-from worker.http_guard import bearer_matches, read_json, refuse_undecodable_headers
+from worker.http_guard import (
+    basic_matches,
+    bearer_matches,
+    read_json,
+    refuse_undecodable_headers,
+)
 from worker.inbound import BadInbound, inbound_job, read_inbound
 from worker.jobs import JOB_TYPE, NotOurs, normalise_query_type
 from worker.logs import job_context
 from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
 from worker.router import route_text
+from worker.status import render_status
 
 __all__ = ["WorkerApp", "job_from_flat_body", "parse_listen"]
 
@@ -95,6 +101,7 @@ class WorkerApp:
                 web.post("/webhook/data/test-connection", self._guarded(self.test_connection)),
                 web.post("/webhook/data/{lookup}", self._guarded(self.push)),
                 web.post("/webhook/inbound", self._guarded(self.inbound)),
+                web.get("/status", self.status),
             ]
         )
         return app
@@ -106,6 +113,42 @@ class WorkerApp:
             return await handler(request)
 
         return check
+
+    async def status(self, request: web.Request) -> web.Response:
+        """The status page (contract §6): the webhooks' token, as a bearer token or as
+        the password of HTTP Basic (a browser asks for it); no token set, no page."""
+        if not self.token or not (
+            bearer_matches(request, self.token) or basic_matches(request, self.token)
+        ):
+            return web.Response(
+                status=401,
+                text="401: this page needs the worker's token (as the password)\n",
+                headers={"WWW-Authenticate": 'Basic realm="worker status", charset="UTF-8"'},
+            )
+        pipeline = self.pipeline
+        page = render_status(
+            pipeline.tenant.tenant_id,
+            pipeline.sources.status(),
+            pipeline.metrics.recent.summaries(),
+            in_flight=pipeline.metrics.jobs_in_flight,
+            queue=self._queue_text(),
+        )
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    def _queue_text(self) -> str:
+        if self.queue is None:
+            return "none (push webhooks only)"
+        answering = "answering" if self.queue.answered_within(READY_FRESH_S) else "not answering"
+        return f"{self.queue.describe()}, {answering}"
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import os
@@ -29,6 +30,7 @@ __all__ = [
     "HEADER_TIMEOUT_S",
     "MAX_JSON_DEPTH",
     "GuardedRunner",
+    "basic_matches",
     "bearer_matches",
     "header_timeout_from_env",
     "json_too_deep",
@@ -97,6 +99,21 @@ def bearer_matches(request: web.Request, token: str) -> bool:
     given = request.headers.get("Authorization", "")
     # aiohttp hands undecodable bytes over as surrogates: compare them as the bytes they were.
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
+
+
+def basic_matches(request: web.Request, token: str) -> bool:
+    """Whether ``Authorization`` is HTTP Basic with ``token`` as the password (any user
+    name): what a browser sends for a page behind the token. Constant-time compare."""
+    given = request.headers.get("Authorization", "")
+    scheme, _, encoded = given.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except ValueError:
+        return False
+    _user, colon, password = decoded.partition(b":")
+    return bool(colon) and hmac.compare_digest(password, token.encode())
 
 
 @web.middleware

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from worker.status import RecentLookups
+
 __all__ = ["Metrics"]
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -42,9 +44,17 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        #: jobs being worked on now (what the gauge says, readable)
+        self.jobs_in_flight = 0
+        #: each lookup's outcomes and latencies over the last hour (`GET /status`)
+        self.recent = RecentLookups()
         # `.labels()` parses its arguments and takes a lock each call: once a label is enough.
         self._answered: dict[str, Counter] = {}
         self._took: dict[str, Histogram] = {}
+
+    def set_in_flight(self, jobs: int) -> None:
+        self.jobs_in_flight = jobs
+        self.in_flight.set(jobs)
 
     def answered(self, outcome: str) -> None:
         """One job answered with ``outcome``."""

@@ -93,6 +93,10 @@ class Pipeline:
         self.tenant = tenant
         self.sources = sources
         self.metrics = metrics or Metrics()
+        # the status page's rows: this config's lookups and source queries, from now on
+        self.metrics.recent.known = lambda name: (
+            name in tenant.lookups or bool(tenant.find_query(name))
+        )
         self.audit = audit
         self.redactor = Redactor(tenant.secrets)
         audit_config = tenant.config.audit
@@ -137,6 +141,7 @@ class Pipeline:
         if answer.outcome != Outcome.OK:  # error texts must not carry a credential out
             answer.result = self.redactor.scrub_any(answer.result)
         self.metrics.answered(answer.outcome)
+        self.metrics.recent.record(answer.lookup, answer.outcome, answer.response_time_ms)
         if self.audit is not None:
             answer.audit = self._audit_row(answer)
             self.audit.record(answer.audit)

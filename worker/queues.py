@@ -17,6 +17,7 @@ import math
 import random
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from worker.audit import AuditLog
 from worker.engine_client import EngineClient, with_retries
@@ -91,6 +92,10 @@ class JobQueue(abc.ABC):
         self.answered_at = time.monotonic()
         return jobs
 
+    def describe(self) -> str:
+        """Where the jobs come from, for a person (no credentials)."""
+        return type(self).__name__
+
     def answered_within(self, seconds: float) -> bool:
         """Did a claim come back in the last ``seconds``, with none failing since?"""
         return self.answered_at is not None and time.monotonic() - self.answered_at <= seconds
@@ -142,6 +147,10 @@ class EngineQueue(JobQueue):
     def __init__(self, client: EngineClient, tenant_id: str, worker_id: str) -> None:
         super().__init__(tenant_id, worker_id)
         self.client = client
+
+    def describe(self) -> str:
+        parts = urlsplit(self.client.base_url)
+        return f"the engine at {parts.scheme}://{parts.hostname or ''}"
 
     async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         return await self.client.next_jobs(
@@ -206,6 +215,9 @@ class StoreQueue(JobQueue):
         self.lease_s = lease_s
         self.audit: AuditLog | None = None
         self.racing = Racing()
+
+    def describe(self) -> str:
+        return f"the job tables directly ({self.store.kind})"
 
     async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         """Claim; when that finds nothing, wait for a sign of jobs and claim again,

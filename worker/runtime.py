@@ -215,13 +215,13 @@ class Runtime:
         task = asyncio.create_task(self._handle(job), name=f"job-{job.id}")
         self._tasks.add(task)
         self._idle.clear()
-        self.pipeline.metrics.in_flight.set(len(self._tasks))
+        self.pipeline.metrics.set_in_flight(len(self._tasks))
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._freed.set()
-        self.pipeline.metrics.in_flight.set(len(self._tasks))
+        self.pipeline.metrics.set_in_flight(len(self._tasks))
         if not self._tasks:
             self._idle.set()
         if not task.cancelled() and task.exception() is not None:
@@ -257,6 +257,7 @@ class Runtime:
         except NotOurs as exc:
             log.warning("refused job %s: %s", job.id, exc, extra={"action": "reject", **extra})
             pipeline.metrics.rejected.inc()
+            pipeline.metrics.recent.record(None, "refused", 0)
             await asyncio.shield(self.queue.reject(job, str(exc), retry=False))
             return
         except asyncio.CancelledError:

@@ -36,7 +36,10 @@ from worker.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from worker.logs import mask_customer_values
 from worker.metrics import Metrics
+from worker.redact import Redactor
+from worker.status import ERROR_CHARS, SourceStatus
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "Gate", "HealthReport", "Sources"]
 
@@ -206,6 +209,9 @@ class Sources:
         self._circuits: dict[str, Circuit] = {}
         self._shown: dict[str, int] = {}  # source id -> the circuit gauge's value
         self._gates: dict[str, Gate] = {}
+        self._last_ok: dict[str, float] = {}  # source id -> wall clock of its last good read
+        self._last_error: dict[str, tuple[float, str]] = {}  # … of its last failure, and why
+        self._redactor: Redactor | None = None
         #: set whenever a read on any of the tenant's sources arrives or ends
         self.changed = asyncio.Event()
 
@@ -326,16 +332,52 @@ class Sources:
         except (InputRefused, SourceFull):  # the customer's value; a source up but full
             circuit.undecided()  # say nothing about the source, but free a trial read
             raise
-        except Exception:  # SourceError, the deadline, a driver error a connector let through
+        except Exception as exc:  # SourceError, the deadline, a driver error let through
             circuit.failed()  # counts, and frees a trial read: no circuit stays wedged
+            self._last_error[source_id] = (time.time(), self._error_text(exc))
             raise
         except BaseException:  # the job cancelled (the worker stops), the interpreter exiting
             circuit.undecided()
             raise
         else:
             circuit.succeeded()
+            self._last_ok[source_id] = time.time()
         finally:
             self._show(source_id, circuit)
+
+    def _error_text(self, exc: Exception) -> str:
+        """What the status page may show of a failure: no secret of the config, no value
+        of the job that met it, not too long."""
+        if self._redactor is None:
+            self._redactor = Redactor(self.tenant.secrets)
+        text = str(exc) or type(exc).__name__
+        text = mask_customer_values(self._redactor.scrub(text))
+        return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+    def status(self) -> list[SourceStatus]:
+        """Each configured source as `GET /status` shows it, in config order."""
+        rows = []
+        for config in self.tenant.config.data_sources:
+            source = self.tenant.sources.get(config.id)
+            circuit = self._circuits.get(config.id)
+            gate = self._gates.get(config.id)
+            error_at, error = self._last_error.get(config.id, (None, None))
+            rows.append(
+                SourceStatus(
+                    config.id,
+                    config.name or config.id,
+                    config.type,
+                    circuit.state if circuit else "closed",
+                    gate.in_use if gate else 0,
+                    gate.waiting if gate else 0,
+                    gate.cap if gate else self._cap(config.id),
+                    problem=source.problem if source else None,
+                    last_error=error,
+                    last_error_at=error_at,
+                    last_ok_at=self._last_ok.get(config.id),
+                )
+            )
+        return rows
 
     def _show(self, source_id: str, circuit: Circuit) -> None:
         """The circuit's state on ``worker_source_circuit_open``, set when it changes

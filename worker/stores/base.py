@@ -73,6 +73,9 @@ def job_number(key: str) -> int | None:
 class Store(abc.ABC):
     """The queue tables of contract §4 behind one async interface."""
 
+    #: what the status page calls it
+    kind = "a store"
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create the tables if they are missing (idempotent)."""

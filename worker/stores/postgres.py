@@ -423,6 +423,8 @@ class PostgresStore(Store):
     route or the server itself. ``pool_mode``: see `pool_options`.
     """
 
+    kind = "PostgreSQL"
+
     def __init__(
         self,
         dsn: str,

@@ -147,6 +147,8 @@ def _loads(text: str | None) -> Any:
 class SQLiteStore(Store):
     """Contract §4 on one SQLite file."""
 
+    kind = "SQLite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
