@@ -689,31 +689,63 @@ def _pairs(p: Mapping[str, Any], *keys: str) -> list[tuple[str, Any]]:
     return []
 
 
-def _http_auth(node: _Node, read: _Read) -> None:
-    """The node's credential as connection settings the operator fills from the environment."""
-    p = node.parameters
+_REST_AUTH: dict[str, dict[str, str]] = {
+    "httpBearerAuth": {"type": "bearer", "token": _env("TOKEN")},
+    "headerAuth": {"type": "header", "name": _env("HEADER_NAME"), "value": _env("HEADER_VALUE")},
+    "basicAuth": {"type": "basic", "username": _env("USER"), "password": _env("PASSWORD")},
+    "queryAuth": {"type": "query", "name": _env("QUERY_NAME"), "value": _env("QUERY_VALUE")},
+    "oAuth2Api": {
+        "type": "oauth2_client_credentials",
+        "token_url": _env("TOKEN_URL"),
+        "client_id": _env("CLIENT_ID"),
+        "client_secret": _env("CLIENT_SECRET"),
+    },
+}
+
+
+def _auth_kind(p: Mapping[str, Any]) -> str:
+    """n8n's credential kind, v1/v2 names (``headerAuth``) and v3+ (``httpHeaderAuth``) alike."""
     auth = str(p.get("authentication", "none"))
     if auth == "genericCredentialType":
         auth = str(p.get("genericAuthType", ""))
     elif auth == "predefinedCredentialType":
         auth = str(p.get("nodeCredentialType", ""))
+    generic = {
+        "httpHeaderAuth": "headerAuth",
+        "httpBasicAuth": "basicAuth",
+        "httpQueryAuth": "queryAuth",
+        "oAuth2": "oAuth2Api",
+    }
+    return generic.get(auth, auth)
+
+
+def _http_auth(node: _Node, read: _Read) -> None:
+    """The node's credential as connection settings the operator fills from the environment.
+
+    A ``rest_api`` source takes it as its ``auth`` block; a ``graphql`` one, which has
+    no ``auth``, as a fixed ``Authorization`` header.
+    """
+    auth = _auth_kind(node.parameters)
     headers = read.connection.setdefault("headers", {})
     if auth in {"none", ""}:
         return
-    if auth in {"headerAuth", "httpHeaderAuth"}:
+    if read.type == "rest_api" and auth in _REST_AUTH:
+        read.connection["auth"] = dict(_REST_AUTH[auth])
+        if auth == "oAuth2Api":
+            read.todo.append("OAuth2: the worker uses the client-credentials grant only")
+    elif auth == "headerAuth":
         headers["Authorization"] = _env("HEADER_VALUE")
         read.todo.append(
             f"n8n's Header Auth credential {node.credential!r} names its header: Authorization "
             "is assumed; rename it in the source's headers if the API wants another"
         )
     elif auth == "httpBearerAuth":
-        read.connection["api_key"] = _env("TOKEN")
-        headers["Authorization"] = "Bearer {api_key}"
-    elif auth in {"basicAuth", "httpBasicAuth"}:
+        headers["Authorization"] = "Bearer " + _env("TOKEN")
+    elif auth == "basicAuth":
         headers["Authorization"] = "Basic " + _env("BASIC_AUTH")
         read.todo.append("the Basic auth variable holds base64 of 'user:password'")
     else:
-        raise _Untranslatable(f"authentication {auth!r}: set the source's headers by hand")
+        raise _Untranslatable(f"authentication {auth!r}: set the source's credentials by hand")
 
 
 def _connection_text(value: str, read: _Read, params: _Params) -> str:
@@ -875,10 +907,17 @@ def _sheets_read(node: _Node, params: _Params) -> _Read:
         filters[str(row.get("lookupColumn"))] = _value(str(row.get("lookupValue", "")), params)
     if isinstance(p.get("lookupColumn"), str):
         filters[p["lookupColumn"]] = _value(str(p.get("lookupValue", "")), params)
+    # n8n's default is OR before version 4.3 (and exports leave defaults out), AND after
+    combine = p.get("combineFilters", "OR" if node.version < 4.3 else "AND")
     if isinstance(p.get("filter"), str):  # the seed's "phone = {{$json.customer_phone}}"
         query["filter"] = params.text(p["filter"], where="the filter")
+    elif len(filters) > 1 and combine == "OR":
+        query["filter"] = [{column: value} for column, value in filters.items()]
     elif filters:
         query["filter"] = filters
+    first_only = options.get("returnAllMatches", "returnFirstMatch") == "returnFirstMatch"
+    if filters and (options.get("returnFirstMatch") or (node.version < 4.5 and first_only)):
+        query["limit"] = 1
     read.query = query
     return read
 
@@ -902,9 +941,16 @@ def _airtable_read(node: _Node, params: _Params) -> _Read:
     formula = p.get("filterByFormula", extra.get("filterByFormula", ""))
     query: dict[str, Any] = {"table": table_name}
     if formula:
-        query["filter"] = _airtable_filter(str(formula), params)
+        try:
+            query["filter"] = _airtable_filter(str(formula), params)
+        except _Untranslatable:
+            query["formula"] = _airtable_formula(str(formula), params)
     connection = {"token": _env("TOKEN"), "base_id": _strip_eq(base)}
     return _Read("airtable", connection, query, hint="airtable")
+
+
+_QUOTED_VALUE = r"""'((?:[^'{]|\{\{.*?\}\})*)'|"((?:[^"{]|\{\{.*?\}\})*)\""""
+_EQUALITY = rf"\s*\{{([^{{}}]+)\}}\s*=\s*(?:{_QUOTED_VALUE}|(\{{\{{.*\}}\}})|(-?\d+(?:\.\d+)?))\s*"
 
 
 def _airtable_filter(formula: str, params: _Params) -> dict[str, Any]:
@@ -915,7 +961,7 @@ def _airtable_filter(formula: str, params: _Params) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for clause in clauses:
         match = re.fullmatch(
-            r"""\s*\{([^{}]+)\}\s*=\s*(?:'(.*)'|"(.*)"|(\{\{.*\}\})|(-?\d+(?:\.\d+)?))\s*""",
+            _EQUALITY,
             clause,
             re.S,
         )
@@ -931,6 +977,29 @@ def _airtable_filter(formula: str, params: _Params) -> dict[str, Any]:
     return found
 
 
+def _airtable_formula(formula: str, params: _Params) -> str:
+    """Any other formula as the worker's ``formula``: each expression a bare ``{{name}}``.
+
+    The worker writes the parameter there as an escaped Airtable literal, so n8n's
+    quotes around a whole expression go; an expression inside a longer quoted
+    string (``'ORD-{{ … }}'``) has no such form and is reported.
+    """
+    exact = r"""'\s*\{\{((?:(?!\}\}).)*)\}\}\s*'|"\s*\{\{((?:(?!\}\}).)*)\}\}\s*"|\{\{(.*?)\}\}"""
+
+    def one(match: re.Match[str]) -> str:
+        expression = next(g for g in match.groups() if g is not None)
+        return "{{" + params.ref(expression) + "}}"
+
+    text = re.sub(exact, one, _strip_eq(formula).strip(), flags=re.S)
+    quote = ""
+    for i, char in enumerate(text):
+        if quote and text.startswith("{{", i):
+            raise _Untranslatable("an expression inside a longer quoted string in the formula")
+        if char in "'\"" and (not quote or char == quote) and text[i - 1 : i] != "\\":
+            quote = "" if quote else char
+    return text
+
+
 _HUBSPOT_OBJECTS = {
     "contact": "contacts",
     "company": "companies",
@@ -944,20 +1013,40 @@ def _hubspot_read(node: _Node, params: _Params) -> _Read:
     resource = _HUBSPOT_OBJECTS.get(str(p.get("resource", "deal")))
     if p.get("operation") != "search" or resource is None:
         raise _Untranslatable(f"{p.get('resource')} {p.get('operation')!r} is not a search")
-    groups = p.get("filterGroupsUi", {}).get("filterGroupsValues", [])
-    if not isinstance(groups, list) or len(groups) > 1:
-        raise _Untranslatable("several filter groups (OR) have no equality-map equivalent")
-    found: dict[str, Any] = {}
-    for row in groups[0].get("filtersUi", {}).get("filterValues", []) if groups else []:
-        if row.get("operator", "EQ") != "EQ":
-            raise _Untranslatable(f"the filter operator {row.get('operator')!r} is not EQ")
-        name = str(row.get("propertyName", "")).split("|", 1)[0]
-        found[name] = params.text(str(row.get("value", "")), where="a filter value")
-    query: dict[str, Any] = {"object": resource, "filter": found}
-    extra = _block(p, "additionalFields")
-    if isinstance(extra.get("properties"), list):
-        query["properties"] = [str(x).split("|", 1)[0] for x in extra["properties"]]
+    groups = _block(p, "filterGroupsUi").get("filterGroupsValues", [])
+    filters = [
+        [_hubspot_filter(row, params) for row in _block(g, "filtersUi").get("filterValues", [])]
+        for g in groups
+    ]
+    query: dict[str, Any] = {"object": resource}
+    if len(filters) > 1:  # n8n's groups are ORed, as HubSpot's filterGroups
+        query["filterGroups"] = [{"filters": group} for group in filters if group]
+    elif filters and filters[0]:
+        equal = {f["propertyName"]: f["value"] for f in filters[0] if f["operator"] == "EQ"}
+        rest = [f for f in filters[0] if f["operator"] != "EQ"]
+        if len(equal) == sum(f["operator"] == "EQ" for f in filters[0]):
+            query["filter"] = equal
+        else:
+            rest = filters[0]
+        if rest:
+            query["filters"] = rest
+    properties = _block(p, "additionalFields").get("properties")
+    if isinstance(properties, list):
+        query["properties"] = [str(x).split("|", 1)[0] for x in properties]
     return _Read("hubspot", {"token": _env("TOKEN")}, query, hint="hubspot")
+
+
+def _hubspot_filter(row: Mapping[str, Any], params: _Params) -> dict[str, Any]:
+    """One n8n filter row (``propertyName`` as ``name|type``) as a HubSpot filter."""
+    found: dict[str, Any] = {
+        "propertyName": str(row["propertyName"]).split("|", 1)[0],
+        "operator": str(row.get("operator", "EQ")),
+    }
+    if found["operator"] not in {"HAS_PROPERTY", "NOT_HAS_PROPERTY"}:
+        found["value"] = params.text(str(row.get("value", "")), where="a filter value")
+    if found["operator"] == "BETWEEN":
+        found["highValue"] = params.text(str(row.get("highValue", "")), where="a filter value")
+    return found
 
 
 def _salesforce_read(node: _Node, params: _Params) -> _Read:

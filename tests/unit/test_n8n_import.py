@@ -226,8 +226,8 @@ def test_export__http_bearer_credential_and_path_parameter(
     assert source["id"] == "inventory_api"
     assert source["connection"] == {
         "base_url": "https://inventory.example.com/api/products",
-        "headers": {"Authorization": "Bearer {api_key}", "Accept": "application/json"},
-        "api_key": "${env:N8N_INVENTORY_API_TOKEN}",
+        "headers": {"Accept": "application/json"},
+        "auth": {"type": "bearer", "token": "${env:N8N_INVENTORY_API_TOKEN}"},
     }
     assert source["queries"] == {"check_stock": {"path": "/{sku}/stock"}}
     loaded(result, tmp_path, monkeypatch)
@@ -570,7 +570,7 @@ NODES: list[Any] = [
         "googleSheets",
         SHEETS_V4,
         "google_sheets",
-        {"range": "Customers", "filter": {"phone": "{customer_phone}"}},
+        {"range": "Customers", "filter": {"phone": "{customer_phone}"}, "limit": 1},
         id="sheets-v4",
     ),
     pytest.param(
@@ -652,6 +652,86 @@ def test_nodes__each_source_node_maps_to_its_type_and_loads(
     loaded(result, tmp_path, monkeypatch)
 
 
+@pytest.mark.parametrize(
+    ("version", "combine", "expected"),
+    [
+        pytest.param(4.2, None, [{"phone": "{phone}"}, {"email": "{email}"}], id="v4.2-default-or"),
+        pytest.param(4.5, None, {"phone": "{phone}", "email": "{email}"}, id="v4.5-default-and"),
+        pytest.param(4.5, "OR", [{"phone": "{phone}"}, {"email": "{email}"}], id="v4.5-or"),
+    ],
+)
+def test_nodes__sheets_filters_combine_as_n8n_defaults_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: float, combine: Any, expected: Any
+) -> None:
+    values = [
+        {"lookupColumn": "phone", "lookupValue": "={{ $json.body.phone }}"},
+        {"lookupColumn": "email", "lookupValue": "={{ $json.body.email }}"},
+    ]
+    parameters = {**SHEETS_V4, "filtersUI": {"values": values}}
+    if combine:
+        parameters["combineFilters"] = combine
+    read = node("googleSheets", parameters, typeVersion=version)
+    result = run(workflow(webhook(), read))
+    query = config(result)["data_sources"][0]["queries"]["order_status"]
+
+    assert query["filter"] == expected
+    assert ("limit" in query) == (version < 4.5)  # before 4.5 n8n returned the first match
+    loaded(result, tmp_path, monkeypatch)
+
+
+def test_nodes__airtable_formula_beyond_equality_keeps_the_formula(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parameters = {
+        "operation": "search",
+        "base": {"__rl": True, "value": "appA1b2C3d4E5f6G7"},
+        "table": {"__rl": True, "value": "tblX", "cachedResultName": "Orders"},
+        "filterByFormula": "=AND({Total} >= {{ $json.body.min_total }}, "
+        "{Status} != 'closed', {Phone} = '{{ $json.body.customer_phone }}')",
+    }
+    result = run(workflow(webhook(), node("airtable", parameters)))
+    query = config(result)["data_sources"][0]["queries"]["order_status"]
+
+    assert query == {
+        "table": "Orders",
+        "formula": "AND({Total} >= {{min_total}}, {Status} != 'closed', "
+        "{Phone} = {{customer_phone}})",
+    }
+    loaded(result, tmp_path, monkeypatch)
+    inside = {**parameters, "filterByFormula": "={Order} = 'ORD-{{ $json.body.id }}' & ''"}
+    assert (
+        "longer quoted string"
+        in untranslated(run(workflow(webhook(), node("airtable", inside))))[0]
+    )
+
+
+def test_nodes__hubspot_operators_and_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def group(*rows: dict[str, Any]) -> dict[str, Any]:
+        return {"filtersUi": {"filterValues": list(rows)}}
+
+    phone = {"propertyName": "phone|string", "value": "={{ $json.body.customer_phone }}"}
+    amount = {"propertyName": "amount|number", "operator": "GT", "value": "={{ $json.body.min }}"}
+    email = {"propertyName": "email|string", "operator": "EQ", "value": "={{ $json.body.email }}"}
+    parameters = {"resource": "deal", "operation": "search",
+                  "filterGroupsUi": {"filterGroupsValues": [group(phone, amount)]}}  # fmt: skip
+    result = run(workflow(webhook(), node("hubspot", parameters)))
+    query = config(result)["data_sources"][0]["queries"]["order_status"]
+
+    assert query == {
+        "object": "deals",
+        "filter": {"phone": "{customer_phone}"},
+        "filters": [{"propertyName": "amount", "operator": "GT", "value": "{min}"}],
+    }
+    loaded(result, tmp_path, monkeypatch)
+    parameters["filterGroupsUi"] = {"filterGroupsValues": [group(phone), group(email)]}
+    result = run(workflow(webhook(), node("hubspot", parameters)))
+    query = config(result)["data_sources"][0]["queries"]["order_status"]
+    assert [g["filters"][0]["propertyName"] for g in query["filterGroups"]] == ["phone", "email"]
+    loaded(result, tmp_path, monkeypatch)
+
+
 def test_nodes__file_read_then_spreadsheet_becomes_a_csv_source() -> None:
     read = node("readBinaryFile", {"filePath": "/data/stock.csv"}, name="Read file")
     parse = node("spreadsheetFile", {"fileFormat": "csv"}, name="Parse", typeVersion=2)
@@ -671,11 +751,11 @@ def test_nodes__file_read_then_spreadsheet_becomes_a_csv_source() -> None:
         pytest.param(
             {
                 "url": "https://a.example/x",
-                "authentication": "genericCredentialType",
-                "genericAuthType": "oAuth2Api",
+                "authentication": "predefinedCredentialType",
+                "nodeCredentialType": "shopifyAccessTokenApi",
             },
             "by hand",
-            id="oauth2",
+            id="predefined-credential",
         ),
         pytest.param(
             {
@@ -699,7 +779,35 @@ def test_nodes__http_requests_with_no_safe_equivalent_are_reported(
     assert reason in untranslated(result)[0]
 
 
-def test_nodes__http_query_parameters_and_header_auth() -> None:
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        pytest.param("httpBasicAuth", {"type": "basic", "username": "${env:N8N_API_USER}",
+                                       "password": "${env:N8N_API_PASSWORD}"}, id="basic"),
+        pytest.param("httpQueryAuth", {"type": "query", "name": "${env:N8N_API_QUERY_NAME}",
+                                       "value": "${env:N8N_API_QUERY_VALUE}"}, id="query"),
+        pytest.param("oAuth2Api", {"type": "oauth2_client_credentials",
+                                   "token_url": "${env:N8N_API_TOKEN_URL}",
+                                   "client_id": "${env:N8N_API_CLIENT_ID}",
+                                   "client_secret": "${env:N8N_API_CLIENT_SECRET}"}, id="oauth2"),
+    ],
+)  # fmt: skip
+def test_nodes__http_credentials_become_the_sources_auth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str, expected: dict[str, str]
+) -> None:
+    parameters = {"url": "https://a.example/x", "authentication": "genericCredentialType",
+                  "genericAuthType": auth}  # fmt: skip
+    read = node("httpRequest", parameters, credentials={auth: {"id": "1", "name": "API"}})
+    result = run(workflow(webhook(), read))
+
+    assert config(result)["data_sources"][0]["connection"]["auth"] == expected
+    values = {"N8N_API_TOKEN_URL": "https://auth.a.example/token", "N8N_API_QUERY_NAME": "key"}
+    loaded(result, tmp_path, monkeypatch, **values)
+
+
+def test_nodes__http_query_parameters_and_header_auth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     parameters = {
         "url": "https://api.example/v1/orders",
         "authentication": "genericCredentialType",
@@ -718,13 +826,18 @@ def test_nodes__http_query_parameters_and_header_auth() -> None:
     result = run(workflow(webhook(), read))
     (source,) = config(result)["data_sources"]
 
-    assert source["connection"]["headers"] == {"Authorization": "${env:N8N_SHOP_API_HEADER_VALUE}"}
+    assert source["connection"]["auth"] == {
+        "type": "header",
+        "name": "${env:N8N_SHOP_API_HEADER_NAME}",
+        "value": "${env:N8N_SHOP_API_HEADER_VALUE}",
+    }
     assert source["queries"]["order_status"] == {
         "path": "/orders",
         "params": {"phone": "{customer_phone}", "limit": "5"},
     }
     assert source["connection"]["base_url"] == "https://api.example/v1"
-    assert any("Authorization" in n.text for n in result.notes if n.kind == "todo")
+    assert "N8N_SHOP_API_HEADER_NAME" in result.env
+    loaded(result, tmp_path, monkeypatch, N8N_SHOP_API_HEADER_NAME="X-Api-Key")
 
 
 # -- the command --------------------------------------------------------------------
