@@ -16,6 +16,7 @@ fi
 # stopped. The tests switch TLS on in PostgreSQL themselves. The SSH-tunnel
 # tests start their own OpenSSH server, the PgBouncer tests their own
 # PgBouncer, the status page's test a headless Chromium: install them if missing.
+# The MongoDB tests start nx-27017, a wire-protocol server from the test extra.
 ./scripts/services.sh
 install_missing() {  # install_missing BINARY PACKAGE
     if [ ! -x "$1" ] && command -v apt-get >/dev/null; then
