@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MASK", "Redactor", "secrets_in"]
+__all__ = ["MASK", "Redactor", "is_auth_value", "secrets_in"]
 
 MASK = "***"
 _MIN_LENGTH = 4  # shorter values would blank out ordinary words
@@ -25,6 +25,13 @@ _SECRET_KEY = re.compile(
     r"client_secret|security_token|credentials?)"
 )
 _URL_KEY = re.compile(r"(?i)^(dsn|uri|url|base_url|wsdl)$")
+
+
+def is_auth_value(parent: str, key: str) -> bool:
+    """An HTTP source's ``auth: {type: header|query, name, value}``: the value is the key."""
+    return parent.lower() == "auth" and key.lower() == "value"
+
+
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -32,15 +39,15 @@ def secrets_in(document: Any) -> set[str]:
     """Every credential value in a (resolved) config document."""
     found: set[str] = set()
 
-    def walk(node: Any, key: str) -> None:
+    def walk(node: Any, key: str, parent: str = "") -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                walk(v, str(k))
+                walk(v, str(k), key)
         elif isinstance(node, list):
             for v in node:
-                walk(v, key)
+                walk(v, key, parent)
         elif isinstance(node, str) and node:
-            if _SECRET_KEY.search(key):
+            if _SECRET_KEY.search(key) or is_auth_value(parent, key):
                 found.add(node)
             if _URL_KEY.match(key) or "://" in node:
                 password = urlsplit(node).password if "://" in node else None

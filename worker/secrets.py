@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
+from worker.redact import is_auth_value
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -182,9 +183,11 @@ def undecryptable(
 
 def _plain_secrets(node: Any, path: str) -> Iterator[str]:
     if isinstance(node, Mapping):
+        parent = path.rsplit(".", 1)[-1].split("[", 1)[0]
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)
-            if isinstance(value, str) and SECRET_KEYS.match(str(key)):
+            secret = SECRET_KEYS.match(str(key)) or is_auth_value(parent, str(key))
+            if isinstance(value, str) and secret:
                 if value and not value.startswith(PREFIX) and "${env:" not in value:
                     if not (str(key).lower() in {"url", "uri", "dsn"} and "@" not in value):
                         yield where

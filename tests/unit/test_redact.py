@@ -69,3 +69,25 @@ def test_scrub_any__walks_results() -> None:
         "rows": [{"note": MASK}],
         "n": 3,
     }
+
+
+def test_an_http_sources_auth_value_is_a_secret_wherever_it_is_written() -> None:
+    """``auth: {type: header|query, name, value}``: the value is the API key; a
+    ``value`` anywhere else (a filter's, say) is not."""
+    from worker.secrets import plaintext_warnings
+
+    auth = {"type": "header", "name": "X-Api-Key", "value": "k3y-of-the-tenant"}
+    document = {
+        "data_sources": [
+            {"id": "api", "connection": {"base_url": "https://api.example.com", "auth": auth},
+             "queries": {"q": {"filter": {"value": "not-a-secret"}}}},
+        ]
+    }  # fmt: skip
+    assert secrets_in(document) == {"k3y-of-the-tenant"}
+    assert plaintext_warnings(document, "t.yaml") == [
+        "t.yaml: data_sources[0].connection.auth.value is a plaintext secret; "
+        "encrypt it with `worker secrets encrypt`"
+    ]
+    assert "k3y-of-the-tenant" not in Redactor(secrets_in(document)).scrub(
+        "GET /items?api_key=k3y-of-the-tenant"
+    )
