@@ -233,9 +233,12 @@ def _read_file(path: Path) -> Any:
     if len(raw) > MAX_WORKFLOW_BYTES:
         raise InvalidWorkflow(f"{path}: larger than {MAX_WORKFLOW_BYTES:,} bytes")
     try:
-        return json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise InvalidWorkflow(f"{path}: not UTF-8 text") from None
+        document = json.loads(raw.decode("utf-8-sig"))
+        # JSON's "\\ud800" escapes decode to lone surrogates, which no UTF-8 output can hold
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+        return document
+    except UnicodeError:
+        raise InvalidWorkflow(f"{path}: not UTF-8 text (or a lone surrogate escape)") from None
     except json.JSONDecodeError as exc:
         raise InvalidWorkflow(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     except RecursionError:

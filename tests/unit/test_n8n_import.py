@@ -326,6 +326,7 @@ def test_hostile__no_expression_text_ever_reaches_the_sql(expression: str) -> No
     [
         pytest.param(b"{not json", "not valid JSON", id="not-json"),
         pytest.param(b"\xff\xfe\x00", "not UTF-8", id="binary"),
+        pytest.param(b'{"name": "\\ud800", "nodes": []}', "not UTF-8", id="lone-surrogate"),
         pytest.param(b'{"name": "x"}', "no 'nodes' list", id="no-nodes"),
         pytest.param(b"[1, 2]", "no 'nodes' list", id="list-of-numbers"),
         pytest.param(b'{"nodes": [{"name": "a"}]}', "node #1", id="node-without-type"),
@@ -880,3 +881,51 @@ def test_cli__not_json_exits_3_naming_the_file(tmp_path: Path) -> None:
     assert done.exit_code == 3
     assert f"{bad}:1: not valid JSON" in done.stderr
     assert done.stdout == ""  # nothing half-written
+
+
+KINDS = [
+    "postgres", "mySql", "microsoftSql", "mongoDb", "redis", "elasticsearch", "httpRequest",
+    "graphql", "googleSheets", "airtable", "hubspot", "salesforce", "spreadsheetFile",
+    "readBinaryFile", "code", "if", "respondToWebhook",
+]  # fmt: skip
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+PARAMETERS = st.dictionaries(
+    st.sampled_from(["operation", "query", "url", "options", "key", "documentId", "sheetName",
+                     "filtersUI", "table", "base", "filterByFormula", "filterGroupsUi", "resource",
+                     "collection", "indexId", "endpoint", "variables", "values", "method",
+                     "authentication", "genericAuthType", "headers", "where", "path"]),
+    JSON, max_size=6,
+)  # fmt: skip
+
+
+@given(st.sampled_from(KINDS), PARAMETERS, st.floats(min_value=1, max_value=5))
+@settings(max_examples=300, deadline=None)
+def test_hostile__any_parameters_give_a_report_never_an_exception(
+    kind: str, parameters: dict[str, Any], version: float
+) -> None:
+    result = run(workflow(webhook(), node(kind, parameters, typeVersion=version)))
+
+    assert result.exit_code in {0, 1}
+    if result.config is not None:
+        assert isinstance(yaml.safe_load(result.config), dict)
+
+
+@given(st.sampled_from(["order_status.json", "stock_check.json", "seed_customer_lookup.json"]),
+       st.integers(0, 3), st.integers(0, 10), JSON)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_hostile__a_real_export_with_one_value_changed_never_raises(
+    name: str, index: int, which: int, value: Any
+) -> None:
+    export = _load(name)
+    parameters = export["nodes"][index % len(export["nodes"])]["parameters"]
+    keys = sorted(parameters) or ["query"]
+    parameters[keys[which % len(keys)]] = value
+
+    result = run(export)
+    assert result.exit_code in {0, 1}
