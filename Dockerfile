@@ -1,22 +1,39 @@
 # One container per tenant:  docker run -e TENANT=acme -e ENGINE_URL=… -e ENGINE_TOKEN=… image
-FROM python:3.12-slim
+#
+# Two stages: the first builds a virtual environment with every connector extra
+# (compilers and pip's leftovers stay there), the second copies only that
+# environment onto a clean slim image.
+FROM python:3.12-slim AS build
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    WORKER_HTTP=0.0.0.0:8080
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+RUN python -m venv /opt/worker
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY connectors ./connectors
-RUN pip install '.[all]'
+RUN /opt/worker/bin/pip install '.[all]'
 
+
+FROM python:3.12-slim
+
+ENV PATH=/opt/worker/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    WORKER_HTTP=0.0.0.0:8080 \
+    WORKER_STATE_DIR=/var/lib/worker
+
+COPY --from=build /opt/worker /opt/worker
+WORKDIR /app
 COPY templates ./templates
 COPY config ./config
+# The worker's own files (the audit log's SQLite file when no database holds it)
+# go to a volume: the config may be mounted read-only (-v $PWD/config:/app/config:ro).
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin worker \
-    && chown -R worker /app
+    && mkdir -p /var/lib/worker \
+    && chown worker /var/lib/worker
+VOLUME /var/lib/worker
 USER worker
 
 EXPOSE 8080

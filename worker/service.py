@@ -137,7 +137,9 @@ def queue_target(tenant: Tenant) -> str | None:
 
 
 def audit_target(tenant: Tenant) -> str:
-    """``AUDIT_DSN``, the config's ``audit.dsn``, the queue's database, or a file by the config."""
+    """``AUDIT_DSN``, the config's ``audit.dsn``, the queue's database, or a file: in
+    ``WORKER_STATE_DIR`` when set (the image sets it: its config may be mounted
+    read-only), else beside the config."""
     audit = tenant.config.audit
     explicit = os.environ.get("AUDIT_DSN") or (audit.dsn if audit else None)
     if explicit:
@@ -145,7 +147,8 @@ def audit_target(tenant: Tenant) -> str:
     queue = queue_target(tenant)
     if queue:
         return queue.removeprefix("sqlite:///").removeprefix("sqlite://")
-    folder = tenant.path.parent if tenant.path else Path.cwd()
+    state = os.environ.get("WORKER_STATE_DIR", "").strip()
+    folder = Path(state) if state else tenant.path.parent if tenant.path else Path.cwd()
     return str(folder / f"{tenant.tenant_id}.audit.db")
 
 

@@ -343,3 +343,37 @@ def test_k8s__service_selects_the_pods_and_their_port(
     assert service["spec"]["selector"].items() <= labels.items()
     names = {p["name"] for p in container["ports"]}
     assert all(p["targetPort"] in names for p in service["spec"]["ports"])
+
+
+# -- the README and the image ----------------------------------------------------------------
+
+
+def test_readme__every_variable_the_worker_reads_is_in_its_environment_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Environment") :].split("\n## ", 1)[0]
+    missing = sorted(name for name in _known_env_names() if f"`{name}`" not in table)
+    assert not missing, f"README's Environment table lacks {missing}"
+
+
+def test_image__the_audit_file_goes_to_the_state_volume_not_the_read_only_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from worker.service import audit_target
+
+    env = dict(re.findall(r"^\s+(WORKER_STATE_DIR)=(\S+)", _dockerfile(), re.MULTILINE))
+    assert env.get("WORKER_STATE_DIR") == "/var/lib/worker"
+    assert re.search(r"^VOLUME\s+/var/lib/worker$", _dockerfile(), re.MULTILINE)
+    assert re.search(r"chown worker /var/lib/worker", _dockerfile())
+    for name in ("QUEUE_DSN", "AUDIT_DSN", "ENGINE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    tenant = load_tenant(ROOT / "config" / "tenants" / "demo.yaml")
+    monkeypatch.setenv("WORKER_STATE_DIR", str(tmp_path))
+    assert audit_target(tenant) == str(tmp_path / "demo.audit.db")
+    monkeypatch.delenv("WORKER_STATE_DIR")
+    assert audit_target(tenant) == str(ROOT / "config" / "tenants" / "demo.audit.db")
+
+
+def test_image__local_leftovers_stay_out_of_the_build_context() -> None:
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    for pattern in ("*.audit.db", "*.bak", ".venv", "tests"):
+        assert pattern in ignored
