@@ -33,7 +33,7 @@ from worker.logs import job_context
 from worker.supervisor import watch
 
 if TYPE_CHECKING:  # the run loop gets both from its caller (worker.service)
-    from worker.pipeline import Pipeline
+    from worker.pipeline import Answer, Pipeline
     from worker.queues import JobQueue
 
 __all__ = ["RunSettings", "Runtime", "stop_on_signals"]
@@ -271,6 +271,25 @@ class Runtime:
                 )
             )
             return
+        if await self._settle(job, answer, extra):
+            self.answered += 1
+            log.info(
+                "job %s answered: %s in %d ms",
+                job.id,
+                answer.outcome,
+                answer.response_time_ms,
+                extra={
+                    "action": "answer",
+                    "outcome": answer.outcome,
+                    "lookup": answer.lookup,
+                    "source": answer.source_id,
+                    "ms": answer.response_time_ms,
+                    **extra,
+                },
+            )
+
+    async def _settle(self, job: ClaimedJob, answer: Answer, extra: dict[str, Any]) -> bool:
+        """Deliver the answer and mark the job done; False (logged) when that failed."""
         try:
             await asyncio.shield(self.queue.finish(job, answer))
         except LeaseLost:
@@ -279,7 +298,7 @@ class Runtime:
                 job.id,
                 extra={"action": "complete", **extra},
             )
-            return
+            return False
         except Exception as exc:  # retried for the lease's length; the queue then hands it out
             log.error(
                 "job %s: the answer could not be stored (%s); the job is answered again "
@@ -288,22 +307,8 @@ class Runtime:
                 exc if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}",
                 extra={"action": "complete", **extra},
             )
-            return
-        self.answered += 1
-        log.info(
-            "job %s answered: %s in %d ms",
-            job.id,
-            answer.outcome,
-            answer.response_time_ms,
-            extra={
-                "action": "answer",
-                "outcome": answer.outcome,
-                "lookup": answer.lookup,
-                "source": answer.source_id,
-                "ms": answer.response_time_ms,
-                **extra,
-            },
-        )
+            return False
+        return True
 
     async def _hand_back(self, job: ClaimedJob, why: str) -> None:
         try:
