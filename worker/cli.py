@@ -118,6 +118,11 @@ def cli(log_level: str, log_json: bool | None) -> None:
     show_default="WORKER_PROCESSES or 1",
     help="Whole workers side by side, sharing the HTTP port (SO_REUSEPORT) and the queue.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Reload the config file when it or a template changes (or WORKER_CONFIG_WATCH=1).",
+)
 def run(
     tenant_id: str | None,
     config_path: Path | None,
@@ -126,11 +131,12 @@ def run(
     grace_s: float,
     listen: str,
     processes: int,
+    watch: bool,
 ) -> None:
     """Serve one tenant's jobs until SIGTERM (or, with --once, until the queue is empty)."""
     if processes > 1:
         run_args = ["--max-in-flight", str(max_in_flight), "--grace", str(grace_s)]
-        run_args += ["--listen", listen, *(["--once"] if once else [])]
+        run_args += ["--listen", listen, *(["--once"] if once else []), *(["--watch"] * watch)]
         run_args += ["--tenant", tenant_id] if tenant_id else []
         run_args += ["--config", str(config_path)] if config_path else []
         raise SystemExit(_run_processes(processes, run_args, once=once))
@@ -140,7 +146,7 @@ def run(
         tenant = await _tenant(tenant_id, config_path)
         settings = RunSettings(max_in_flight=max_in_flight, grace_s=grace_s, once=once)
         tune_gc()
-        return await serve(tenant, settings, listen=listen or None)
+        return await serve(tenant, settings, listen=listen or None, watch_files=watch)
 
     raise SystemExit(_run(main()))
 

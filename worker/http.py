@@ -86,10 +86,20 @@ def parse_listen(value: str) -> tuple[str, int]:
 class WorkerApp:
     """The HTTP face of one worker process."""
 
-    def __init__(self, pipeline: Pipeline, queue: JobQueue | None, *, token: str | None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        queue: JobQueue | None,
+        *,
+        token: str | None,
+        ready_sources: str = "ignore",
+    ) -> None:
         self.pipeline = pipeline
         self.queue = queue
         self.token = token
+        #: what open circuits do to `/readyz` (``WORKER_READY_SOURCES``): ``ignore``,
+        #: ``any`` (one open: not ready) or ``all`` (every source open: not ready)
+        self.ready_sources = ready_sources
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[refuse_undecodable_headers])
@@ -166,6 +176,13 @@ class WorkerApp:
                 checks["engine"] = False
                 checks["error"] = str(exc)
         ready = checks.get("engine", True)
+        down = self.pipeline.sources.down()
+        if self.ready_sources != "ignore":
+            every = len(self.pipeline.tenant.config.data_sources)
+            up = not down or (self.ready_sources == "all" and len(down) < every)
+            checks["sources"] = up
+            ready = ready and up
+        checks["sources_down"] = down
         return web.json_response(
             {"status": "ready" if ready else "not ready", **checks}, status=200 if ready else 503
         )

@@ -140,7 +140,7 @@ class Pipeline:
         answer.response_time_ms = round((time.perf_counter() - started) * 1000)
         if answer.outcome != Outcome.OK:  # error texts must not carry a credential out
             answer.result = self.redactor.scrub_any(answer.result)
-        self.metrics.answered(answer.outcome)
+        self.metrics.answered(answer.outcome, answer.lookup)
         self.metrics.recent.record(answer.lookup, answer.outcome, answer.response_time_ms)
         if self.audit is not None:
             answer.audit = self._audit_row(answer)

@@ -23,6 +23,7 @@ from worker.audit import AuditLog
 from worker.engine_client import EngineClient, with_retries
 from worker.errors import LeaseLost
 from worker.jobs import JOB_TYPE, ClaimedJob
+from worker.metrics import Metrics
 from worker.pipeline import Answer
 from worker.stores.base import Claim, Reply, Store
 
@@ -77,6 +78,8 @@ class JobQueue(abc.ABC):
         self.worker_id = worker_id
         #: when the last claim came back (`time.monotonic`); None after one failed
         self.answered_at: float | None = None
+        #: where retried reply deliveries are counted (``worker_send_retries_total``)
+        self.metrics: Metrics | None = None
 
     async def claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
         """Up to ``max_jobs`` of the tenant's jobs, waiting up to ``wait_s`` for the first.
@@ -128,8 +131,12 @@ class JobQueue(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
-    def _retry_log(self, job: ClaimedJob, what: str) -> Any:
+    def _retry_log(self, job: ClaimedJob, what: str, *, reply: bool = False) -> Any:
+        """``with_retries``' note of a retry; ``reply``: the call delivers the reply."""
+
         def note(exc: Exception) -> None:
+            if reply and self.metrics is not None:
+                self.metrics.send_retried()
             log.warning(
                 "%s of job %s: %s; retrying",
                 what,
@@ -168,7 +175,7 @@ class EngineQueue(JobQueue):
                     tenant_id=self.tenant_id, to=to, message=message, key=job.id
                 ),
                 deadline_s=job.lease_s,
-                on_retry=self._retry_log(job, "send"),
+                on_retry=self._retry_log(job, "send", reply=True),
             )
         await with_retries(
             lambda: self.client.complete(
@@ -267,7 +274,7 @@ class StoreQueue(JobQueue):
                     audit=row,
                 ),
                 deadline_s=job.lease_s,
-                on_retry=self._retry_log(job, "complete"),
+                on_retry=self._retry_log(job, "complete", reply=reply is not None),
             )
         finally:
             if audit is not None and row is not None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
+import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,17 +32,23 @@ if TYPE_CHECKING:
     from worker.http import WorkerApp
 
 __all__ = [
+    "READY_SOURCES",
+    "Reloads",
     "Worker",
     "audit_target",
     "engine_settings",
     "follow_config",
+    "follow_file",
     "http_endpoints",
     "load",
     "make_queue",
     "open_worker",
     "queue_target",
+    "ready_sources",
+    "reload_on_hangup",
     "serve",
     "tune_gc",
+    "watch_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,6 +169,8 @@ async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterat
     audit = AuditLog(target, flush_s=float(os.environ.get("WORKER_AUDIT_FLUSH_S", "0.5")))
     pipeline = _pipeline(tenant, sources, metrics, audit)
     queue = make_queue(tenant) if with_queue else None
+    if queue is not None:
+        queue.metrics = metrics  # retried reply deliveries
     worker = Worker(tenant, sources, pipeline, queue)
     try:
         await audit.open()
@@ -196,7 +206,7 @@ async def http_endpoints(worker: Worker, listen: str | None) -> AsyncIterator[No
 
     host, port = parse_listen(listen)
     token = os.environ.get("WORKER_TOKEN") or engine_settings(worker.tenant)[1]
-    app = WorkerApp(worker.pipeline, worker.queue, token=token)
+    app = WorkerApp(worker.pipeline, worker.queue, token=token, ready_sources=ready_sources())
     worker.app = app
     # GuardedRunner: a request head has WORKER_HTTP_HEADER_TIMEOUT_S (10 s) to arrive whole.
     runner = GuardedRunner(app.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
@@ -243,14 +253,22 @@ async def serve(
     listen: str | None,
     stop: asyncio.Event | None = None,
     signals: bool = True,
+    watch_files: bool = False,
+    reload: asyncio.Event | None = None,
 ) -> int:
     """``worker run``: serve until SIGTERM (or, with ``once``, until the queue is empty).
+
+    SIGHUP (or setting ``reload``) reloads the config: the local file again, or the
+    engine's copy at once. ``watch_files`` (or ``WORKER_CONFIG_WATCH=1``) also reloads
+    a local file when it or a template in its templates folder changes.
 
     Returns the exit status: 0, or `EXIT_TASK_DIED` when a background task died
     (worker.supervisor): the worker then stops as on SIGTERM, so that whatever
     runs it (a container, systemd) starts a fresh one.
     """
     stop = stop or asyncio.Event()
+    reload = reload or asyncio.Event()
+    watch_files = watch_files or watch_from_env()
     supervisor = Supervisor(stop, tenant=tenant.tenant_id)
     for warning in tenant.warnings:
         log.warning(warning, extra={"action": "config", "tenant": tenant.tenant_id})
@@ -261,9 +279,11 @@ async def serve(
                     "nothing to drain: set ENGINE_URL and ENGINE_TOKEN, "
                     "or queue: in the config (or QUEUE_DSN)"
                 )
-            with stop_on_signals(stop, enabled=signals):
+            with stop_on_signals(stop, enabled=signals), reload_on_hangup(reload, enabled=signals):
                 try:
-                    work = _work(worker, settings, stop, supervisor)
+                    work = _work(
+                        worker, settings, stop, supervisor, reload, watch_files=watch_files
+                    )
                     await supervisor.run(work, name="claim-loop")
                 finally:
                     await supervisor.close()
@@ -271,67 +291,270 @@ async def serve(
 
 
 async def _work(
-    worker: Worker, settings: RunSettings, stop: asyncio.Event, supervisor: Supervisor
+    worker: Worker,
+    settings: RunSettings,
+    stop: asyncio.Event,
+    supervisor: Supervisor,
+    reload: asyncio.Event,
+    *,
+    watch_files: bool,
 ) -> None:
-    """The claim loop (and the config poller beside it), or push webhooks only."""
+    """The claim loop (and the config follower beside it), or push webhooks only."""
     tenant = worker.tenant
-    if worker.queue is None:
-        log.warning(
-            "no engine or queue configured: serving push webhooks only",
-            extra={"action": "start", "tenant": tenant.tenant_id},
-        )
-        await stop.wait()
+    runtime = Runtime(worker.queue, worker.pipeline, settings) if worker.queue else None
+    reloads = Reloads(worker, runtime)
+    try:
+        if tenant.path is not None:
+            follow = follow_file(worker, reloads, stop, reload, watch_files=watch_files)
+            supervisor.start(follow, name="config-reloader")
+        elif engine_settings(tenant)[0]:
+            supervisor.start(follow_config(worker, reloads, stop, reload), name="config-poller")
+        if runtime is None:
+            log.warning(
+                "no engine or queue configured: serving push webhooks only",
+                extra={"action": "start", "tenant": tenant.tenant_id},
+            )
+            await stop.wait()
+        else:
+            await runtime.run(stop)
+    finally:
+        await reloads.close()
+
+
+#: what ``WORKER_READY_SOURCES`` may say (`ready_sources`)
+READY_SOURCES = ("ignore", "any", "all")
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"", "0", "false", "no", "off"})
+
+
+def ready_sources() -> str:
+    """``WORKER_READY_SOURCES``: whether open circuits make ``/readyz`` answer 503.
+
+    ``ignore`` (the default: a source that is down is answered with its fallback,
+    and a replica taken out of the load balancer would answer nothing at all),
+    ``any`` (one source's circuit open) or ``all`` (every source's circuit open).
+    """
+    value = os.environ.get("WORKER_READY_SOURCES", "ignore").strip().lower() or "ignore"
+    if value not in READY_SOURCES:
+        raise ConfigError(f"WORKER_READY_SOURCES must be ignore, any or all, not {value!r}")
+    return value
+
+
+def watch_from_env() -> bool:
+    """``WORKER_CONFIG_WATCH``: 1/true/yes/on to reload a config file when it changes."""
+    value = os.environ.get("WORKER_CONFIG_WATCH", "").strip().lower()
+    if value not in _YES | _NO:
+        raise ConfigError(f"WORKER_CONFIG_WATCH must be 1 or 0, not {value!r}")
+    return value in _YES
+
+
+@contextlib.contextmanager
+def reload_on_hangup(reload: asyncio.Event, *, enabled: bool = True) -> Iterator[None]:
+    """Set ``reload`` on SIGHUP while inside; restore the old handler after."""
+    if not enabled:
+        yield
         return
-    runtime = Runtime(worker.queue, worker.pipeline, settings)
-    if tenant.path is None and engine_settings(tenant)[0]:
-        supervisor.start(follow_config(worker, runtime, stop), name="config-poller")
-    await runtime.run(stop)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
-async def follow_config(worker: Worker, runtime: Runtime, stop: asyncio.Event) -> None:
-    """Poll the engine for a new config (ETag); switch to it without a restart.
+#: seconds added to a config's slowest job before a replaced pipeline's sources close
+RETIRE_MARGIN_S = 1.0
+#: a health check's own limit (`Sources.check`): test-connection runs on a pipeline too
+_CHECK_S = 10.0
 
-    Jobs already running finish on the old pipeline, whose pools close after
-    them; new jobs run on the new one. A config that does not load is logged
-    and ignored: the worker keeps the one it has.
+
+class Reloads:
+    """Switches a running worker to a new config (the engine's, or the file again).
+
+    New jobs run on the new pipeline at once. Jobs the run loop claimed finish on
+    the old one (`Runtime.retire` waits for them); a pushed job (webhook) is not
+    counted, so the old sources stay open for as long as one of the old config's
+    jobs may take (`longest_job_s`), then close. Metrics and the audit log are shared.
+    """
+
+    def __init__(self, worker: Worker, runtime: Runtime | None) -> None:
+        self.worker = worker
+        self.runtime = runtime
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+
+    def switch(self, tenant: Tenant) -> None:
+        old = self.worker.pipeline
+        new = self.worker.switch_to(tenant)
+        if self.runtime is not None:
+            self.runtime.use(new)
+        task = watch(asyncio.create_task(self._retire(old), name="retire-pipeline"), may_end=True)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: Pipeline) -> None:
+        if self.worker.app is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(longest_job_s(old.tenant)):
+                    await self._closing.wait()
+        if self.runtime is not None:
+            await self.runtime.retire(old)  # closes its sources after the last job on it
+        else:
+            await old.sources.close()
+
+    async def close(self) -> None:
+        """The worker stops: retire the old pipelines now (the run loop has drained)."""
+        self._closing.set()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def longest_job_s(tenant: Tenant) -> float:
+    """How long a job on ``tenant``'s config may take: its slowest lookup, with its
+    knowledge fallback, or a source's health check; plus a margin."""
+    knowledge = tenant.knowledge.timeout_s if tenant.knowledge else 0.0
+    spans = [tenant.config.defaults.timeout_s + knowledge, _CHECK_S]
+    for lookup in tenant.lookups.values():
+        spans.append(lookup.timeout_s + (lookup.knowledge.timeout_s if lookup.knowledge else 0))
+    return max(spans) + RETIRE_MARGIN_S
+
+
+async def _wake(stop: asyncio.Event, reload: asyncio.Event, timeout_s: float | None) -> None:
+    """Return once ``stop`` or ``reload`` is set, or after ``timeout_s`` (None: no limit)."""
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())}
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def follow_config(
+    worker: Worker, reloads: Reloads, stop: asyncio.Event, reload: asyncio.Event
+) -> None:
+    """Poll the engine for a new config (ETag), and at once on ``reload`` (SIGHUP);
+    switch to it without a restart (`Reloads`).
+
+    A config that does not load is logged and ignored: the worker keeps the one it has.
     """
     url, token = engine_settings(worker.tenant)
     interval = float(os.environ.get("WORKER_CONFIG_POLL_S", "5"))
     tenant_id = worker.tenant.tenant_id
     etag = worker.tenant.etag
     extra = {"action": "config", "tenant": tenant_id}
-    retiring: set[asyncio.Task[None]] = set()
-    try:
-        async with EngineClient(url or "", token or "") as client:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await stop.wait()
-                try:
-                    document, fresh = await client.tenant_config_if_changed(tenant_id, etag)
-                except WorkerError as exc:
-                    log.warning("config poll failed: %s", exc, extra=extra)
-                    continue
-                if document is None:
-                    continue
-                etag = fresh
-                try:
-                    tenant = _from_engine(document, tenant_id, url or "")
-                except ConfigError as exc:
-                    log.error(
-                        "the engine's new config does not load; keeping the old one: %s",
-                        exc,
-                        extra=extra,
-                    )
-                    continue
-                tenant.etag = fresh
-                old = runtime.use(worker.switch_to(tenant))
-                log.info("config changed (%s): new jobs use it", fresh, extra=extra)
-                task = watch(
-                    asyncio.create_task(runtime.retire(old), name="retire-pipeline"), may_end=True
+    async with EngineClient(url or "", token or "") as client:
+        while not stop.is_set():
+            await _wake(stop, reload, interval)
+            reload.clear()
+            try:
+                document, fresh = await client.tenant_config_if_changed(tenant_id, etag)
+            except WorkerError as exc:
+                log.warning("config poll failed: %s", exc, extra=extra)
+                continue
+            if document is None:
+                continue
+            etag = fresh
+            try:
+                tenant = _from_engine(document, tenant_id, url or "")
+            except ConfigError as exc:
+                log.error(
+                    "the engine's new config does not load; keeping the old one: %s",
+                    exc,
+                    extra=extra,
                 )
-                retiring.add(task)
-                task.add_done_callback(retiring.discard)
-    finally:
-        if retiring:
-            await asyncio.gather(*retiring, return_exceptions=True)
+                continue
+            tenant.etag = fresh
+            reloads.switch(tenant)
+            log.info("config changed (%s): new jobs use it", fresh, extra=extra)
+
+
+#: most files of a templates folder a file watch looks at
+WATCH_MAX_FILES = 1000
+
+_Stamp = tuple[tuple[str, int, int], ...]
+
+
+def _stamp(tenant: Tenant) -> _Stamp:
+    """The config file's and its templates' modification times and sizes."""
+    files = [tenant.path] if tenant.path is not None else []
+    folder = tenant.renderer.templates_dir
+    if folder is not None and folder.is_dir():
+        found = (p for p in folder.rglob("*") if p.is_file())
+        files += sorted(itertools.islice(found, WATCH_MAX_FILES))
+    seen = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:  # gone for now (an editor's save): that is a change too
+            seen.append((str(file), -1, -1))
+        else:
+            seen.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(seen)
+
+
+async def follow_file(
+    worker: Worker,
+    reloads: Reloads,
+    stop: asyncio.Event,
+    reload: asyncio.Event,
+    *,
+    watch_files: bool = False,
+) -> None:
+    """Load the config file again on ``reload`` (SIGHUP) and, with ``watch_files``, when
+    it or a template changes (looked at every ``WORKER_CONFIG_POLL_S``); switch to it
+    without a restart (`Reloads`). A file that does not load is logged with its file and
+    lines, and the worker keeps the config it has.
+    """
+    interval = float(os.environ.get("WORKER_CONFIG_POLL_S", "5")) if watch_files else None
+    seen = await asyncio.to_thread(_stamp, worker.tenant) if watch_files else ()
+    while not stop.is_set():
+        await _wake(stop, reload, interval)
+        if stop.is_set():
+            return
+        if reload.is_set():
+            reload.clear()
+            why = "SIGHUP"
+            if watch_files:
+                seen = await asyncio.to_thread(_stamp, worker.tenant)
+        else:
+            now = await asyncio.to_thread(_stamp, worker.tenant)
+            if now == seen:
+                continue
+            seen, why = now, "a file changed"
+        if _reload_file(worker, reloads, why) and watch_files:
+            seen = await asyncio.to_thread(_stamp, worker.tenant)  # the new templates folder
+
+
+def _reload_file(worker: Worker, reloads: Reloads, why: str) -> bool:
+    """Load ``worker``'s config file again and switch to it; False if it did not load."""
+    old = worker.tenant
+    path = old.path
+    extra = {"action": "config", "tenant": old.tenant_id}
+    try:
+        tenant = load_tenant(path, tenant_id=old.tenant_id)
+        if tenant.tenant_id != old.tenant_id:
+            raise ConfigError(
+                f"the file now names tenant {tenant.tenant_id!r}; this worker serves "
+                f"{old.tenant_id!r} (restart it to serve another)"
+            )
+    except ConfigError as exc:
+        log.error(
+            "config reload (%s) failed; keeping the config loaded before: %s", why, exc, extra=extra
+        )
+        return False
+    for warning in tenant.warnings:
+        log.warning(warning, extra=extra)
+    kept = [
+        key
+        for key in ("engine", "queue", "audit")
+        if getattr(tenant.config, key) != getattr(old.config, key)
+    ]
+    if kept:
+        log.warning(
+            "the config's %s changed: that takes a restart; the rest applies now",
+            " and ".join(kept),
+            extra=extra,
+        )
+    reloads.switch(tenant)
+    log.info("config reloaded from %s (%s): new jobs use it", path, why, extra=extra)
+    return True

@@ -37,7 +37,7 @@ from worker.errors import (
     SourceUnavailable,
 )
 from worker.logs import mask_customer_values
-from worker.metrics import Metrics
+from worker.metrics import Metrics, error_kind
 from worker.redact import Redactor
 from worker.status import ERROR_CHARS, SourceStatus
 
@@ -289,6 +289,7 @@ class Sources:
         """
         circuit = self.circuit(source_id)
         if circuit.state == "open":  # fail at once rather than after queueing
+            self._count(source_id, "circuit_open")
             raise _circuit_open(source_id, circuit)
         gate = self.gate(source_id)
         if not gate.take():
@@ -297,6 +298,7 @@ class Sources:
                     await gate.wait()
             except TimeoutError:
                 busy = f"all {gate.limit} of the source's read slots stayed busy until the deadline"
+                self._count(source_id, "busy")
                 raise SourceTimeout(source_id, busy) from None
         started = time.perf_counter()
         try:
@@ -325,15 +327,19 @@ class Sources:
         try:
             circuit.before()
         except CircuitOpen:
+            self._count(source_id, "circuit_open")
             raise _circuit_open(source_id, circuit) from None
         try:
             with self._fence(source_id):
                 yield
-        except (InputRefused, SourceFull):  # the customer's value; a source up but full
+        except (InputRefused, SourceFull) as exc:  # the customer's value; a source up but full
             circuit.undecided()  # say nothing about the source, but free a trial read
+            if isinstance(exc, SourceFull):
+                self._count(source_id, "full")
             raise
         except Exception as exc:  # SourceError, the deadline, a driver error let through
             circuit.failed()  # counts, and frees a trial read: no circuit stays wedged
+            self._count(source_id, error_kind(exc))
             self._last_error[source_id] = (time.time(), self._error_text(exc))
             raise
         except BaseException:  # the job cancelled (the worker stops), the interpreter exiting
@@ -378,6 +384,24 @@ class Sources:
                 )
             )
         return rows
+
+    def _count(self, source_id: str, kind: str) -> None:
+        """A failed read on ``worker_source_errors_total``."""
+        if self.metrics is not None:
+            self.metrics.source_failed(source_id, kind)
+
+    def down(self) -> list[str]:
+        """The sources whose circuit is open, in config order: what ``/readyz`` reports.
+
+        Half-open is not down: a probe that kept a replica out of the load balancer
+        until a read succeeded would send it no reads to succeed with.
+        """
+        circuits = self._circuits
+        return [
+            config.id
+            for config in self.tenant.config.data_sources
+            if config.id in circuits and circuits[config.id].state == "open"
+        ]
 
     def _show(self, source_id: str, circuit: Circuit) -> None:
         """The circuit's state on ``worker_source_circuit_open``, set when it changes
