@@ -50,6 +50,7 @@ import aiomysql
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pymysql.charset import charset_by_name
 from pymysql.constants import COMMAND
+from pymysql.protocol import FieldDescriptorPacket
 
 from connectors.base import (
     Bound,
@@ -439,6 +440,26 @@ async def _fetch(conn: Any, sql: str, args: tuple[Any, ...], max_rows: int) -> t
     return rows, complete
 
 
+async def _prepared_columns(conn: Any, sql: str) -> tuple[str, ...]:
+    """``sql`` prepared on the server and closed again; the names of its result columns.
+
+    aiomysql has no prepared statements: this is the binary protocol's prepare
+    reply read by hand (an OK packet with the counts, then the parameters' and
+    the columns' definitions, each list ended by an EOF packet).
+    """
+    await conn._execute_command(COMMAND.COM_STMT_PREPARE, sql)
+    head = (await conn._read_packet()).get_all_data()  # an error reply raises here
+    statement, columns, parameters = struct.unpack("<xIHH", head[:9])
+    for _ in range(parameters + (1 if parameters else 0)):
+        await conn._read_packet()
+    names = [(await conn._read_packet(FieldDescriptorPacket)).name for _ in range(columns)]
+    if columns:
+        await conn._read_packet()
+    # No reply comes to a close.
+    await conn._execute_command(COMMAND.COM_STMT_CLOSE, struct.pack("<I", statement))
+    return tuple(names)
+
+
 async def _end_failed(conn: Any) -> None:
     """After a failed read: roll back and keep the connection, or drop it."""
     if conn.closed:
@@ -550,6 +571,27 @@ class MySQLConnector(Connector):
     async def write_access(self) -> list[str]:
         rows = await self._read("SHOW GRANTS", (), timeout_s=_HEALTH_TIMEOUT_S)
         return mysql_write_access([str(v) for row in rows for v in row.values()])
+
+    async def describe(self, query: PreparedQuery, *, timeout_s: float) -> tuple[str, ...]:
+        """The names of the columns ``query`` returns, as the server prepares it
+        (``COM_STMT_PREPARE``, then ``COM_STMT_CLOSE``): nothing runs."""
+        if not isinstance(query.spec, SQLSpec):
+            raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        # The driver's `%s` (and `%%` for a literal `%`) back to the server's own `?`.
+        sql = re.sub(r"%([%s])", lambda m: "?" if m.group(1) == "s" else "%", query.spec.text)
+        with self._translating():
+            async with asyncio.timeout(timeout_s):
+                pool = await self._ensure_open()
+                conn = await pool.acquire()
+                try:
+                    return await _prepared_columns(conn, sql)
+                except BaseException as exc:
+                    code = _code(exc)  # 2000-2999: the client's own errors
+                    if not (1000 <= code < 2000 or code >= 3000):
+                        conn.close()  # not the server's error reply: maybe mid-reply
+                    raise
+                finally:
+                    pool.release(conn)
 
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec

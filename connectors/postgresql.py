@@ -298,6 +298,27 @@ class PostgreSQLConnector(Connector):
         rows = await self._read(POSTGRESQL_WRITE_ACCESS, (), timeout_s=_HEALTH_TIMEOUT_S)
         return postgresql_write_access(rows[0] if rows else None)
 
+    async def describe(self, query: PreparedQuery, *, timeout_s: float) -> tuple[str, ...]:
+        """The names of the columns ``query`` returns, as the server prepares it: nothing runs."""
+        if not isinstance(query.spec, SQLSpec):
+            raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        loop = asyncio.get_running_loop()
+        attempt = _Attempt(asyncio.current_task(), loop.time() + timeout_s, timeout_s)
+        token = _ATTEMPT.set(attempt)
+        try:
+            with self._translating(attempt):
+                async with asyncio.timeout_at(attempt.deadline):
+                    pool = await self._ensure_open()
+                    conn = await pool.acquire()
+                    attempt.connecting = False
+                    try:
+                        statement = await conn.prepare(query.spec.text)
+                        return tuple(attribute.name for attribute in statement.get_attributes())
+                    finally:
+                        await self._release(pool, conn)
+        finally:
+            _ATTEMPT.reset(token)
+
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
         if not isinstance(spec, SQLSpec):

@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -159,6 +161,21 @@ class SQLiteConnector(Connector):
     async def health_check(self) -> None:
         await self._read("SELECT 1", (), timeout_s=_HEALTH_TIMEOUT_S)
 
+    async def describe(self, query: PreparedQuery, *, timeout_s: float) -> tuple[str, ...]:
+        """The names of the columns ``query`` returns. SQLite cannot describe without
+        stepping, so this compiles ``SELECT * FROM (<query>) LIMIT 0`` with NULL for
+        every ``$n`` on a read-only connection of its own: it ends before the first row."""
+        if not isinstance(query.spec, SQLSpec):
+            raise TypeError(f"not a query prepared by {type(self).__name__}.prepare")
+        # A checked single read (`prepare_sql`), on its own lines so a trailing comment stays one.
+        sql = f"SELECT * FROM (\n{query.spec.text}\n) LIMIT 0"  # noqa: S608
+        path = self.resolve_path(self.settings.path).resolve()
+        deadline = time.monotonic() + timeout_s
+        with self._translating():
+            async with asyncio.timeout(timeout_s):
+                args = (None,) * query.positional
+                return await asyncio.to_thread(_columns, path, sql, args, deadline)
+
     async def run(self, query: PreparedQuery, bound: Bound, *, timeout_s: float) -> ReadResult:
         spec = query.spec
         if not isinstance(spec, SQLSpec):
@@ -246,6 +263,20 @@ def _fetch(read: _Read, sql: str, args: tuple[Any, ...], max_rows: int) -> _Rows
             cursor.close()
     finally:
         conn.set_progress_handler(None, 0)
+
+
+def _columns(path: Path, sql: str, args: tuple[None, ...], deadline: float) -> tuple[str, ...]:
+    """The result columns of ``sql``, on a read-only connection that stops at ``deadline``."""
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("PRAGMA query_only = 1").close()
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+        cursor = conn.execute(sql, args)
+        names = tuple(column[0] for column in cursor.description or ())
+        cursor.close()
+        return names
+    finally:
+        conn.close()
 
 
 def _sql_value(value: Any) -> Any:
