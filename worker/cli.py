@@ -360,7 +360,13 @@ def config_group() -> None:
 @config_group.command("check")
 @tenant_option
 @config_option
-def config_check(tenant_id: str | None, config_path: Path | None) -> None:
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Also connect to each source, prepare each SQL query (without running it) "
+    "and check each template's fields against the columns it returns.",
+)
+def config_check(tenant_id: str | None, config_path: Path | None, online: bool) -> None:
     """Validate a tenant config: shape, sources, queries, lookups and templates."""
 
     async def main() -> int:
@@ -375,9 +381,21 @@ def config_check(tenant_id: str | None, config_path: Path | None) -> None:
         click.echo(
             f"{where}: ok — {len(tenant.sources)} source(s), {len(tenant.lookups)} lookup(s)"
         )
-        return 0
+        return await _check_online(tenant, where) if online else 0
 
     raise SystemExit(_run(main()))
+
+
+async def _check_online(tenant: Tenant, where: str | Path) -> int:
+    """``config check --online``'s findings (worker.online_check), printed; its exit code."""
+    from worker.online_check import Level, check_online
+
+    report = await check_online(tenant)
+    colours = {Level.OK: "green", Level.NOTE: "yellow"}
+    for finding in report.findings:
+        ok = finding.level in colours
+        click.secho(f"{where}: {finding}", fg=colours.get(finding.level, "red"), err=not ok)
+    return report.exit_code
 
 
 @cli.group("secrets")
