@@ -153,3 +153,40 @@ def test_worker__a_background_task_that_dies_stops_it_with_exit_1_and_one_clear_
     assert died["tenant"] == "shop"
     assert "stopped;" in lines[-1]["msg"]  # a clean stop after it: jobs drained, handed back
     assert engine.job(answered)["status"] in {"done", "pending"}
+
+
+def test_sighup__polls_the_engine_at_once(
+    engine_configs: tuple[Engine, Path], tmp_path: Path
+) -> None:
+    """A poll interval far beyond the test: only the signal can bring the new config."""
+    engine, folder = engine_configs
+    empty = tmp_path / "no-local-configs"
+    empty.mkdir()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=_env(
+                WORKER_DATA_DIR=str(tmp_path),
+                ENGINE_URL=engine.url,
+                ENGINE_TOKEN=TOKEN,
+                WORKER_CONFIG_DIR=str(empty),
+                WORKER_CONFIG_POLL_S="600",
+            ),
+        )
+    try:
+        first = engine.enqueue(job("order_status", order_id="12345"))
+        wait_until(lambda: first in engine.replies(), what="the first reply")
+        assert engine.replies()[first] == ["v1: shipped"]
+        assert engine.put_config(shop_config(folder, "v2: {{ row.status }}"))[0] == 200
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config changed" in log.read_text(), what="the reload")
+        second = engine.enqueue(job("order_status", order_id="12345"))
+        wait_until(lambda: second in engine.replies(), what="the second reply")
+        assert engine.replies()[second] == ["v2: shipped"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
