@@ -12,12 +12,14 @@ raw dict around after this module.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 from uuid import UUID
 
 import yaml
@@ -411,35 +413,143 @@ class Tenant:
 
 
 def parse_document(text: str, *, name: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
-    """Parse YAML or JSON; also return the 1-based line of every path in it."""
+    """Parse YAML or JSON; also return the 1-based line of every path in it.
+
+    A key given twice in one mapping is an error (`ConfigErrors`, each naming its
+    file, line and path): PyYAML and ``json`` would both keep the last one silently.
+    """
+    pairs = _JSONPairs()
+    loader: _StrictLoader | None = None
     try:
-        data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        if name.endswith(".json"):
+            data = json.loads(text, object_pairs_hook=pairs)
+        else:
+            loader = _StrictLoader(text)
+            try:
+                node = loader.get_single_node()
+                data = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
     except json.JSONDecodeError as exc:
         raise ConfigError(f"not valid JSON: {exc.msg}", where=f"{name}:{exc.lineno}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"not valid YAML: {exc}", where=f"{name}{line}") from exc
-    lines: dict[tuple[str | int, ...], int] = {}
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        node = None  # JSON that YAML 1.1 cannot read: errors go without lines
+    if loader is None:
+        try:
+            node = yaml.compose(text)
+        except yaml.YAMLError:
+            node = None  # JSON that YAML 1.1 cannot read: errors go without lines
+    index = _Index()
     if node is not None:
-        _index_lines(node, (), lines)
-    return data, lines
+        _index_lines(node, (), index)
+    errors = _Errors(name, index.lines)
+    if loader is not None:
+        for mapping, key_node, first in loader.repeated:
+            at = index.mappings.get(id(mapping), ())
+            first_line = first.start_mark.line + 1
+            errors.add(at, _repeat(key_node.value, first_line), line=key_node.start_mark.line + 1)
+    else:
+        _report_json_repeats(pairs.repeated, data, index, errors)
+    if errors.items:
+        raise ConfigErrors(errors.items)
+    return data, index.lines
 
 
-def _index_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[Any, int]) -> None:
-    out[path] = node.start_mark.line + 1
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_Path = tuple[str | int, ...]
+
+
+def _repeat(key: object, first_line: int | None) -> str:
+    first = f" (first at line {first_line})" if first_line else ""
+    return f"duplicate key {key!r}{first}: give each key once"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key a mapping gives twice (a key may still
+    override one that a ``<<`` merge brings in: that is what merges are for)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        #: (the mapping, the repeated key's node, the node of its first occurrence)
+        self.repeated: list[tuple[yaml.MappingNode, yaml.Node, yaml.Node]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for position, (key_node, _) in enumerate(node.value):
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, position)
+            except TypeError:
+                continue  # an unhashable key: the base class says so
+            if first != position:
+                self.repeated.append((node, key_node, node.value[first][0]))
+        return super().construct_mapping(node, deep=deep)
+
+
+class _JSONPairs:
+    """An ``object_pairs_hook`` that builds dicts as ``json`` does, noting repeated keys."""
+
+    def __init__(self) -> None:
+        #: (the object, a key it was given more than once)
+        self.repeated: list[tuple[dict[str, Any], str]] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                self.repeated.append((result, key))
+            result[key] = value
+        return result
+
+
+def _report_json_repeats(
+    repeated: list[tuple[dict[str, Any], str]], data: Any, index: _Index, errors: _Errors
+) -> None:
+    paths: dict[int, _Path] = {}
+    _container_paths(data, (), paths)
+    for obj, key in dict.fromkeys((id(obj), key) for obj, key in repeated):
+        at = paths.get(obj, ())
+        seen = index.keys.get((*at, key), [])
+        line = seen[1] if len(seen) > 1 else None
+        errors.add(at, _repeat(key, seen[0] if seen else None), line=line)
+
+
+def _container_paths(value: Any, path: _Path, out: dict[int, _Path]) -> None:
+    if isinstance(value, dict):
+        out.setdefault(id(value), path)
+        for key, item in value.items():
+            _container_paths(item, (*path, key), out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _container_paths(item, (*path, i), out)
+
+
+@dataclass
+class _Index:
+    """What a walk over the composed document learns: each path's line, each key's
+    lines (all of them, when a key repeats), and each mapping node's path."""
+
+    lines: dict[_Path, int] = field(default_factory=dict)
+    keys: dict[_Path, list[int]] = field(default_factory=dict)
+    mappings: dict[int, _Path] = field(default_factory=dict)
+
+
+def _index_lines(node: yaml.Node, path: _Path, index: _Index) -> None:
+    index.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        index.mappings.setdefault(id(node), path)
         for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _index_lines(value, (*path, key.value), out)
-            out[(*path, key.value)] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            index.keys.setdefault((*path, key.value), []).append(line)
+            _index_lines(value, (*path, key.value), index)
+            index.lines[(*path, key.value)] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, (*path, i), out)
+            _index_lines(item, (*path, i), index)
 
 
 def find_config(tenant_id: str, config_dir: Path | None = None) -> Path:
@@ -463,17 +573,24 @@ class _Errors:
         self.lines = lines
         self.items: list[ConfigError] = []
 
-    def where(self, path: tuple[str | int, ...]) -> str:
+    def where(self, path: tuple[str | int, ...], *, line: int | None = None) -> str:
+        """``file:line: dotted.path``; the line is the path's own unless given."""
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path)
         dotted = dotted.replace(".[", "[")
+        if line is None:
+            line = self.line(path)
+        head = f"{self.name}:{line}" if line else self.name
+        return f"{head}: {dotted}" if dotted else head
+
+    def line(self, path: tuple[str | int, ...]) -> int | None:
+        """The line of ``path``, else of the nearest enclosing path the document has."""
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        line = self.lines.get(probe)
-        return f"{self.name}:{line}: {dotted}" if line else f"{self.name}: {dotted}"
+        return self.lines.get(probe)
 
-    def add(self, path: tuple[str | int, ...], message: str) -> None:
-        self.items.append(ConfigError(message, where=self.where(path)))
+    def add(self, path: tuple[str | int, ...], message: str, *, line: int | None = None) -> None:
+        self.items.append(ConfigError(message, where=self.where(path, line=line)))
 
 
 def load_tenant(
@@ -508,8 +625,7 @@ def load_tenant(
     try:
         config = TenantConfig.model_validate(resolved)
     except ValidationError as exc:
-        for err in exc.errors():
-            errors.add(tuple(err["loc"]), err["msg"])
+        _shape_errors(exc, TenantConfig, (), errors)
         raise ConfigErrors(errors.items) from None
     if origin == "engine":
         templates_dir = trust.worker_templates_dir()
@@ -546,6 +662,9 @@ def _read(
 
 
 def _templates_dir(config: TenantConfig, base_dir: Path, override: Path | None) -> Path | None:
+    """``templates_dir`` (from the config's folder), else the nearest ``templates/`` at or
+    above that folder: never the current directory's, so a config means the same
+    wherever the worker starts."""
     if override is not None:
         return override
     if config.templates_dir:
@@ -553,8 +672,7 @@ def _templates_dir(config: TenantConfig, base_dir: Path, override: Path | None) 
     for folder in (base_dir, *base_dir.parents):
         if (folder / "templates").is_dir():
             return folder / "templates"
-    cwd = Path.cwd() / "templates"
-    return cwd if cwd.is_dir() else None
+    return None
 
 
 def _build(
@@ -599,8 +717,7 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
     try:
         settings = cls.Settings.model_validate(source.connection)
     except ValidationError as exc:
-        for err in exc.errors():
-            errors.add((*at, "connection", *err["loc"]), err["msg"])
+        _shape_errors(exc, cls.Settings, (*at, "connection"), errors)
     queries: dict[str, NamedQuery] = {}
     for qname, raw in _reads(source):
         key = _read_key(source, qname)
@@ -861,3 +978,111 @@ def _build_knowledge(
     if template is None:
         return None
     return Knowledge(source.id, prepared, args or (), template, spec.timeout_s)
+
+
+# -- pydantic's errors, said for a config ------------------------------------
+
+
+def _shape_errors(exc: ValidationError, root: type[BaseModel], at: _Path, errors: _Errors) -> None:
+    """Pydantic's errors as config errors at ``at``, each path as the document spells it
+    (pydantic's names for union branches left out); an unknown key says which was meant."""
+    found = exc.errors()
+    for err in found:
+        loc = tuple(err["loc"])
+        if _beside_the_point(err, loc, found):
+            continue
+        if err["type"] != "extra_forbidden" or not loc:
+            errors.add((*at, *_keys_at(root, loc)[0]), err["msg"])
+            continue
+        key = loc[-1]
+        parent, known = _keys_at(root, loc[:-1])
+        line = errors.line((*at, *parent, key))
+        errors.add((*at, *parent), _unknown_key(str(key), known), line=line)
+
+
+def _beside_the_point(err: Any, loc: _Path, found: list[Any]) -> bool:
+    """A mapping given where ``text | Model`` is allowed fails as text too; only the
+    model's own errors say what is wrong with it."""
+    if err["type"] != "string_type" or loc[-1:] != ("str",):
+        return False
+    if not isinstance(err.get("input"), Mapping):
+        return False
+    parent = loc[:-1]
+    return any(tuple(o["loc"])[: len(parent)] == parent and tuple(o["loc"]) != loc for o in found)
+
+
+def _unknown_key(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r} — did you mean {close[0]!r}?"
+    if known:
+        return f"unknown key {key!r}; the keys here are: {', '.join(sorted(known))}"
+    return f"unknown key {key!r}"
+
+
+def _keys_at(root: type[BaseModel], loc: _Path) -> tuple[_Path, set[str]]:
+    """The path to ``loc`` as the document spells it (union branch tags left out) and
+    the keys the model there accepts (empty where it cannot be told)."""
+    annotation: Any = root
+    path: list[str | int] = []
+    for part in loc:
+        step = _step(annotation, part)
+        if step is None:
+            return (*path, *loc[len(path) :]), set()
+        annotation, is_tag = step
+        if not is_tag:
+            path.append(part)
+    return tuple(path), set().union(*(_model_keys(m) for m in _members(annotation)))
+
+
+def _step(annotation: Any, part: str | int) -> tuple[Any, bool] | None:
+    """The annotation one step down ``part``, and whether ``part`` was a union branch's tag."""
+    members = _members(annotation)
+    for member in members:
+        if _is_model(member) and isinstance(part, str):
+            for name, info in member.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation, False
+        origin = get_origin(member)
+        if origin in (list, tuple) and isinstance(part, int):
+            return get_args(member)[0], False
+        if origin in (dict, Mapping) and isinstance(part, str):
+            return get_args(member)[1], False
+    for member in members:
+        if part == getattr(member, "__name__", None) or _tags(member, part):
+            return member, True
+    return None
+
+
+def _tags(member: Any, part: str | int) -> bool:
+    """Whether ``part`` is a discriminator value of ``member`` (``auth: {type: basic}``)."""
+    if not _is_model(member):
+        return False
+    return any(
+        get_origin(info.annotation) is Literal and part in get_args(info.annotation)
+        for info in member.model_fields.values()
+    )
+
+
+def _members(annotation: Any) -> list[Any]:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _is_model(value: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _model_keys(member: Any) -> set[str]:
+    if not _is_model(member):
+        return set()
+    by_name = bool(member.model_config.get("populate_by_name"))
+    keys = set()
+    for name, info in member.model_fields.items():
+        keys.add(info.alias or name)
+        if by_name or info.alias is None:
+            keys.add(name)
+    return keys

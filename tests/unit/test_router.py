@@ -234,7 +234,7 @@ def test_route__fast_on_a_tenant_with_many_lookups(tmp_path: Path) -> None:
         pytest.param("{extract: {order_id: '(?=x)([0-9]+)'}}", "cannot run on RE2", id="lookahd"),
         pytest.param("{extract: {order_id: '[0-9]+'}}", "capturing group", id="no-group"),
         pytest.param("{keywords: ['🙏']}", "no letters or digits", id="emoji-keyword"),
-        pytest.param("{keywords: [order], other: 1}", "Extra inputs", id="unknown-key"),
+        pytest.param("{keywords: [order], other: 1}", "unknown key 'other'", id="unknown-key"),
     ],
 )
 def test_config__bad_route_is_an_error_with_its_path(
