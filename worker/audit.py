@@ -42,6 +42,7 @@ __all__ = [
     "AuditRow",
     "AuditTable",
     "hourly_stats",
+    "lookup_stats",
     "mask_identifier",
     "postgres_columns",
     "tenant_uuid",
@@ -635,3 +636,106 @@ def _sqlite_stats(
         ).fetchall()
     keys = ("data_source_id", "hour", "avg_response_time", "query_count")
     return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+# -- per lookup: outcomes and p95 (`worker stats`) --------------------------
+
+#: The 95th percentile by nearest rank (PostgreSQL's ``percentile_disc(0.95)``), in SQL
+#: that PostgreSQL and SQLite both run: the ⌈0.95·n⌉-th fastest time of each lookup.
+_P95 = """
+SELECT query_type, response_time_ms FROM (
+    SELECT query_type, response_time_ms,
+           row_number() OVER (PARTITION BY query_type ORDER BY response_time_ms) AS rank,
+           count(*) OVER (PARTITION BY query_type) AS n
+    FROM data_access_logs WHERE {where} AND response_time_ms IS NOT NULL
+) ranked WHERE rank = (95 * n + 99) / 100
+"""
+_TOTALS = """
+SELECT query_type, count(*), avg(response_time_ms) FROM data_access_logs
+WHERE {where} GROUP BY query_type
+"""
+_OUTCOMES = """
+SELECT query_type, outcome, count(*) FROM data_access_logs
+WHERE {where} GROUP BY query_type, outcome
+"""
+
+
+async def lookup_stats(
+    target: str, tenant_id: str, since: dt.timedelta, *, tenant: uuid.UUID | None = None
+) -> list[dict[str, Any]]:
+    """Per lookup (``query_type``): how many, their outcomes, average and p95 time.
+
+    ``outcomes`` is None for a table in the seed's shape, which has no ``outcome``.
+    """
+    if target.startswith(("postgres://", "postgresql://")):
+        found = await _postgres_lookup_rows(target, tenant_id, since, tenant)
+    else:
+        found = await asyncio.to_thread(_sqlite_lookup_rows, target, tenant_id, since, tenant)
+    return _lookup_summaries(*found)
+
+
+_Rows = Sequence[Sequence[Any]]
+
+
+def _lookup_summaries(totals: _Rows, outcomes: _Rows | None, p95: _Rows) -> list[dict[str, Any]]:
+    slowest = {r[0]: r[1] for r in p95}
+    by_lookup: dict[Any, dict[str, int]] = {}
+    for query_type, outcome, count in outcomes or ():
+        by_lookup.setdefault(query_type, {})[outcome or "unknown"] = int(count)
+    rows = [
+        {
+            "query_type": query_type,
+            "query_count": int(count),
+            "outcomes": by_lookup.get(query_type, {}) if outcomes is not None else None,
+            "avg_response_time": None if avg is None else float(avg),
+            "p95_response_time": slowest.get(query_type),
+        }
+        for query_type, count, avg in totals
+    ]
+    return sorted(rows, key=lambda r: (r["query_type"] is None, r["query_type"] or ""))
+
+
+async def _postgres_lookup_rows(
+    target: str, tenant_id: str, since: dt.timedelta, tenant: uuid.UUID | None
+) -> tuple[_Rows, _Rows | None, _Rows]:
+    import asyncpg
+
+    conn = await asyncpg.connect(target)
+    try:
+        declared = await postgres_columns(conn)
+        if "tenant_id" not in declared:
+            return [], None, []
+        key: Any = tenant_id
+        if declared["tenant_id"] == "uuid":
+            key = tenant_uuid(tenant_id, tenant)
+        cast = "uuid" if isinstance(key, uuid.UUID) else "text"
+        where = f"tenant_id = $1::{cast} AND accessed_at >= now() - $2::interval"
+        totals = await conn.fetch(_TOTALS.format(where=where), key, since)
+        outcomes = None
+        if "outcome" in declared:
+            outcomes = await conn.fetch(_OUTCOMES.format(where=where), key, since)
+        p95 = await conn.fetch(_P95.format(where=where), key, since)
+    finally:
+        await conn.close()
+    return totals, outcomes, p95
+
+
+def _sqlite_lookup_rows(
+    path: str, tenant_id: str, since: dt.timedelta, tenant: uuid.UUID | None
+) -> tuple[_Rows, _Rows | None, _Rows]:
+    if not Path(path).exists():
+        return [], None, []
+    import sqlite3
+
+    where = "tenant_id IN (?, ?) AND accessed_at >= ?"
+    args = (tenant_id, str(tenant_uuid(tenant_id, tenant)), _iso(dt.datetime.now(dt.UTC) - since))
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(data_access_logs)")}
+        if "tenant_id" not in columns:
+            return [], None, []
+        totals = db.execute(_TOTALS.format(where=where), args).fetchall()
+        outcomes = None
+        if "outcome" in columns:
+            outcomes = db.execute(_OUTCOMES.format(where=where), args).fetchall()
+        p95 = db.execute(_P95.format(where=where), args).fetchall()
+    return totals, outcomes, p95

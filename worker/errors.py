@@ -23,14 +23,24 @@
 Connectors translate driver errors into the `SourceError` family (or
 `InputRefused`) in one place each (`raise SourceError(...) from exc`), so the
 pipeline never sees a driver's own exception type. Messages never carry secrets:
-they name the source, not its credentials.
+they name the source, not its credentials; `without_password` masks the one
+inside a DSN or URL before it is printed.
+
+The command line ends with one of the exit codes of contract §7 (`EXIT_OK` …
+`EXIT_UNREACHABLE`); `worker.cli` maps these errors to them in one place.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 __all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "ConfigError",
     "ConfigErrors",
     "ConnectorMissing",
@@ -48,7 +58,27 @@ __all__ = [
     "SourceTimeout",
     "SourceUnavailable",
     "WorkerError",
+    "without_password",
 ]
+
+#: Contract §7: success; a check failed or a lookup's outcome was not ``ok``; a usage
+#: error; an invalid config (or a setting that cannot be used); a server (engine,
+#: queue, source) that could not be reached.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+# scheme://user:password@host…, and libpq's key=value form (password=… in a DSN)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^\s/?#]*(?=@)")
+_KV_PASSWORD = re.compile(r"(?i)(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)")
+
+
+def without_password(text: str) -> str:
+    """``text`` with the password of every DSN or URL in it masked (``user:***@host``).
+
+    Works on a bare DSN and on a message quoting one; libpq's ``password=…``
+    form is masked too. The user, host and database stay: they say where.
+    """
+    masked = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", masked)
 
 
 class WorkerError(Exception):

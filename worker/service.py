@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError, WorkerError, without_password
 from worker.logs import job_context
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -36,6 +36,7 @@ __all__ = [
     "Reloads",
     "Worker",
     "audit_target",
+    "check_audit_place",
     "engine_settings",
     "follow_config",
     "follow_file",
@@ -47,6 +48,7 @@ __all__ = [
     "ready_sources",
     "reload_on_hangup",
     "serve",
+    "start_line",
     "tune_gc",
     "watch_from_env",
 ]
@@ -62,18 +64,25 @@ def engine_settings(tenant: Tenant | None = None) -> tuple[str | None, str | Non
     return url, token
 
 
-async def load(tenant_id: str | None, config: Path | None) -> Tenant:
-    """The tenant's config from ``--config``, ``config/tenants/``, or the engine."""
+async def load(tenant_id: str | None, config: Path | None, *, decrypt: bool = True) -> Tenant:
+    """The tenant's config from ``--config``, ``config/tenants/``, or the engine.
+
+    The engine's copy is used only when there is no local file: a file that exists
+    and does not load is an error, never a reason to fall back on the engine's.
+    ``decrypt=False`` leaves ``enc:v1:`` values as they are (`load_tenant`).
+    """
     if config is not None:
-        return load_tenant(config, tenant_id=tenant_id)
+        return load_tenant(config, tenant_id=tenant_id, decrypt=decrypt)
     if tenant_id is None:
         raise ConfigError("name a tenant with --tenant, or a config file with --config")
     try:
-        return load_tenant(find_config(tenant_id), tenant_id=tenant_id)
+        found = find_config(tenant_id)
     except ConfigError:
         url, token = engine_settings()
         if not url:
             raise
+    else:
+        return load_tenant(found, tenant_id=tenant_id, decrypt=decrypt)
     async with EngineClient(url, token or "") as client:
         document, etag = await client.tenant_config_if_changed(tenant_id, None)
     tenant = _from_engine(document, tenant_id, url)
@@ -144,6 +153,25 @@ def queue_target(tenant: Tenant) -> str | None:
     return target or None
 
 
+def start_line(tenant: Tenant) -> str:
+    """Where the config came from and which queue runs, without any password."""
+    url = engine_settings(tenant)[0]
+    if tenant.path is not None:
+        origin = f"config from {tenant.path}"
+    else:
+        origin = f"config from the engine at {without_password(url or '?')}"
+    target = queue_target(tenant)
+    if target and target.startswith(("postgres://", "postgresql://")):
+        queue = f"direct PostgreSQL queue at {without_password(target)}"
+    elif target:
+        queue = f"direct SQLite queue at {target.removeprefix('sqlite:///')}"
+    elif url:
+        queue = f"engine queue at {without_password(url)}"
+    else:
+        queue = "no queue (push webhooks only)"
+    return f"{origin}; {queue}"
+
+
 def audit_target(tenant: Tenant) -> str:
     """``AUDIT_DSN``, the config's ``audit.dsn``, the queue's database, or a file: in
     ``WORKER_STATE_DIR`` when set (the image sets it: its config may be mounted
@@ -160,12 +188,35 @@ def audit_target(tenant: Tenant) -> str:
     return str(folder / f"{tenant.tenant_id}.audit.db")
 
 
+def check_audit_place(target: str) -> None:
+    """A SQLite audit file must be writable: a wrong place is a setting to fix, found
+    at start rather than as rows that never get written (a database server that is
+    down is different: its rows wait in memory, `AuditLog`)."""
+    if target.startswith(("postgres://", "postgresql://")):
+        return
+    path = Path(target.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    try:
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise NotADirectoryError(20, f"{blocking} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the audit log at {path}: {exc.strerror or exc}; set "
+            "WORKER_STATE_DIR to a writable folder, or AUDIT_DSN (or audit: dsn: in the "
+            "config) to a writable file or a postgresql:// database"
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def open_worker(tenant: Tenant, *, with_queue: bool = True) -> AsyncIterator[Worker]:
     """Everything one tenant's worker holds open, closed on the way out."""
     metrics = Metrics()
     sources = Sources(tenant, metrics)
     target = audit_target(tenant)
+    check_audit_place(target)
     audit = AuditLog(target, flush_s=float(os.environ.get("WORKER_AUDIT_FLUSH_S", "0.5")))
     pipeline = _pipeline(tenant, sources, metrics, audit)
     queue = make_queue(tenant) if with_queue else None
@@ -279,6 +330,12 @@ async def serve(
                     "nothing to drain: set ENGINE_URL and ENGINE_TOKEN, "
                     "or queue: in the config (or QUEUE_DSN)"
                 )
+            log.info(
+                "serving tenant %s: %s",
+                tenant.tenant_id,
+                start_line(tenant),
+                extra={"action": "start", "tenant": tenant.tenant_id},
+            )
             with stop_on_signals(stop, enabled=signals), reload_on_hangup(reload, enabled=signals):
                 try:
                     work = _work(

@@ -98,7 +98,7 @@ def test_no_secret_reaches_logs_audit_metrics_or_the_engine(
         text=True,
         timeout=60,
     )
-    assert bad_key.returncode == 2 and "does not decrypt" in bad_key.stderr
+    assert bad_key.returncode == 3 and "does not decrypt" in bad_key.stderr  # an invalid config
 
     audit = (config.parent / "shop.audit.db").read_bytes()
     engine_side = str([engine.job(i) for i in ids]) + str(engine.messages())

@@ -89,8 +89,9 @@ async def lookup(config: Path, sku: str, **env: str) -> tuple[dict[str, Any], st
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return json.loads(out), err.decode()
+    answer = json.loads(out)
+    assert proc.returncode == (0 if answer["outcome"] == "ok" else 1), err.decode()  # §7
+    return answer, err.decode()
 
 
 def write_config(tmp_path: Path, base_url: str, api_key: str) -> Path:
