@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import json
 import os
 import re
 import secrets as pysecrets
 import sys
+import traceback
 from collections.abc import Coroutine
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,7 +20,20 @@ import click
 
 from worker import logs
 from worker import secrets as worker_secrets
-from worker.errors import ConfigError, ConfigErrors, FatalError, WorkerError
+from worker.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    ConfigError,
+    ConfigErrors,
+    EngineAuthError,
+    InputRefused,
+    RetriableError,
+    SourceAuthError,
+    SourceError,
+    WorkerError,
+    without_password,
+)
 from worker.runtime import RunSettings
 
 if TYPE_CHECKING:
@@ -42,18 +58,91 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; turn the worker's errors into a clear exit."""
-    try:
-        return asyncio.run(coro)
-    except ConfigErrors as exc:
-        click.secho(str(exc), fg="red", err=True)
-        raise SystemExit(2) from None
-    except (ConfigError, FatalError) as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
-    except WorkerError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(1) from None
+    """Run a command's coroutine; its errors end in `WorkerGroup` (one message, §7 code)."""
+    return asyncio.run(coro)
+
+
+class WorkerGroup(click.Group):
+    """The one error path: any command's exception becomes ``error: …`` on standard
+    error and the exit code of contract §7; the traceback only with ``--debug``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: usage errors exit 2
+        except Exception as exc:
+            code, message = explain(exc)
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            click.secho(f"error: {without_password(message)}", fg="red", err=True)
+            ctx.exit(code)
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """The exit code (§7) and one message, saying what to do next, for an error."""
+    if isinstance(exc, ConfigErrors):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, (ConfigError, EngineAuthError, SourceAuthError)):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, (RetriableError, SourceError)):
+        cause = exc.__cause__
+        detail = f" ({_driver_text(cause)})" if cause is not None else ""
+        detail = detail.replace(f"({type(cause).__name__}: ", "(")  # named already
+        return EXIT_UNREACHABLE, f"{exc}{detail}; check that it runs and that its address is right"
+    if isinstance(exc, (InputRefused, WorkerError)):
+        return EXIT_FAILED, str(exc)
+    if type(exc).__module__.startswith("asyncpg"):
+        return _explain_postgres(exc)
+    if isinstance(exc, OSError):
+        return _explain_os(exc)
+    return EXIT_FAILED, (
+        f"unexpected {type(exc).__name__}: {exc}; run again with --debug (or WORKER_DEBUG=1) "
+        "for the traceback, and report it"
+    )
+
+
+def _driver_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _explain_postgres(exc: BaseException) -> tuple[int, str]:
+    name = type(exc).__name__
+    first = (str(exc).strip().splitlines() or [name])[0]
+    if name == "InvalidCatalogNameError":
+        return EXIT_UNREACHABLE, (
+            f"PostgreSQL: {first}; create it (createdb) or fix the database name in the DSN"
+        )
+    if name in {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
+        return EXIT_CONFIG, f"PostgreSQL refused the login: {first}; fix the DSN's user or password"
+    return EXIT_UNREACHABLE, f"PostgreSQL: {first} ({name}); check the server and the DSN"
+
+
+_BIND = re.compile(r"address \('?([^',]*)'?, (\d+)")
+
+
+def _explain_os(exc: OSError) -> tuple[int, str]:
+    bind = _BIND.search(str(exc))
+    where = f"{bind.group(1)}:{bind.group(2)}" if bind else "that address"
+    if exc.errno == errno.EADDRINUSE:
+        return EXIT_CONFIG, (
+            f"cannot listen on {where}: the address is already in use; stop what listens "
+            "there, or choose another address (--listen, or WORKER_HTTP / ENGINE_LISTEN)"
+        )
+    if bind and exc.errno in {errno.EACCES, errno.EADDRNOTAVAIL}:
+        return EXIT_CONFIG, (
+            f"cannot listen on {where}: {exc.strerror}; choose another address (--listen)"
+        )
+    if isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno in {
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }:
+        return EXIT_UNREACHABLE, f"could not connect: {exc}; check that the server runs"
+    named = f": {exc.filename}" if exc.filename else ""
+    if isinstance(exc, PermissionError):
+        return EXIT_CONFIG, f"permission denied{named}; give the worker's user access to it"
+    return EXIT_FAILED, f"{exc.strerror or exc}{named}"
 
 
 async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
@@ -62,19 +151,62 @@ async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
     return await load(tenant_id, config_path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class EnvOption(click.Option):
+    """An option that may come from an environment variable: a bad value names the
+    variable when it came from there, and the option when it was typed."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        source = ctx.get_parameter_source(self.name) if ctx and self.name else None
+        if source is click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+            return f"{self.envvar} (the environment, for {self.opts[0]})"
+        return click.Parameter.get_error_hint(self, ctx)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("data-lookup-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``HOST:PORT`` (``:PORT`` for every interface), or '' for none."""
+    if value and not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}", value.strip()):
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (127.0.0.1:8080, :8080), or ''")
+    if value and int(value.rpartition(":")[2]) > 65535:
+        raise click.BadParameter(f"{value!r}: a port is at most 65535")
+    return value.strip()
+
+
+@click.group(cls=WorkerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="worker", message="%(prog)s %(version)s")
 @click.option(
     "--log-level",
-    default=lambda: os.environ.get("WORKER_LOG_LEVEL", "INFO"),
-    show_default="INFO",
-    help="DEBUG, INFO, WARNING or ERROR.",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    cls=EnvOption,
+    envvar="WORKER_LOG_LEVEL",
+    show_envvar=True,
+    show_default=True,
+    help="How much to log.",
 )
 @click.option(
     "--log-json/--log-text",
     default=None,
     help="Log format; by default JSON unless stderr is a terminal.",
 )
-def cli(log_level: str, log_json: bool | None) -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    cls=EnvOption,
+    envvar="WORKER_DEBUG",
+    show_envvar=True,
+    help="Show the traceback of an error, not only its message.",
+)
+def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
     """Data-lookup worker: answers customers' questions from a tenant's live systems.
 
     One process serves one tenant: it claims data_lookup jobs from the engine
@@ -83,7 +215,7 @@ def cli(log_level: str, log_json: bool | None) -> None:
 
     Start with `worker demo`, then `worker lookup --tenant demo order_status order_id=12345`.
     """
-    logs.setup(log_level, json_lines=log_json)
+    logs.setup(log_level.upper(), json_lines=log_json)
 
 
 @cli.command()
@@ -100,22 +232,32 @@ def cli(log_level: str, log_json: bool | None) -> None:
 @click.option(
     "--grace",
     "grace_s",
-    type=float,
-    default=lambda: float(os.environ.get("WORKER_GRACE_S", 20)),
-    show_default="20",
+    type=click.FloatRange(0, 3600),
+    default=20.0,
+    cls=EnvOption,
+    envvar="WORKER_GRACE_S",
+    show_envvar=True,
+    show_default=True,
     help="Seconds in-flight jobs get to finish on SIGTERM.",
 )
 @click.option(
     "--listen",
-    default=lambda: os.environ.get("WORKER_HTTP", "127.0.0.1:8080"),
-    show_default="WORKER_HTTP or 127.0.0.1:8080",
-    help="Where /healthz, /readyz, /metrics and the webhooks listen; '' for none.",
+    default="127.0.0.1:8080",
+    cls=EnvOption,
+    envvar="WORKER_HTTP",
+    show_envvar=True,
+    show_default=True,
+    callback=_listen_address,
+    help="Where /healthz, /readyz, /status, /metrics and the webhooks listen; '' for none.",
 )
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
-    default=lambda: os.environ.get("WORKER_PROCESSES", "1"),
-    show_default="WORKER_PROCESSES or 1",
+    default=1,
+    cls=EnvOption,
+    envvar="WORKER_PROCESSES",
+    show_envvar=True,
+    show_default=True,
     help="Whole workers side by side, sharing the HTTP port (SO_REUSEPORT) and the queue.",
 )
 @click.option(
@@ -198,13 +340,19 @@ def lookup(
                 answer = await worker.pipeline.lookup(lookup_name, values)
             except UnknownLookup as exc:
                 known = ", ".join(sorted(tenant.lookups)) or "none"
-                raise ConfigError(f"{exc}; this tenant's lookups: {known}") from None
+                raise click.UsageError(f"{exc}; this tenant's lookups: {known}") from None
             return answer.as_json()
 
     result = _run(main())
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False, default=str))
-        return
+    else:
+        _print_lookup(result)
+    if result["outcome"] != "ok":
+        raise SystemExit(EXIT_FAILED)  # §7: an outcome other than ok
+
+
+def _print_lookup(result: dict[str, Any]) -> None:
     colour = {"ok": "green", "not_found": "yellow"}.get(result["outcome"], "red")
     click.echo(f"outcome:  {click.style(result['outcome'], fg=colour, bold=True)}")
     click.echo(f"source:   {result['source']}")
@@ -377,7 +525,7 @@ def config_check(tenant_id: str | None, config_path: Path | None, online: bool) 
         if tenant.problems:
             for problem in tenant.problems:
                 click.secho(f"{where}: {problem}", fg="red", err=True)
-            return 1
+            return EXIT_CONFIG
         click.echo(
             f"{where}: ok — {len(tenant.sources)} source(s), {len(tenant.lookups)} lookup(s)"
         )
@@ -445,11 +593,7 @@ def secrets_encrypt(tenant_id: str | None) -> None:
         secret = sys.stdin.read().rstrip("\r\n")
     if not secret:
         raise click.UsageError("no secret on standard input")
-    try:
-        click.echo(worker_secrets.encrypt(secret, tenant=tenant_id))
-    except ConfigError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
+    click.echo(worker_secrets.encrypt(secret, tenant=tenant_id))
     if tenant_id is None:
         click.secho(
             "note: this value decrypts in any tenant's config; `--tenant T` binds it to one tenant",
@@ -474,7 +618,7 @@ def secrets_rotate(config_path: Path) -> None:
         rotated, count = worker_secrets.rotate_text(text, tenant=_config_tenant(config_path))
     except ConfigError as exc:
         click.secho(f"error: {exc}; nothing was changed", fg="red", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
     backup = config_path.with_name(config_path.name + ".bak")
     backup.write_text(text, encoding="utf-8")
     temporary = config_path.with_name(f".{config_path.name}.rotating")
@@ -505,13 +649,8 @@ def secrets_check(config_path: Path) -> None:
     """Check that every enc:v1: value in a config decrypts with WORKER_SECRET_KEYS."""
     from worker.config import parse_document
 
-    try:
-        document, _ = parse_document(config_path.read_text(encoding="utf-8"), name=str(config_path))
-        tenant = _config_tenant(config_path)
-        failed = list(worker_secrets.undecryptable(document, tenant=tenant))
-    except ConfigError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
+    document, _ = parse_document(config_path.read_text(encoding="utf-8"), name=str(config_path))
+    failed = list(worker_secrets.undecryptable(document, tenant=_config_tenant(config_path)))
     total = len(worker_secrets.TOKEN.findall(config_path.read_text(encoding="utf-8")))
     for where, why in failed:
         click.secho(f"{config_path}: {where}: {why}", fg="red", err=True)
@@ -525,18 +664,63 @@ def queue_group() -> None:
     """Create the queue tables."""
 
 
+def queue_dsn(value: str, *, param_hint: str = "--dsn") -> str:
+    """A queue target `open_store` takes: a PostgreSQL DSN, ``sqlite://…``, or a file path."""
+    value = value.strip()
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", value)
+    if not value or (
+        scheme and scheme.group(1).lower() not in {"postgres", "postgresql", "sqlite"}
+    ):
+        raise click.BadParameter(
+            f"{without_password(value)!r} is not a queue database: give postgresql://… "
+            "(or postgres://…), sqlite:///path/to/queue.db, or a file path",
+            param_hint=param_hint,
+        )
+    return value
+
+
+def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str:
+    """``--dsn`` (or ``QUEUE_DSN``), or the first line of ``--dsn-file``: never both."""
+    if dsn is not None and dsn_file is not None:
+        raise click.UsageError("give --dsn (or QUEUE_DSN) or --dsn-file, not both", ctx=ctx)
+    if dsn_file is not None:
+        lines = dsn_file.read_text(encoding="utf-8").splitlines()
+        return queue_dsn(lines[0] if lines else "", param_hint="--dsn-file")
+    if dsn is None:
+        raise click.UsageError("give the queue's database: --dsn, QUEUE_DSN or --dsn-file", ctx=ctx)
+    hint = (
+        "QUEUE_DSN"
+        if ctx.get_parameter_source("dsn") is click.core.ParameterSource.ENVIRONMENT
+        else "--dsn"
+    )
+    return queue_dsn(dsn, param_hint=hint)
+
+
 @queue_group.command("init")
-@click.option("--dsn", required=True, help="postgresql://… or sqlite:///path/to/queue.db.")
-def queue_init(dsn: str) -> None:
+@click.option(
+    "--dsn",
+    cls=EnvOption,
+    envvar="QUEUE_DSN",
+    show_envvar=True,
+    help="postgresql://… or sqlite:///path/to/queue.db (a plain path is a SQLite file).",
+)
+@click.option(
+    "--dsn-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the DSN from this file's first line (keeps its password out of `ps`).",
+)
+def queue_init(dsn: str | None, dsn_file: Path | None) -> None:
     """Create the jobs and outbound_messages tables (safe to run twice)."""
     from worker.stores import open_store
 
+    target = _dsn_from(click.get_current_context(), dsn, dsn_file)
+
     async def main() -> None:
-        async with open_store(dsn):
+        async with open_store(target):
             pass
 
     _run(main())
-    click.echo(f"queue ready at {dsn}")
+    click.echo(f"queue ready at {without_password(target)}")
 
 
 @cli.group("engine")
@@ -552,13 +736,16 @@ def engine_group() -> None:
 )
 @click.option(
     "--db",
-    default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
-    show_default="ENGINE_DB or ./engine.db",
+    cls=EnvOption,
+    default="engine.db",
+    envvar="ENGINE_DB",
+    show_envvar=True,
+    show_default=True,
     help="The queue: a SQLite file or a postgresql:// DSN.",
 )
 @click.option(
     "--token",
-    default=lambda: os.environ.get("ENGINE_TOKEN"),
+    envvar="ENGINE_TOKEN",
     help="Bearer token callers must send (ENGINE_TOKEN); a random one is printed if unset.",
 )
 @click.option(
@@ -587,6 +774,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
         token = pysecrets.token_urlsafe(24)
         click.echo(f"no ENGINE_TOKEN set; this run's token: {token}", err=True)
     host, port = parse_listen(listen)
+    db = queue_dsn(db, param_hint="--db")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -600,7 +788,8 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
                     port,
                     stop,
                     ready=lambda p: click.echo(
-                        f"local engine on http://{host}:{p} (queue: {db})", err=True
+                        f"local engine on http://{host}:{p} (queue: {without_password(db)})",
+                        err=True,
                     ),
                 )
 
@@ -658,44 +847,124 @@ def engine_token(tenant_id: str | None, db: str, list_tokens: bool, revoke: str 
     _run(main())
 
 
-def _since(value: str) -> dt.timedelta:
-    match = re.fullmatch(r"(\d+)\s*([smhdw])", value.strip())
-    if not match:
+_UNITS = {
+    "s": ("second", 1),
+    "m": ("minute", 60),
+    "h": ("hour", 3600),
+    "d": ("day", 86400),
+    "w": ("week", 604800),
+}
+
+
+def _since(value: str) -> tuple[dt.timedelta, str]:
+    """``24h`` → (24 hours, "last 24 hours"); also ``90m``, ``7d``, ``2 weeks``."""
+    match = re.fullmatch(
+        r"(\d{1,6})\s*(s|m|h|d|w|sec|min|hour|day|week|second|minute)s?", value.strip().lower()
+    )
+    if not match or not int(match.group(1)):
         raise click.BadParameter("use a number and a unit: 30m, 24h, 7d", param_hint="--since")
-    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return dt.timedelta(seconds=int(match.group(1)) * seconds)
+    count = int(match.group(1))
+    word, seconds = _UNITS[match.group(2)[0]]
+    readable = f"last {word}" if count == 1 else f"last {count} {word}s"
+    return dt.timedelta(seconds=count * seconds), readable
+
+
+async def _stats_tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
+    """The config as far as `worker stats` needs it: the audit log's place. Its secrets
+    are decrypted only when that place is itself encrypted (or read from the environment)."""
+    from worker.service import audit_target, load
+
+    tenant = await load(tenant_id, config_path, decrypt=False)
+    if not re.search(r"enc:v1:|\$\{env:", audit_target(tenant)):
+        return tenant
+    try:
+        return await load(tenant_id, config_path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the audit log's DSN is encrypted or read from the environment, so stats "
+            f"needs the config's secrets: {exc}"
+        ) from None
 
 
 @cli.command()
 @tenant_option
 @config_option
-@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
+@click.option("--since", default="24h", show_default=True, help="How far back: 90m, 24h, 7d.")
+@click.option(
+    "--by",
+    type=click.Choice(["hour", "lookup"]),
+    help="Only the table per data source and hour, or only the one per lookup "
+    "(--json: hour unless --by lookup).",
+)
 @json_option
-def stats(tenant_id: str | None, config_path: Path | None, since: str, as_json: bool) -> None:
-    """Average response time and lookups per data source per hour, from the audit log."""
-    from worker.audit import hourly_stats
+def stats(
+    tenant_id: str | None, config_path: Path | None, since: str, by: str | None, as_json: bool
+) -> None:
+    """Lookups per data source per hour (count, average time), and per lookup (outcomes,
+    average and p95 time), from the audit log."""
+    from worker.audit import hourly_stats, lookup_stats
     from worker.service import audit_target
 
-    window = _since(since)
+    window, readable = _since(since)
 
-    async def main() -> list[dict[str, Any]]:
-        tenant = await _tenant(tenant_id, config_path)
-        return await hourly_stats(
-            audit_target(tenant), tenant.tenant_id, window, tenant=tenant.config.tenant_uuid
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        tenant = await _stats_tenant(tenant_id, config_path)
+        target, key = audit_target(tenant), tenant.config.tenant_uuid
+        hourly = (
+            []
+            if by == "lookup"
+            else await hourly_stats(target, tenant.tenant_id, window, tenant=key)
         )
+        lookups = (
+            []
+            if by == "hour" or (as_json and by is None)
+            else await lookup_stats(target, tenant.tenant_id, window, tenant=key)
+        )
+        return hourly, lookups
 
-    rows = _run(main())
+    hourly, lookups = _run(main())
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(json.dumps(lookups if by == "lookup" else hourly))
         return
-    if not rows:
-        click.echo(f"no data access in the last {since}")
+    if not hourly and not lookups:
+        click.echo(f"no data access in the {readable}")
         return
+    if by != "lookup":
+        _print_hourly(hourly, readable)
+    if by != "hour":
+        if by is None:
+            click.echo()
+        _print_lookups(lookups, readable)
+
+
+def _print_hourly(rows: list[dict[str, Any]], readable: str) -> None:
+    click.echo(f"per data source and hour, {readable}:")
     click.echo(f"{'hour (UTC)':<26} {'data source':<24} {'lookups':>8} {'avg ms':>8}")
     for row in rows:
-        avg = row["avg_response_time"]
+        avg = row["avg_response_time"] or 0.0
         source = row["data_source_id"] or "-"
         click.echo(f"{row['hour']:<26} {source:<24} {row['query_count']:>8} {avg:>8.1f}")
+
+
+_OUTCOMES = ("ok", "not_found", "invalid_input", "fallback")
+
+
+def _print_lookups(rows: list[dict[str, Any]], readable: str) -> None:
+    click.echo(f"per lookup, {readable}:")
+    heads = "".join(f" {o:>{max(len(o), 4)}}" for o in _OUTCOMES)
+    click.echo(f"{'lookup':<24} {'lookups':>8}{heads} {'avg ms':>8} {'p95 ms':>8}")
+    for row in rows:
+        outcomes = row["outcomes"]
+        counts = "".join(
+            f" {'-' if outcomes is None else outcomes.get(o, 0):>{max(len(o), 4)}}"
+            for o in _OUTCOMES
+        )
+        avg = "-" if row["avg_response_time"] is None else f"{row['avg_response_time']:.1f}"
+        p95 = "-" if row["p95_response_time"] is None else str(row["p95_response_time"])
+        name = row["query_type"] or "-"
+        click.echo(f"{name:<24} {row['query_count']:>8}{counts} {avg:>8} {p95:>8}")
+    if rows and rows[0]["outcomes"] is None:
+        click.echo("(outcomes: the audit table has no outcome column, as in the seed's shape)")
 
 
 @cli.command("import-n8n")
