@@ -19,11 +19,12 @@ rather than a worker with fewer processes than asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from worker.runtime import stop_on_signals
 
@@ -38,6 +39,9 @@ REUSE_PORT_ENV = "WORKER_HTTP_REUSE_PORT"
 async def run_processes(count: int, args: Sequence[str], *, once: bool = False) -> int:
     """Run ``worker <args>`` ``count`` times side by side until SIGTERM; the exit status."""
     env = {**os.environ, REUSE_PORT_ENV: "1"}
+    # Ignored until a child's run loop takes it (children inherit this): a SIGHUP
+    # passed on while a child still starts must not end it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     children = [
         await asyncio.create_subprocess_exec(sys.executable, "-m", "worker.cli", *args, env=env)
         for _ in range(count)
@@ -49,8 +53,28 @@ async def run_processes(count: int, args: Sequence[str], *, once: bool = False) 
         extra={"action": "start"},
     )
     stop = asyncio.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _passing_on(signal.SIGHUP, children):
         return await _watch(children, stop, once=once)
+
+
+@contextlib.contextmanager
+def _passing_on(
+    signum: signal.Signals, children: Sequence[asyncio.subprocess.Process]
+) -> Iterator[None]:
+    """``signum`` sent to the parent goes to every child still running (SIGHUP: each
+    reloads its config); the parent itself does not act on it."""
+    loop = asyncio.get_running_loop()
+
+    def pass_on() -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signum)
+
+    loop.add_signal_handler(signum, pass_on)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signum)
 
 
 async def _watch(

@@ -116,3 +116,23 @@ def test_watch__a_changed_template_file_is_used_without_a_signal(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert _logged(local, proc, "config reloaded") == 1  # an unchanged file is not reloaded
+
+
+def test_sighup__to_worker_run_processes_reaches_every_child(
+    engine: Engine, local: WorkerProcs
+) -> None:
+    """The parent of ``--processes 2`` passes SIGHUP on: both children reload, none stops."""
+    proc = local.start("--processes", "2")
+
+    def serving() -> int:  # the run loop's first line: each child's SIGHUP handler is in
+        return sum(line["msg"] == "serving tenant shop" for line in _lines(local, proc))
+
+    wait_until(lambda: serving() == 2, what="both children serving")
+    assert _answer(engine, "order_status") == "v1: shipped"
+    local.config.write_text(CONFIG.format(template="v2: {{ row.status }}"), encoding="utf-8")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: _logged(local, proc, "config reloaded") == 2, what="both reloads")
+    assert proc.poll() is None
+    assert {_answer(engine, "order_status") for _ in range(6)} == {"v2: shipped"}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
