@@ -189,7 +189,7 @@ def test_run__engine_rejecting_the_token_is_logged_and_retried(
 def test_run__config_error_exits_with_a_clear_message(engine: Engine, workers: WorkerProcs) -> None:
     workers.config.write_text("tenant_id: shop\nlookups: [not, a, map]\n", encoding="utf-8")
     proc = workers.start("--once")
-    assert proc.wait(timeout=30) == 2
+    assert proc.wait(timeout=30) == 3  # an invalid config (contract §7)
     log = workers.log_of(proc)
     assert "shop.yaml:2" in log and "lookups" in log
     assert "Traceback" not in log

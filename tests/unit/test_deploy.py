@@ -37,7 +37,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 def _known_env_names() -> set[str]:
     """Every environment variable the worker's code reads, and the image's own ``TENANT``."""
     names = {ENV_KEYS}
-    pattern = re.compile(r"""environ(?:\.get)?[\(\[]\s*["']([A-Z][A-Z0-9_]+)["']""")
+    # os.environ reads, and click options' envvar=
+    pattern = re.compile(r"""(?:environ(?:\.get)?[\(\[]\s*|envvar=)["']([A-Z][A-Z0-9_]+)["']""")
     for folder in ("worker", "connectors"):
         for path in (ROOT / folder).rglob("*.py"):
             names |= set(pattern.findall(path.read_text(encoding="utf-8")))
