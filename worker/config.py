@@ -559,9 +559,14 @@ def find_config(tenant_id: str, config_dir: Path | None = None) -> Path:
         candidate = root / f"{tenant_id}{suffix}"
         if candidate.is_file():
             return candidate
+    where = f"{root.absolute()}"
+    if config_dir is None:  # say why there: the relative default depends on the current folder
+        named = "WORKER_CONFIG_DIR" if os.environ.get("WORKER_CONFIG_DIR") else "the default"
+        where += f" ({named} {root})"
     raise ConfigError(
-        f"no config for tenant {tenant_id!r}: looked for {root}/{tenant_id}.yaml/.yml/.json; "
-        "pass --config PATH, or set ENGINE_URL to fetch it from the engine"
+        f"no config for tenant {tenant_id!r}: looked for {tenant_id}.yaml/.yml/.json in "
+        f"{where}; pass --config PATH, set WORKER_CONFIG_DIR, "
+        "or set ENGINE_URL to fetch it from the engine"
     )
 
 

@@ -310,3 +310,14 @@ def test_version_and_help_name_what_they_read() -> None:
         assert name in run_help, name
     assert "WORKER_LOG_LEVEL" in worker("--help").stdout
     assert "QUEUE_DSN" in worker("queue", "init", "--help").stdout
+
+
+def test_tenant_config__found_from_any_folder_with_worker_config_dir(tmp_path: Path) -> None:
+    elsewhere = worker("config", "check", "--tenant", "demo", cwd=tmp_path)
+    assert elsewhere.returncode == 3
+    line = error_line(elsewhere)
+    assert str(tmp_path / "config" / "tenants") in line and "WORKER_CONFIG_DIR" in line
+
+    folder = str(REPO / "config" / "tenants")
+    anywhere = worker("config", "check", "--tenant", "demo", cwd=tmp_path, WORKER_CONFIG_DIR=folder)
+    assert anywhere.returncode == 0, anywhere.stderr
