@@ -54,6 +54,8 @@ class ClaimedJob:
     payload: Any
     attempt: int = 1
     lease_s: float = 30.0
+    #: seconds from when the job was due (its ``run_at``) to this claim; None if unknown
+    queued_s: float | None = None
 
 
 class NotOurs(Exception):

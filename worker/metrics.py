@@ -97,6 +97,12 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.queue_lag = Histogram(
+            "worker_queue_lag_seconds",
+            "Time a job waited in the queue, from when it was due to its claim",
+            buckets=(*_BUCKETS, 60, 300),
+            registry=self.registry,
+        )
         # process_* (CPU, memory, open files, start time) and python_info
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

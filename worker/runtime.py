@@ -216,6 +216,8 @@ class Runtime:
         self._tasks.add(task)
         self._idle.clear()
         self.pipeline.metrics.set_in_flight(len(self._tasks))
+        if job.queued_s is not None:
+            self.pipeline.metrics.queue_lag.observe(job.queued_s)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:

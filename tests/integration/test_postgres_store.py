@@ -540,3 +540,13 @@ async def test_too_many_connections__is_the_queue_unavailable_not_a_crash(
             await held.close()
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+async def test_claim__says_how_long_each_job_waited_since_it_was_due(
+    store: PostgresStore,
+) -> None:
+    """``queued_s``, what ``worker_queue_lag_seconds`` observes: from ``run_at`` to the claim."""
+    await store.enqueue(payload())
+    await asyncio.sleep(1.0)
+    [job] = await store.claim(claim())
+    assert job.queued_s is not None and job.queued_s >= 0.9

@@ -656,3 +656,13 @@ async def test_tokens__stored_by_hash_listed_and_revoked(sqlite_store: SQLiteSto
     }
     assert await sqlite_store.revoke_tokens("abababab") == 1
     assert await sqlite_store.token_tenant("ab" * 32) is None
+
+
+async def test_claim__says_how_long_each_job_waited_since_it_was_due(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """``queued_s``, what ``worker_queue_lag_seconds`` observes: from ``run_at`` to the claim."""
+    await sqlite_store.enqueue(payload())
+    await asyncio.sleep(1.0)
+    [job] = await sqlite_store.claim(claim())
+    assert job.queued_s is not None and job.queued_s >= 0.9

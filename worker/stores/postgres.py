@@ -193,9 +193,10 @@ not_objects AS (
        SET status = 'running', attempt = j.attempt + 1, locked_by = $4,
            locked_until = now() + make_interval(secs => $5)
       FROM ready WHERE j.id = ready.id
-    RETURNING j.id, j.payload::text AS payload, j.attempt
+    RETURNING j.id, j.payload::text AS payload, j.attempt,
+              extract(epoch FROM now() - j.run_at)::float8 AS queued_s
 )
-SELECT id, payload, attempt, NULL::float8 AS due_s FROM claimed
+SELECT id, payload, attempt, queued_s AS s FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, extract(epoch FROM least(
            (SELECT min(run_at) FROM jobs
@@ -585,11 +586,14 @@ class PostgresStore(Store):
                 MAX_ATTEMPTS,
             )
         jobs = []
-        for job_id, payload, attempt, due_s in rows:
+        # a claimed row's seconds are its wait in the queue; the last row's (no id), when
+        # the tenant's next delayed job or lease falls due
+        for job_id, payload, attempt, seconds in rows:
             if job_id is None:
-                self._note_due(claim.tenant_id, due_s)
+                self._note_due(claim.tenant_id, seconds)
             else:
-                jobs.append(ClaimedJob(str(job_id), json.loads(payload), attempt, claim.lease_s))
+                job = ClaimedJob(str(job_id), json.loads(payload), attempt, claim.lease_s, seconds)
+                jobs.append(job)
         return sorted(jobs, key=lambda j: int(j.id))
 
     def _note_due(self, tenant_id: str, due_s: float | None) -> None:

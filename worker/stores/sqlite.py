@@ -222,6 +222,7 @@ class SQLiteStore(Store):
         now, until = _stamp(), _stamp(claim.lease_s)
         types = list(claim.job_types)
         mine = _MINE.format(marks=",".join("?" for _ in types))
+        params = (claim.worker_id, until, now, now, claim.tenant_id, *types, claim.max_jobs, now)
         await self.mark_seen(claim.tenant_id)
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
@@ -237,9 +238,9 @@ class SQLiteStore(Store):
                                OR (status = 'running' AND locked_until < ?))
                           AND {mine}
                         ORDER BY run_at, id LIMIT ?)
-                    RETURNING id, payload, attempt
+                    RETURNING id, payload, attempt, (julianday(?) - julianday(run_at)) * 86400
                     """,  # noqa: S608 - only "?" marks are formatted in
-                    (claim.worker_id, until, now, now, claim.tenant_id, *types, claim.max_jobs),
+                    params,
                 )
                 rows = await cursor.fetchall()
                 await cursor.close()
@@ -247,7 +248,10 @@ class SQLiteStore(Store):
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
-        jobs = [ClaimedJob(str(r[0]), _loads(r[1]), int(r[2]), claim.lease_s) for r in rows]
+        jobs = [
+            ClaimedJob(str(r[0]), _loads(r[1]), int(r[2]), claim.lease_s, max(0.0, float(r[3])))
+            for r in rows
+        ]
         return sorted(jobs, key=lambda j: int(j.id))
 
     async def release(self, jobs: Sequence[ClaimedJob]) -> None:
