@@ -731,8 +731,13 @@ def engine_group() -> None:
 @engine_group.command("serve")
 @click.option(
     "--listen",
-    default=lambda: os.environ.get("ENGINE_LISTEN", "127.0.0.1:8000"),
-    show_default="ENGINE_LISTEN or 127.0.0.1:8000",
+    cls=EnvOption,
+    default="127.0.0.1:8000",
+    envvar="ENGINE_LISTEN",
+    show_envvar=True,
+    show_default=True,
+    callback=_listen_address,
+    help="Where the engine's API listens (HOST:PORT).",
 )
 @click.option(
     "--db",
@@ -757,10 +762,13 @@ def engine_group() -> None:
 )
 @click.option(
     "--lease-s",
+    cls=EnvOption,
     type=click.FloatRange(0.1, 3600),
-    default=lambda: float(os.environ.get("ENGINE_LEASE_S", 30)),
-    show_default="ENGINE_LEASE_S or 30",
-    help="Seconds a claimed job stays leased without a heartbeat (ENGINE_LEASE_S).",
+    default=30.0,
+    envvar="ENGINE_LEASE_S",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a claimed job stays leased without a heartbeat.",
 )
 def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, lease_s: float) -> None:
     """Serve the engine API (queue, messages, tenant configs) on a SQLite queue."""
@@ -770,6 +778,10 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
     from worker.service import tune_gc
     from worker.stores import open_store
 
+    if not listen:
+        raise click.BadParameter(
+            "the engine must listen somewhere: HOST:PORT", param_hint="--listen"
+        )
     if not token:
         token = pysecrets.token_urlsafe(24)
         click.echo(f"no ENGINE_TOKEN set; this run's token: {token}", err=True)

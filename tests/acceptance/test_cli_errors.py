@@ -321,3 +321,9 @@ def test_tenant_config__found_from_any_folder_with_worker_config_dir(tmp_path: P
     folder = str(REPO / "config" / "tenants")
     anywhere = worker("config", "check", "--tenant", "demo", cwd=tmp_path, WORKER_CONFIG_DIR=folder)
     assert anywhere.returncode == 0, anywhere.stderr
+
+
+def test_engine_serve__a_bad_listen_address_is_a_usage_error() -> None:
+    from_env = usage_error(worker("engine", "serve", ENGINE_LISTEN="nonsense"))
+    assert "ENGINE_LISTEN" in from_env and "WORKER_HTTP" not in from_env
+    assert "listen somewhere" in usage_error(worker("engine", "serve", "--listen", ""))
