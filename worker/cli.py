@@ -58,11 +58,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; its errors end in `WorkerGroup` (one message, §7 code)."""
+    """Run a command's coroutine; its errors end in `_WorkerGroup` (one message, §7 code)."""
     return asyncio.run(coro)
 
 
-class WorkerGroup(click.Group):
+class _WorkerGroup(click.Group):
     """The one error path: any command's exception becomes ``error: …`` on standard
     error and the exit code of contract §7; the traceback only with ``--debug``."""
 
@@ -72,14 +72,14 @@ class WorkerGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors exit 2
         except Exception as exc:
-            code, message = explain(exc)
+            code, message = _explain(exc)
             if ctx.params.get("debug"):
                 traceback.print_exc()
             click.secho(f"error: {without_password(message)}", fg="red", err=True)
             ctx.exit(code)
 
 
-def explain(exc: BaseException) -> tuple[int, str]:
+def _explain(exc: BaseException) -> tuple[int, str]:
     """The exit code (§7) and one message, saying what to do next, for an error."""
     if isinstance(exc, ConfigErrors):
         return EXIT_CONFIG, str(exc)
@@ -154,7 +154,7 @@ async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class EnvOption(click.Option):
+class _EnvOption(click.Option):
     """An option that may come from an environment variable: a bad value names the
     variable when it came from there, and the option when it was typed."""
 
@@ -181,13 +181,13 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value.strip()
 
 
-@click.group(cls=WorkerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_WorkerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", prog_name="worker", message="%(prog)s %(version)s")
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="WORKER_LOG_LEVEL",
     show_envvar=True,
     show_default=True,
@@ -201,7 +201,7 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
 @click.option(
     "--debug",
     is_flag=True,
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="WORKER_DEBUG",
     show_envvar=True,
     help="Show the traceback of an error, not only its message.",
@@ -234,7 +234,7 @@ def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
     "grace_s",
     type=click.FloatRange(0, 3600),
     default=20.0,
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="WORKER_GRACE_S",
     show_envvar=True,
     show_default=True,
@@ -243,7 +243,7 @@ def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
 @click.option(
     "--listen",
     default="127.0.0.1:8080",
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="WORKER_HTTP",
     show_envvar=True,
     show_default=True,
@@ -254,7 +254,7 @@ def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
     "--processes",
     type=click.IntRange(1, 64),
     default=1,
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="WORKER_PROCESSES",
     show_envvar=True,
     show_default=True,
@@ -664,7 +664,7 @@ def queue_group() -> None:
     """Create the queue tables."""
 
 
-def queue_dsn(value: str, *, param_hint: str = "--dsn") -> str:
+def _queue_dsn(value: str, *, param_hint: str = "--dsn") -> str:
     """A queue target `open_store` takes: a PostgreSQL DSN, ``sqlite://…``, or a file path."""
     value = value.strip()
     scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", value)
@@ -685,7 +685,7 @@ def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str
         raise click.UsageError("give --dsn (or QUEUE_DSN) or --dsn-file, not both", ctx=ctx)
     if dsn_file is not None:
         lines = dsn_file.read_text(encoding="utf-8").splitlines()
-        return queue_dsn(lines[0] if lines else "", param_hint="--dsn-file")
+        return _queue_dsn(lines[0] if lines else "", param_hint="--dsn-file")
     if dsn is None:
         raise click.UsageError("give the queue's database: --dsn, QUEUE_DSN or --dsn-file", ctx=ctx)
     hint = (
@@ -693,13 +693,13 @@ def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str
         if ctx.get_parameter_source("dsn") is click.core.ParameterSource.ENVIRONMENT
         else "--dsn"
     )
-    return queue_dsn(dsn, param_hint=hint)
+    return _queue_dsn(dsn, param_hint=hint)
 
 
 @queue_group.command("init")
 @click.option(
     "--dsn",
-    cls=EnvOption,
+    cls=_EnvOption,
     envvar="QUEUE_DSN",
     show_envvar=True,
     help="postgresql://… or sqlite:///path/to/queue.db (a plain path is a SQLite file).",
@@ -731,7 +731,7 @@ def engine_group() -> None:
 @engine_group.command("serve")
 @click.option(
     "--listen",
-    cls=EnvOption,
+    cls=_EnvOption,
     default="127.0.0.1:8000",
     envvar="ENGINE_LISTEN",
     show_envvar=True,
@@ -741,7 +741,7 @@ def engine_group() -> None:
 )
 @click.option(
     "--db",
-    cls=EnvOption,
+    cls=_EnvOption,
     default="engine.db",
     envvar="ENGINE_DB",
     show_envvar=True,
@@ -762,7 +762,7 @@ def engine_group() -> None:
 )
 @click.option(
     "--lease-s",
-    cls=EnvOption,
+    cls=_EnvOption,
     type=click.FloatRange(0.1, 3600),
     default=30.0,
     envvar="ENGINE_LEASE_S",
@@ -786,7 +786,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
         token = pysecrets.token_urlsafe(24)
         click.echo(f"no ENGINE_TOKEN set; this run's token: {token}", err=True)
     host, port = parse_listen(listen)
-    db = queue_dsn(db, param_hint="--db")
+    db = _queue_dsn(db, param_hint="--db")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -42,6 +42,7 @@ __all__ = [
     "follow_file",
     "http_endpoints",
     "load",
+    "longest_job_s",
     "make_queue",
     "open_worker",
     "queue_target",
