@@ -16,13 +16,16 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from worker.errors import (
+    ConfigError,
     EngineAuthError,
     EngineUnavailable,
     FatalError,
     LeaseLost,
     RetriableError,
+    without_password,
 )
 from worker.jobs import ClaimedJob
 
@@ -79,6 +82,13 @@ class EngineClient:
     """One pooled HTTP session to the engine."""
 
     def __init__(self, base_url: str, token: str, *, pool_size: int = 100) -> None:
+        parts = urlsplit(base_url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"the engine URL {without_password(base_url)} carries a user name or password; "
+                "give it without them: the worker sends ENGINE_TOKEN (or engine.token) "
+                "as a bearer token"
+            )
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._pool_size = pool_size

@@ -327,3 +327,14 @@ def test_engine_serve__a_bad_listen_address_is_a_usage_error() -> None:
     from_env = usage_error(worker("engine", "serve", ENGINE_LISTEN="nonsense"))
     assert "ENGINE_LISTEN" in from_env and "WORKER_HTTP" not in from_env
     assert "listen somewhere" in usage_error(worker("engine", "serve", "--listen", ""))
+
+
+def test_engine_url_with_credentials__exit_3_without_the_password(tenant_config: Path) -> None:
+    """The engine takes a bearer token; a user:password in its URL used to make every
+    call fail inside the HTTP client, and ``run --once`` retried until killed."""
+    done = worker(
+        "run", "--config", str(tenant_config), "--once", "--listen", "",
+        ENGINE_URL=f"http://bob:{PASSWORD}@127.0.0.1:9", ENGINE_TOKEN="t",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "carries a user name or password" in error_line(done)
