@@ -241,6 +241,16 @@ class WorkerProcs:
     log_dir: Path
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def __enter__(self) -> WorkerProcs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Kill what is still running (a test that stops its workers checks their exit)."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         """``worker run`` on the test tenant; its HTTP port is ``proc.http``."""
         log = self.log_dir / f"worker-{len(self.started)}.log"
@@ -276,14 +286,8 @@ class WorkerProcs:
 
 @pytest.fixture
 def workers(engine: Engine, tenant_config: Path, tmp_path: Path) -> Iterator[WorkerProcs]:
-    procs = WorkerProcs(engine, tenant_config, tmp_path)
-    try:
+    with WorkerProcs(engine, tenant_config, tmp_path) as procs:
         yield procs
-    finally:
-        for proc in procs.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
 
 
 def job(query_type: str, tenant: str = "shop", **params: str) -> dict[str, Any]:

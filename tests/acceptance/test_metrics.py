@@ -58,14 +58,8 @@ def local(engine: Engine, tmp_path: Path) -> Iterator[WorkerProcs]:
     shutil.copy(REPO / "config" / "demo" / "shop.db", folder / "shop.db")
     config = folder / "shop.yaml"
     config.write_text(CONFIG, encoding="utf-8")
-    procs = WorkerProcs(engine, config, tmp_path)
-    try:
+    with WorkerProcs(engine, config, tmp_path) as procs:
         yield procs
-    finally:
-        for proc in procs.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
 
 
 def _get(url: str) -> tuple[int, bytes]:

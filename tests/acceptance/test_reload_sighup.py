@@ -51,14 +51,8 @@ def local(engine: Engine, tmp_path: Path) -> Iterator[WorkerProcs]:
     (folder / "tmpl" / "reply.j2").write_text("file v1: {{ row.status }}", encoding="utf-8")
     config = folder / "shop.yaml"
     config.write_text(CONFIG.format(template="v1: {{ row.status }}"), encoding="utf-8")
-    procs = WorkerProcs(engine, config, tmp_path)
-    try:
+    with WorkerProcs(engine, config, tmp_path) as procs:
         yield procs
-    finally:
-        for proc in procs.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
 
 
 def _answer(engine: Engine, lookup: str) -> str:
