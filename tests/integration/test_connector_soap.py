@@ -57,6 +57,7 @@ from tests.servers.hostile import (
     status,
 )
 from tests.servers.soap_app import NAMESPACE, TOKEN, soap_proxy_app
+from tests.support.processes import stop
 from worker.config import load_tenant
 from worker.service import open_worker
 
@@ -92,12 +93,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"the SOAP service did not start: {log.read_text()}")
         yield f"http://127.0.0.1:{int(line.split()[1])}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -33,6 +33,8 @@ from typing import Any, Literal
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from tests.support.processes import stop
+
 __all__ = ["NX_BINARY", "NX_GAPS", "MongoServer", "run_nx_27017"]
 
 NX_BINARY = Path(sys.executable).parent / "nx-27017"
@@ -122,9 +124,4 @@ def run_nx_27017(folder: Path) -> Iterator[MongoServer]:
         _started(server, proc)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

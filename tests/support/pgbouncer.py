@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.processes import stop
+
 __all__ = ["PGBOUNCER_BINARY", "PgBouncer", "run_pgbouncer"]
 
 PGBOUNCER_BINARY = Path("/usr/sbin/pgbouncer")
@@ -121,9 +123,4 @@ def run_pgbouncer(
         _started(bouncer, proc)
         yield bouncer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

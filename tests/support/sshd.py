@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.processes import stop
+
 __all__ = ["SSHD", "SSHD_BINARY", "run_sshd"]
 
 SSHD_BINARY = Path("/usr/sbin/sshd")
@@ -94,12 +96,7 @@ def run_sshd(folder: Path, username: str = "root") -> Iterator[SSHD]:
             (folder / "wrong_key").read_text(),
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if proc.stderr is not None:
             proc.stderr.close()
         shutil.rmtree(folder, ignore_errors=True)
