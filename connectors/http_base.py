@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus, urlencode, urljoin, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import (
     ConnectionSettings,
@@ -513,6 +513,10 @@ def _no_control(value: SecretStr) -> SecretStr:
     return value
 
 
+#: a secret that goes into a header: no CR/LF (no header injection), no other controls
+_HeaderSecret = Annotated[SecretStr, AfterValidator(_no_control)]
+
+
 class _AuthModel(BaseModel):
     # A rejected value would otherwise be echoed, secret and all, in the error's text.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -537,12 +541,7 @@ class BearerAuthSettings(_AuthModel):
     """``{type: bearer, token}``: ``Authorization: Bearer <token>``."""
 
     type: Literal["bearer"]
-    token: SecretStr
-
-    @field_validator("token")
-    @classmethod
-    def _clean(cls, value: SecretStr) -> SecretStr:
-        return _no_control(value)
+    token: _HeaderSecret
 
 
 class HeaderAuthSettings(_AuthModel):
@@ -550,12 +549,7 @@ class HeaderAuthSettings(_AuthModel):
 
     type: Literal["header"]
     name: str = Field(pattern=_HEADER_NAME, max_length=100)
-    value: SecretStr
-
-    @field_validator("value")
-    @classmethod
-    def _clean(cls, value: SecretStr) -> SecretStr:
-        return _no_control(value)
+    value: _HeaderSecret
 
 
 class QueryAuthSettings(_AuthModel):
