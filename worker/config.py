@@ -577,6 +577,13 @@ class _Errors:
         self.name = name
         self.lines = lines
         self.items: list[ConfigError] = []
+        #: places whose value could not be resolved: the empty value left there is not
+        #: a second problem (an unset ${env:PORT} is not also "not an integer")
+        self._explained: set[str] = set()
+
+    def explained(self) -> None:
+        """Every place with a problem so far needs no other message."""
+        self._explained.update(e.where for e in self.items)
 
     def where(self, path: tuple[str | int, ...], *, line: int | None = None) -> str:
         """``file:line: dotted.path``; the line is the path's own unless given."""
@@ -595,7 +602,9 @@ class _Errors:
         return self.lines.get(probe)
 
     def add(self, path: tuple[str | int, ...], message: str, *, line: int | None = None) -> None:
-        self.items.append(ConfigError(message, where=self.where(path, line=line)))
+        where = self.where(path, line=line)
+        if where not in self._explained:
+            self.items.append(ConfigError(message, where=where))
 
 
 def load_tenant(
@@ -627,6 +636,7 @@ def load_tenant(
     resolved = trust.resolve_values(
         data, origin=origin, tenant_id=str(data["tenant_id"]), decrypt=decrypt, report=errors.add
     )
+    errors.explained()
     try:
         config = TenantConfig.model_validate(resolved)
     except ValidationError as exc:

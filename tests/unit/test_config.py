@@ -651,3 +651,34 @@ def test_source_lookup__seed_query_on_unbuilt_source() -> None:
     assert lookup is not None
     assert lookup.source_id == "primary_crm"
     assert lookup.args == ("order_id",)
+
+
+def test_load__an_unset_variable_is_one_problem_not_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The empty value an unset ``${env:…}`` leaves is not also "not an integer"."""
+    monkeypatch.delenv("NO_SUCH_PORT_VAR", raising=False)
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            tenant_id: t
+            data_sources:
+              - id: db
+                type: postgresql
+                connection:
+                  host: db.example.com
+                  port: ${env:NO_SUCH_PORT_VAR}
+                  database: shop
+                queries:
+                  q: SELECT 1 AS one
+            """
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_tenant(path)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{path}:7: data_sources[0].connection.port: "
+        "environment variable NO_SUCH_PORT_VAR is not set"
+    ]
