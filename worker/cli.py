@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from worker import logs
 from worker import secrets as worker_secrets
@@ -215,7 +216,18 @@ def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
 
     Start with `worker demo`, then `worker lookup --tenant demo order_status order_id=12345`.
     """
+    ctx = click.get_current_context()
+    if (
+        ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT
+        and ctx.invoked_subcommand not in _SERVING
+    ):
+        log_level = "WARNING"  # a one-shot command's own output is what a person reads
     logs.setup(log_level.upper(), json_lines=log_json)
+
+
+#: the commands that serve until stopped: their default log level is INFO, the others'
+#: WARNING (``--log-level`` / ``WORKER_LOG_LEVEL`` set it for any)
+_SERVING = frozenset({"run", "engine", "demo"})
 
 
 @cli.command()
