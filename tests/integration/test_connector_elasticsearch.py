@@ -74,7 +74,8 @@ SECRET = "s3cret-Pa55word"
 LIVE_URL = os.environ.get("ELASTICSEARCH_TEST_URL")
 LIVE_API_KEY = os.environ.get("ELASTICSEARCH_TEST_API_KEY")
 NO_SERVER = (
-    "no Elasticsearch server on this machine (none installs from Debian, PyPI or npm here); "
+    "no Elasticsearch server on this machine (Debian, PyPI and npm have none; PyPI's "
+    "OpenSearch-compatible osmem-server is refused by the Elasticsearch 9 client); "
     "set ELASTICSEARCH_TEST_URL=http://… to run the live tests"
 )
 BY_SKU: dict[str, Any] = {"index": "products", "query": {"term": {"sku": "{sku}"}}, "size": 5}
