@@ -366,7 +366,7 @@ class Sources:
         for config in self.tenant.config.data_sources:
             source = self.tenant.sources.get(config.id)
             circuit = self._circuits.get(config.id)
-            gate = self._gates.get(config.id)
+            gate = self.gate(config.id)  # made once (its cap's warning too), as `room` does
             error_at, error = self._last_error.get(config.id, (None, None))
             rows.append(
                 SourceStatus(
@@ -374,9 +374,9 @@ class Sources:
                     config.name or config.id,
                     config.type,
                     circuit.state if circuit else "closed",
-                    gate.in_use if gate else 0,
-                    gate.waiting if gate else 0,
-                    gate.cap if gate else self._cap(config.id),
+                    gate.in_use,
+                    gate.waiting,
+                    gate.limit,
                     problem=source.problem if source else None,
                     last_error=error,
                     last_error_at=error_at,
