@@ -492,10 +492,11 @@ def test_connection(tenant_id: str | None, config_path: Path | None, source_id: 
                 f"no data source {unknown[0]!r}; this tenant has: {', '.join(tenant.sources)}"
             )
         sources = Sources(tenant)
-        failed = 0
+        failed = unreachable = 0
         try:
             for sid in ids:
                 report = await sources.check(sid)
+                unreachable += report.unreachable
                 if report.ok:
                     click.echo(
                         f"{click.style('ok  ', fg='green')} {sid:<24} {report.response_time_ms} ms"
@@ -507,7 +508,8 @@ def test_connection(tenant_id: str | None, config_path: Path | None, source_id: 
                     click.echo(f"{click.style('warning:', fg='yellow')} {sid}: {warning}")
         finally:
             await sources.close()
-        return 1 if failed else 0
+        # contract §7: 4 when a source could not be reached at all, 1 when one answered wrong
+        return EXIT_UNREACHABLE if unreachable else EXIT_FAILED if failed else 0
 
     raise SystemExit(_run(main()))
 

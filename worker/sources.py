@@ -69,6 +69,9 @@ class HealthReport:
     error: str | None = None
     #: things that work but should not be so, such as an account that could write
     warnings: tuple[str, ...] = ()
+    #: the source did not answer at all (refused, unknown host, no answer in time), as
+    #: against answering with an error (refused credentials, a failing query)
+    unreachable: bool = False
 
 
 class Gate:
@@ -448,6 +451,7 @@ class Sources:
     async def check(self, source_id: str, *, timeout_s: float = 10.0) -> HealthReport:
         """The source's own health check, timed; never raises."""
         started = time.perf_counter()
+        unreachable = False
         try:
             with self._fence(source_id):
                 async with asyncio.timeout(timeout_s):
@@ -455,8 +459,10 @@ class Sources:
                     await connector.health_check()
         except TimeoutError:
             error: str | None = f"no answer within {timeout_s:g} s"
+            unreachable = True
         except SourceError as exc:
             error = exc.message
+            unreachable = isinstance(exc, SourceUnavailable | SourceTimeout)
         except Exception as exc:  # a connector that let a driver error through
             log.exception("health check of %s failed", source_id, extra={"action": "check"})
             error = f"unexpected {type(exc).__name__} (see the worker log)"
@@ -464,7 +470,7 @@ class Sources:
             error = None
         elapsed = round((time.perf_counter() - started) * 1000)
         warnings = await self._warnings(source_id, timeout_s) if error is None else ()
-        return HealthReport(source_id, error is None, elapsed, error, warnings)
+        return HealthReport(source_id, error is None, elapsed, error, warnings, unreachable)
 
     async def _warnings(self, source_id: str, timeout_s: float) -> tuple[str, ...]:
         """What a passed check warns about: an account that could write. Never raises."""

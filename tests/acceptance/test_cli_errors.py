@@ -338,3 +338,31 @@ def test_engine_url_with_credentials__exit_3_without_the_password(tenant_config:
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert "carries a user name or password" in error_line(done)
+
+
+@pytest.mark.parametrize(
+    ("connection", "code", "says"),
+    [
+        pytest.param("{host: 127.0.0.1, port: 9, username: root}", 4, "FAIL", id="unreachable"),
+        pytest.param(
+            f"{{host: 127.0.0.1, port: 3306, username: root, password: {PASSWORD}}}",
+            1,
+            "FAIL",
+            id="credentials-refused",
+        ),
+        pytest.param("{host: 127.0.0.1, port: 3306, username: root}", 0, "ok", id="ok"),
+    ],
+)
+def test_test_connection__4_when_a_source_cannot_be_reached_1_when_it_answers_no(
+    tmp_path: Path, connection: str, code: int, says: str
+) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text(
+        "tenant_id: t\ndata_sources:\n  - id: shop\n    type: mysql\n"
+        f"    connection: {connection}\n    queries:\n      q: SELECT 1 AS one\n",
+        encoding="utf-8",
+    )
+    done = worker("test-connection", "--config", str(config))
+    assert done.returncode == code, done.stdout + done.stderr
+    assert done.stdout.startswith(says)
+    assert PASSWORD not in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -64,7 +64,7 @@ def test_seed_config__loads_and_reports_unreachable_sources_without_crashing() -
     assert "plaintext secret" in check.stderr
     assert "Traceback" not in check.stderr
     probe = worker("test-connection", "--config", config)
-    assert probe.returncode == 1
+    assert probe.returncode == 4  # contract §7: its hosts cannot be reached from here
     assert re.search(r"FAIL\s+primary_crm", probe.stdout)
     assert re.search(r"FAIL\s+inventory_api", probe.stdout)
     assert "encrypted_password" not in probe.stdout + probe.stderr
