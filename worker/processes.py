@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import signal
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: set in a child's environment: bind the HTTP port with SO_REUSEPORT, beside its siblings
 REUSE_PORT_ENV = "WORKER_HTTP_REUSE_PORT"
+#: prctl(2): the signal a process gets when its parent dies
+_PR_SET_PDEATHSIG = 1
 
 
 async def run_processes(count: int, args: Sequence[str], *, once: bool = False) -> int:
@@ -42,8 +46,11 @@ async def run_processes(count: int, args: Sequence[str], *, once: bool = False) 
     # Ignored until a child's run loop takes it (children inherit this): a SIGHUP
     # passed on while a child still starts must not end it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    end_with_us = functools.partial(_end_with_parent, os.getpid())
     children = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", "worker.cli", *args, env=env)
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker.cli", *args, env=env, preexec_fn=end_with_us
+        )
         for _ in range(count)
     ]
     log.info(
@@ -115,3 +122,16 @@ def _ended(child: asyncio.subprocess.Process, stop: asyncio.Event, *, once: bool
     )
     stop.set()
     return as_ours or 1
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a child, before it runs the worker: SIGTERM (a drain) when ``parent`` dies
+    (Linux's ``PR_SET_PDEATHSIG``), so a parent killed with SIGKILL leaves no worker
+    behind, claiming and holding the shared port. Elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the wish was made
+        os.kill(os.getpid(), signal.SIGTERM)

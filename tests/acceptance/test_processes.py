@@ -78,3 +78,22 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except OSError:
         return True
+
+
+def test_processes__children_end_when_the_parent_is_killed(
+    engine: Engine, workers: WorkerProcs
+) -> None:
+    """SIGKILL leaves the parent no time to stop its children: each asked the kernel for
+    a SIGTERM when its parent dies (PR_SET_PDEATHSIG), so none is left holding the port."""
+    proc = _start_two(workers)
+    url = proc.http  # type: ignore[attr-defined]
+    children = _children(proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    for child in children:
+        wait_until(
+            lambda child=child: not Path(f"/proc/{child}").exists() or _zombie(child),
+            timeout_s=30,  # each drains as on SIGTERM (no job in flight): seconds of margin
+            what=f"child {child} to end",
+        )
+    assert not answers(f"{url}/healthz")
