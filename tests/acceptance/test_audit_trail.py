@@ -19,23 +19,9 @@ import pytest
 
 from tests.acceptance.conftest import REPO, WORKER, Engine, WorkerProcs, _env, job, wait_until
 from tests.acceptance.test_postgres_queue import psql, queue_dsn  # noqa: F401 - a fixture
+from tests.support.databases import ADMIN, SEED_AUDIT_DDL
 
 pytestmark = pytest.mark.slow
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-#: contract §8 as the seed writes it: tenant_id is a UUID, there is no outcome column
-SEED_DDL = """
-CREATE TABLE data_access_logs (
-    id UUID PRIMARY KEY,
-    tenant_id UUID NOT NULL,
-    data_source_id VARCHAR(255),
-    query_type VARCHAR(100),
-    customer_identifier VARCHAR(255),
-    accessed_at TIMESTAMPTZ DEFAULT NOW(),
-    response_time_ms INTEGER
-);
-"""
 
 
 def numbered(n: int, query_type: str = "order_status", **params: str) -> dict[str, Any]:
@@ -200,7 +186,7 @@ def test_seed_table_as_it_is__rows_written_run_once_exits_0_stats_work(
     tenant_uuid: str | None,
 ) -> None:
     queue_init(queue_dsn)
-    psql(queue_dsn, SEED_DDL)
+    psql(queue_dsn, SEED_AUDIT_DDL)
     if tenant_uuid:
         text = tenant_config.read_text(encoding="utf-8")
         tenant_config.write_text(f"tenant_uuid: {tenant_uuid}\n{text}", encoding="utf-8")

@@ -15,22 +15,9 @@ import asyncpg
 import pytest
 
 from tests.acceptance.conftest import REPO, WORKER, _env
-from tests.support.databases import fresh_postgres
+from tests.support.databases import SEED_AUDIT_DDL, fresh_postgres
 from worker import secrets as worker_secrets
 from worker.audit import AuditLog, AuditRow, mask_identifier
-
-#: contract §8 as the seed writes it: tenant_id a UUID, no outcome column
-SEED_DDL = """
-CREATE TABLE data_access_logs (
-    id UUID PRIMARY KEY,
-    tenant_id UUID NOT NULL,
-    data_source_id VARCHAR(255),
-    query_type VARCHAR(100),
-    customer_identifier VARCHAR(255),
-    accessed_at TIMESTAMPTZ DEFAULT NOW(),
-    response_time_ms INTEGER
-)
-"""
 
 #: order_status: 1..20 ms (p95 by nearest rank: the 19th, 19 ms), 17 ok, 2 not_found,
 #: 1 fallback; faq: five at 5 ms; one more order_status outside the last 24 hours
@@ -165,7 +152,7 @@ async def test_postgres__our_shape(secret_config: Path, pg_dsn: str) -> None:
 async def test_postgres__the_seeds_shape_has_no_outcomes(secret_config: Path, pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        await conn.execute(SEED_DDL)
+        await conn.execute(SEED_AUDIT_DDL)
     finally:
         await conn.close()
     await write(pg_dsn)

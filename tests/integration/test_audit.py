@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support.databases import fresh_postgres
+from tests.support.databases import SEED_AUDIT_DDL, fresh_postgres
 from worker.audit import AuditLog, AuditRow, hourly_stats, mask_identifier, tenant_uuid
 from worker.jobs import ClaimedJob
 from worker.stores.base import Claim
@@ -160,18 +160,6 @@ async def test_sqlite__same_table_and_stats(tmp_path: Path) -> None:
 
 # -- nothing lost: stops, completions, refusals, the seed's own table (issue 11) ----------
 
-SEED_DDL = """
-CREATE TABLE data_access_logs (
-    id UUID PRIMARY KEY,
-    tenant_id UUID NOT NULL,
-    data_source_id VARCHAR(255),
-    query_type VARCHAR(100),
-    customer_identifier VARCHAR(255),
-    accessed_at TIMESTAMPTZ DEFAULT NOW(),
-    response_time_ms INTEGER
-);
-"""
-
 
 async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
@@ -197,7 +185,7 @@ async def test_close__rows_the_flusher_had_in_hand_are_written(
 
 
 async def test_postgres__the_seeds_own_table_is_written_as_it_is(pg_dsn: str) -> None:
-    await fetch(pg_dsn, SEED_DDL)
+    await fetch(pg_dsn, SEED_AUDIT_DDL)
     configured = uuid.UUID("0b9e6f3a-6d1c-4d0e-9d7a-3f1a2b3c4d5e")
     audit = AuditLog(pg_dsn, flush_s=0.01)
     await audit.open()

@@ -10,6 +10,19 @@ import asyncpg
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+#: contract §8's audit table as the seed writes it: tenant_id a UUID, no outcome column
+SEED_AUDIT_DDL = """
+CREATE TABLE data_access_logs (
+    id UUID PRIMARY KEY,
+    tenant_id UUID NOT NULL,
+    data_source_id VARCHAR(255),
+    query_type VARCHAR(100),
+    customer_identifier VARCHAR(255),
+    accessed_at TIMESTAMPTZ DEFAULT NOW(),
+    response_time_ms INTEGER
+)
+"""
+
 
 @contextlib.asynccontextmanager
 async def fresh_postgres(prefix: str = "lookup_test") -> AsyncIterator[str]:
