@@ -93,12 +93,7 @@ class HTTPSettings(ConnectionSettings):
     @field_validator("base_url")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("base_url takes no query, fragment or credentials")
-        return value.rstrip("/")
+        return _absolute_http(value, "base_url").rstrip("/")
 
     def secret_fields(self) -> dict[str, str]:
         """Every string connection field, secrets revealed: what ``{field}`` in a header names."""
@@ -132,6 +127,16 @@ class HTTPResponse:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
+
+
+def _absolute_http(value: str, field: str) -> str:
+    """``value`` if it is an absolute http(s) URL with no query, fragment or credentials."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an absolute http(s) URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{field} takes no query, fragment or credentials")
+    return value
 
 
 def json_value(value: Any, what: str) -> Any:
@@ -576,12 +581,7 @@ class OAuth2ClientCredentialsSettings(_AuthModel):
     @field_validator("token_url")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("token_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("token_url takes no query, fragment or credentials")
-        return value
+        return _absolute_http(value, "token_url")
 
 
 AuthSettings = Annotated[
