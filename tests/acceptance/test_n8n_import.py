@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +28,7 @@ from tests.acceptance.conftest import REPO, WORKER, _env
 from tests.servers.hostile import Recorder, serve
 from tests.servers.rest_app import API_KEY, rest_app
 from tests.standins.google_sheets import GoogleSheetsStandIn, Spreadsheet
-from tests.support.databases import fresh_postgres
+from tests.support.databases import postgres_with
 
 pytestmark = pytest.mark.slow
 
@@ -80,21 +79,15 @@ def repoint(config: Path, source: str, **connection: str) -> None:
 
 @pytest.fixture
 async def shop_db() -> AsyncIterator[str]:
-    async with fresh_postgres("n8n_import") as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(
-                "CREATE TABLE orders (order_id text PRIMARY KEY, status text, tracking text, "
-                "tracking_number text, estimated_delivery date, customer_phone text)"
-            )
-            await conn.execute(
-                "INSERT INTO orders VALUES "
-                "('12345', 'shipped', 'UPS123456', 'UPS123456', '2025-09-12', '+1234567890'), "
-                "('12346', 'processing', NULL, NULL, NULL, '+1234567890'), "
-                "('20000', 'delivered', NULL, NULL, NULL, '+1999999999')"
-            )
-        finally:
-            await conn.close()
+    async with postgres_with(
+        "n8n_import",
+        "CREATE TABLE orders (order_id text PRIMARY KEY, status text, tracking text, "
+        "tracking_number text, estimated_delivery date, customer_phone text)",
+        "INSERT INTO orders VALUES "
+        "('12345', 'shipped', 'UPS123456', 'UPS123456', '2025-09-12', '+1234567890'), "
+        "('12346', 'processing', NULL, NULL, NULL, '+1234567890'), "
+        "('20000', 'delivered', NULL, NULL, NULL, '+1999999999')",
+    ) as dsn:
         yield dsn
 
 

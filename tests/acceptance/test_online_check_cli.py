@@ -15,13 +15,12 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.acceptance.conftest import REPO, WORKER, _env
 from tests.servers.hostile import Recorder, serve
 from tests.servers.rest_app import API_KEY, rest_app
-from tests.support.databases import fresh_postgres
+from tests.support.databases import postgres_with
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +30,11 @@ PASSWORD = "pw-seen-nowhere-31c9"
 
 @pytest.fixture
 async def crm() -> AsyncIterator[str]:
-    async with fresh_postgres("online_cli") as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(
-                "CREATE TABLE orders (order_id text PRIMARY KEY, status text, "
-                "tracking_number text, customer_phone text)"
-            )
-        finally:
-            await conn.close()
+    async with postgres_with(
+        "online_cli",
+        "CREATE TABLE orders (order_id text PRIMARY KEY, status text, "
+        "tracking_number text, customer_phone text)",
+    ) as dsn:
         yield dsn.rsplit("/", 1)[1]
 
 

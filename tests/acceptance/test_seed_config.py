@@ -20,13 +20,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.acceptance.conftest import REPO, WORKER, Engine, WorkerProcs, _env
 from tests.servers.hostile import Recorder, serve
 from tests.servers.rest_app import API_KEY, rest_app
-from tests.support.databases import fresh_postgres
+from tests.support.databases import postgres_with
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +59,13 @@ def seed_config(tmp_path: Path, dsn: str, api: str) -> Path:
 
 @pytest.fixture
 async def crm() -> AsyncIterator[str]:
-    async with fresh_postgres("seed_crm") as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(
-                "CREATE TABLE orders (order_id text PRIMARY KEY, status text, "
-                "tracking_number text, customer_phone text)"
-            )
-            await conn.execute(
-                "INSERT INTO orders VALUES ('12345', 'shipped', 'UPS123456', '+1234567890'), "
-                "('12346', 'processing', NULL, '+1234567890')"
-            )
-        finally:
-            await conn.close()
+    async with postgres_with(
+        "seed_crm",
+        "CREATE TABLE orders (order_id text PRIMARY KEY, status text, "
+        "tracking_number text, customer_phone text)",
+        "INSERT INTO orders VALUES ('12345', 'shipped', 'UPS123456', '+1234567890'), "
+        "('12346', 'processing', NULL, '+1234567890')",
+    ) as dsn:
         yield dsn
 
 

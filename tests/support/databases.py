@@ -38,3 +38,16 @@ async def fresh_postgres(prefix: str = "lookup_test") -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE "{name}"')
     finally:
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_with(prefix: str, *statements: str) -> AsyncIterator[str]:
+    """`fresh_postgres` with ``statements`` (tables, rows) run in it first; its DSN."""
+    async with fresh_postgres(prefix) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        yield dsn
