@@ -409,13 +409,14 @@ def _join(
 ) -> str:
     if attribute is not None:
         value = map(make_attrgetter(eval_ctx.environment, attribute), value)
+    separator = str(d)
     items = []
+    size = -len(separator)  # the separators: one fewer than the items
     for item in _guarded_iter(value):
         items.append(item)
-        _check_size(len(items), "join()")
-    separator = str(d)
-    size = sum(_text_size(i) for i in items) + max(len(items) - 1, 0) * len(separator)
-    _check_size(size, "join()")
+        # counted as it grows: a join too large stops at its first items, not after all
+        size += _text_size(item) + len(separator)
+        _check_size(max(size, len(items)), "join()")
     return separator.join(map(str, items))
 
 
