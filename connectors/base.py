@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -55,6 +55,9 @@ from worker.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+
+if TYPE_CHECKING:
+    from connectors.sql import Dialect
 
 __all__ = [
     "Bound",
@@ -146,6 +149,8 @@ class Connector(abc.ABC):
     query_shape: ClassVar[str]
     #: the optional extra that installs the driver (``pip install '.[extra]'``)
     extra: ClassVar[str | None] = None
+    #: a SQL source's dialect, for the read-only check of its queries (`connectors.sql`)
+    sql_dialect: ClassVar[Dialect | None] = None
 
     def __init__(
         self,

@@ -528,6 +528,7 @@ class MySQLConnector(Connector):
     Settings: ClassVar[type[ConnectionSettings]] = MySQLSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
     extra: ClassVar[str | None] = "mysql"
+    sql_dialect = "mysql"
 
     settings: MySQLSettings
 

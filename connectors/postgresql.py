@@ -237,6 +237,7 @@ class PostgreSQLConnector(Connector):
     Settings: ClassVar[type[ConnectionSettings]] = PostgreSQLSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
     extra: ClassVar[str | None] = "postgresql"
+    sql_dialect = "postgresql"
 
     settings: PostgreSQLSettings
 

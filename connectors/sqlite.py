@@ -133,6 +133,7 @@ class SQLiteConnector(Connector):
     type_name: ClassVar[str] = "sqlite"
     Settings: ClassVar[type[ConnectionSettings]] = SQLiteSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
+    sql_dialect = "sqlite"
 
     settings: SQLiteSettings
 

@@ -351,6 +351,7 @@ class SQLServerConnector(Connector):
     Settings: ClassVar[type[ConnectionSettings]] = SQLServerSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
     extra: ClassVar[str | None] = "sqlserver"
+    sql_dialect = "sqlserver"
 
     settings: SQLServerSettings
 

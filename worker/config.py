@@ -26,10 +26,9 @@ import yaml
 from jinja2 import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connectors import registry
 from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from connectors.egress import UNRESTRICTED, Reach
-from connectors.registry import KNOWN_TYPES, load
-from connectors.sql import Dialect, prepare_sql
 from worker import secrets, trust
 from worker.errors import ConfigError, ConfigErrors, ConnectorMissing
 from worker.redact import secrets_in
@@ -723,9 +722,9 @@ def _build(
 def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Errors) -> Source:
     limits = Limits(max_rows=source.max_rows, max_bytes=source.max_bytes)
     try:
-        cls = load(source.type)
+        cls = registry.load(source.type)
     except ConnectorMissing as exc:
-        if source.type not in KNOWN_TYPES:
+        if not registry.is_known(source.type):
             errors.add((*at, "type"), exc.message)
         return _unbuilt_source(source, at, errors, limits, exc.message)
     settings: ConnectionSettings | None = None
@@ -742,15 +741,6 @@ def _build_source(source: SourceConfig, at: tuple[str | int, ...], errors: _Erro
             _check_args(prepared, args, (*at, key, qname), errors, required=False)
             queries[qname] = NamedQuery(qname, prepared, args or _args_from_columns(prepared))
     return Source(source.id, source.type, cls, settings, queries, limits, circuit=source.circuit)
-
-
-#: the SQL source types, each its own dialect for the read-only check
-_SQL_TYPES: dict[str, Dialect] = {
-    "postgresql": "postgresql",
-    "mysql": "mysql",
-    "sqlserver": "sqlserver",
-    "sqlite": "sqlite",
-}
 
 
 def _unbuilt_source(
@@ -770,11 +760,10 @@ def _unbuilt_prepare(
 ) -> PreparedQuery:
     """A source whose connector is missing: SQL is still checked to be one read."""
     body = _query_body(raw)
-    if type_name in _SQL_TYPES and isinstance(body, str):
-        try:
-            return prepare_sql(body, style="dollar", dialect=_SQL_TYPES[type_name])
-        except ConfigError as exc:
-            errors.add(at, exc.message)
+    try:
+        return registry.prepare_unloaded(type_name, body)
+    except ConfigError as exc:
+        errors.add(at, exc.message)
     return PreparedQuery(spec=body)
 
 
