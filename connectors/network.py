@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import ssl
 import warnings
 from pathlib import Path
@@ -49,7 +48,17 @@ __all__ = [
     "TLSSettings",
     "is_loopback",
     "plain_on_loopback",
+    "use_pgsslmode",
 ]
+
+#: libpq's ``PGSSLMODE`` as the worker found it at start (`use_pgsslmode`): a connector
+#: reads no environment of its own
+_PGSSLMODE = {"value": ""}
+
+
+def use_pgsslmode(value: str) -> None:
+    """The operator's ``PGSSLMODE`` for `plain_on_loopback`; the worker tells it once, at start."""
+    _PGSSLMODE["value"] = value
 
 
 def is_loopback(host: str) -> bool:
@@ -70,7 +79,7 @@ def plain_on_loopback(dsn: str) -> str | None:
     leaves the host, and TLS costs a round trip about a third of its client CPU."""
     parts = urlsplit(dsn)
     query = parse_qs(parts.query)
-    if "sslmode" in query or "ssl" in query or os.environ.get("PGSSLMODE"):
+    if "sslmode" in query or "ssl" in query or _PGSSLMODE["value"]:
         return None
     hosts = [
         h[1 : h.index("]")] if h.startswith("[") else h.rsplit(":", 1)[0]

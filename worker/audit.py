@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.settings import Settings
 from worker.supervisor import watch
 
 __all__ = [
@@ -281,8 +282,11 @@ class AuditLog:
         with_completion: bool = False,
         hold_s: float = _HOLD_S,
         close_s: float = _CLOSE_S,
+        pool_mode: str | None = None,
     ) -> None:
         self.target = target
+        #: a PostgreSQL pool's ``QUEUE_POOL_MODE`` (`Settings.pool_mode`; None: load it)
+        self.pool_mode = pool_mode
         self.batch = batch
         self.flush_s = flush_s
         self.with_completion = with_completion
@@ -502,7 +506,7 @@ class AuditLog:
             if self._pg is None:
                 # Opened lazily and closed when idle, like the queue's pool: an idle
                 # worker keeps no connection for an audit log it is not writing.
-                mode = os.environ.get("QUEUE_POOL_MODE") or "session"
+                mode = self.pool_mode or Settings.load().pool_mode()
                 self._pg = await asyncpg.create_pool(
                     self.target,
                     ssl=plain_on_loopback(self.target),

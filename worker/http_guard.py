@@ -18,13 +18,14 @@ import asyncio
 import base64
 import hmac
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from worker.settings import Settings, env_name
 
 __all__ = [
     "HEADER_TIMEOUT_S",
@@ -130,19 +131,18 @@ async def refuse_undecodable_headers(request: web.Request, handler: Handler) -> 
     return await handler(request)
 
 
-def header_timeout_from_env() -> float:
+def header_timeout_from_env(settings: Settings | None = None) -> float:
     """``WORKER_HTTP_HEADER_TIMEOUT_S`` if set (0: no deadline), else `HEADER_TIMEOUT_S`."""
-    raw = os.environ.get("WORKER_HTTP_HEADER_TIMEOUT_S", "").strip()
+    raw = (settings or Settings.load()).http_header_timeout_s.strip()
     if not raw:
         return HEADER_TIMEOUT_S
+    name = env_name("http_header_timeout_s")
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(
-            f"WORKER_HTTP_HEADER_TIMEOUT_S must be a number of seconds, not {raw!r}"
-        ) from None
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
     if value < 0:
-        raise ValueError("WORKER_HTTP_HEADER_TIMEOUT_S must not be negative")
+        raise ValueError(f"{name} must not be negative")
     return value
 
 

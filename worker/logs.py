@@ -27,13 +27,14 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
+
+from worker.settings import Settings
 
 __all__ = [
     "FIELDS",
@@ -332,7 +333,7 @@ def setup(
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # a driver's warnings quote values: mask them too
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    chosen = (libraries or os.environ.get("WORKER_LOG_LIBRARIES") or "warning").upper()
+    chosen = (libraries or Settings.load().log_libraries or "warning").upper()
     library_level = logging.getLevelName(chosen)
     if not isinstance(library_level, int):
         raise ValueError(f"WORKER_LOG_LIBRARIES: {chosen.lower()!r} is not a log level")

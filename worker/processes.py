@@ -29,20 +29,26 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from worker.runtime import stop_on_signals
+from worker.settings import Settings, env_name
 
 __all__ = ["REUSE_PORT_ENV", "run_processes"]
 
 log = logging.getLogger(__name__)
 
 #: set in a child's environment: bind the HTTP port with SO_REUSEPORT, beside its siblings
-REUSE_PORT_ENV = "WORKER_HTTP_REUSE_PORT"
+REUSE_PORT_ENV = env_name("http_reuse_port")
 #: prctl(2): the signal a process gets when its parent dies
 _PR_SET_PDEATHSIG = 1
 
 
-async def run_processes(count: int, args: Sequence[str], *, once: bool = False) -> int:
-    """Run ``worker <args>`` ``count`` times side by side until SIGTERM; the exit status."""
-    env = {**os.environ, REUSE_PORT_ENV: "1"}
+async def run_processes(
+    count: int, args: Sequence[str], *, once: bool = False, settings: Settings | None = None
+) -> int:
+    """Run ``worker <args>`` ``count`` times side by side until SIGTERM; the exit status.
+
+    Each child gets the environment ``settings`` were loaded from, and `REUSE_PORT_ENV`.
+    """
+    env = {**(settings or Settings.load()).environ(), REUSE_PORT_ENV: "1"}
     # Ignored until a child's run loop takes it (children inherit this): a SIGHUP
     # passed on while a child still starts must not end it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

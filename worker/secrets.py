@@ -21,13 +21,13 @@ loads it.
 from __future__ import annotations
 
 import base64
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
 from worker.redact import is_auth_value
+from worker.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 PREFIX = "enc:v1:"
-ENV_KEYS = "WORKER_SECRET_KEYS"
+ENV_KEYS = env_name("secret_keys")
 
 # Connection keys whose values are credentials.
 SECRET_KEYS = re.compile(
@@ -65,7 +65,7 @@ TOKEN = re.compile(re.escape(PREFIX) + r"(?:([A-Za-z0-9_][A-Za-z0-9_.-]{0,99}):)
 
 
 def _keys(keys: str | None) -> list[bytes]:
-    raw = keys if keys is not None else os.environ.get(ENV_KEYS, "")
+    raw = keys if keys is not None else Settings.load().secret_keys.get_secret_value()
     parts = [k.strip().encode("ascii", "replace") for k in raw.split(",") if k.strip()]
     if not parts:
         raise ConfigError(

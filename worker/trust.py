@@ -24,7 +24,6 @@ An engine-served config further gets:
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 from connectors.egress import UNRESTRICTED, Reach, parse_networks
 from worker import secrets
 from worker.errors import ConfigError
+from worker.settings import Settings, env_name
 
 __all__ = [
     "ENV_ALLOW_NETWORKS",
@@ -50,9 +50,9 @@ Origin = Literal["file", "engine"]
 Path_ = tuple[str | int, ...]
 Report = Callable[[Path_, str], None]
 
-ENV_DATA_DIR = "WORKER_DATA_DIR"
-ENV_ALLOW_NETWORKS = "WORKER_ALLOW_NETWORKS"
-ENV_TEMPLATES_DIR = "WORKER_TEMPLATES_DIR"
+ENV_DATA_DIR = env_name("data_dir")
+ENV_ALLOW_NETWORKS = env_name("allow_networks")
+ENV_TEMPLATES_DIR = env_name("templates_dir")
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _FILE_TYPES = frozenset({"sqlite", "csv", "excel", "json"})
@@ -68,14 +68,22 @@ def _settings_zone(path: Path_, origin: Origin) -> bool:
 
 
 def resolve_values(
-    node: Any, *, origin: Origin, tenant_id: str, decrypt: bool, report: Report
+    node: Any,
+    *,
+    origin: Origin,
+    tenant_id: str,
+    decrypt: bool,
+    report: Report,
+    environ: Mapping[str, str] | None = None,
 ) -> Any:
     """The document with ``enc:v1:`` and ``${env:…}`` resolved where they may be.
 
     Values in the wrong place are reported, never resolved. With ``decrypt``
     off (the engine checking a config it holds no key for) nothing is resolved,
-    but the places are still checked.
+    but the places are still checked. ``${env:NAME}`` is looked up in ``environ``
+    (default: the environment as `Settings.load` finds it now).
     """
+    env_values = Settings.load().environ() if environ is None else environ
 
     def walk(value: Any, path: Path_) -> Any:
         if isinstance(value, str):
@@ -106,36 +114,36 @@ def resolve_values(
             except ConfigError as exc:
                 report(path, exc.message)
                 return ""
-        missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in os.environ]
+        missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in env_values]
         if missing:
             report(path, f"environment variable {missing[0]} is not set")
             return ""
-        return _ENV.sub(lambda m: os.environ[m.group(1)], text)
+        return _ENV.sub(lambda m: env_values[m.group(1)], text)
 
     return walk(node, ())
 
 
-def reach_for(origin: Origin) -> Reach:
+def reach_for(origin: Origin, settings: Settings | None = None) -> Reach:
     """What the sources of a config from ``origin`` may reach, from the operator's settings."""
     if origin == "file":
         return UNRESTRICTED
-    raw_dir = os.environ.get(ENV_DATA_DIR, "").strip()
+    settings = settings or Settings.load()
     try:
-        networks = parse_networks(os.environ.get(ENV_ALLOW_NETWORKS, ""))
+        networks = parse_networks(settings.allow_networks)
     except ValueError as exc:
         raise ConfigError(f"{ENV_ALLOW_NETWORKS}: {exc}") from None
     return Reach(
         trusted=False,
-        data_dir=Path(raw_dir).resolve() if raw_dir else None,
+        data_dir=settings.data_dir.resolve() if settings.data_dir else None,
         allow_networks=networks,
     )
 
 
-def worker_templates_dir() -> Path | None:
+def worker_templates_dir(settings: Settings | None = None) -> Path | None:
     """The worker's own ``templates/``: ``WORKER_TEMPLATES_DIR``, else the one it ships with."""
-    configured = os.environ.get(ENV_TEMPLATES_DIR, "").strip()
+    configured = (settings or Settings.load()).templates_dir
     if configured:
-        return Path(configured).resolve()
+        return configured.resolve()
     for candidate in (Path(__file__).resolve().parents[1] / "templates", Path.cwd() / "templates"):
         if candidate.is_dir():
             return candidate

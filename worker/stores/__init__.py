@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from worker.settings import Settings
 from worker.stores.base import Claim, JobRow, Reply, Store
 
 __all__ = ["Claim", "JobRow", "Reply", "Store", "open_store"]
 
 
-def open_store(target: str) -> Store:
+def open_store(target: str, settings: Settings | None = None) -> Store:
     """A store from a PostgreSQL DSN, ``sqlite:///path``, or a plain file path.
 
     Each store's module (and its driver) is imported only for a target of its kind.
@@ -20,10 +20,11 @@ def open_store(target: str) -> Store:
     if target.startswith(("postgres://", "postgresql://")):
         from worker.stores.postgres import PostgresStore
 
+        settings = settings or Settings.load()
         return PostgresStore(
             target,
-            listen_dsn=os.environ.get("QUEUE_LISTEN_DSN") or None,
-            pool_mode=os.environ.get("QUEUE_POOL_MODE") or "session",
+            listen_dsn=settings.queue_listen_dsn or None,
+            pool_mode=settings.pool_mode(),
         )
     from worker.stores.sqlite import SQLiteStore
 
