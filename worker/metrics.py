@@ -52,6 +52,25 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._job_families()
+        self._source_families()
+        self._queue_families()
+        # process_* (CPU, memory, open files, start time) and python_info
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        #: jobs being worked on now (what the gauge says, readable)
+        self.jobs_in_flight = 0
+        #: each lookup's outcomes and latencies over the last hour (`GET /status`); its
+        #: ``known`` (set by each config's pipeline) also decides the ``lookup`` label
+        self.recent = RecentLookups()
+        self._answered: dict[str, Counter] = {}
+        self._by_lookup: dict[tuple[str, str], Counter] = {}
+        self._known_by: Callable[[str], bool] = self.recent.known
+        self._took: dict[str, Histogram] = {}
+        self._failed: dict[tuple[str, str], Counter] = {}
+
+    def _job_families(self) -> None:
+        """What became of the jobs: answered (by outcome and lookup), rejected, in flight."""
         self.jobs = Counter(
             "worker_jobs_total", "Jobs answered, by outcome", ["outcome"], registry=self.registry
         )
@@ -64,15 +83,18 @@ class Metrics:
         self.rejected = Counter(
             "worker_jobs_rejected_total", "Jobs failed without an answer", registry=self.registry
         )
+        self.in_flight = Gauge(
+            "worker_jobs_in_flight", "Jobs being worked on", registry=self.registry
+        )
+
+    def _source_families(self) -> None:
+        """The reads of the data sources: how long they took, how they failed, circuits."""
         self.latency = Histogram(
             "worker_lookup_seconds",
             "Time a lookup took, by data source",
             ["source"],
             buckets=_BUCKETS,
             registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            "worker_jobs_in_flight", "Jobs being worked on", registry=self.registry
         )
         self.circuit_open = Gauge(
             "worker_source_circuit_open",
@@ -86,6 +108,9 @@ class Metrics:
             ["source", "kind"],
             registry=self.registry,
         )
+
+    def _queue_families(self) -> None:
+        """The way to and from the engine or queue: claims, their lag, reply retries."""
         self.send_retries = Counter(
             "worker_send_retries_total",
             "Retries of delivering a reply to the engine or the queue database",
@@ -103,19 +128,6 @@ class Metrics:
             buckets=(*_BUCKETS, 60, 300),
             registry=self.registry,
         )
-        # process_* (CPU, memory, open files, start time) and python_info
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        #: jobs being worked on now (what the gauge says, readable)
-        self.jobs_in_flight = 0
-        #: each lookup's outcomes and latencies over the last hour (`GET /status`); its
-        #: ``known`` (set by each config's pipeline) also decides the ``lookup`` label
-        self.recent = RecentLookups()
-        self._answered: dict[str, Counter] = {}
-        self._by_lookup: dict[tuple[str, str], Counter] = {}
-        self._known_by: Callable[[str], bool] = self.recent.known
-        self._took: dict[str, Histogram] = {}
-        self._failed: dict[tuple[str, str], Counter] = {}
 
     def set_in_flight(self, jobs: int) -> None:
         self.jobs_in_flight = jobs

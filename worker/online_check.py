@@ -124,42 +124,65 @@ async def check_online(tenant: Tenant, *, timeout_s: float = DEFAULT_TIMEOUT_S) 
     return report
 
 
+@dataclass
+class _Probe:
+    """What one source's check has learnt so far (kept when a later step fails)."""
+
+    #: whether the connector can describe a query (`Describes`)
+    described: bool = False
+    #: id(prepared query) -> the columns it returns
+    columns: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: the queries the server refused to prepare
+    findings: list[Finding] = field(default_factory=list)
+
+
 async def _check_source(
     sources: Sources, tenant: Tenant, source: Source, timeout_s: float
 ) -> list[Finding]:
     """One source: its health check, its queries prepared, its lookups' templates read."""
     where = f"data_sources.{source.id}"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     started = time.perf_counter()
-    columns: dict[int, tuple[str, ...]] = {}  # id(prepared query) -> what it returns
-    findings: list[Finding] = []
-    described = False
+    probe = _Probe()
     try:
-        async with sources.reading(source.id, deadline) as connector:
-            await connector.health_check()
-            if isinstance(connector, Describes):
-                described = True
-                for at, query in _queries(tenant, source):
-                    left = max(0.001, deadline - loop.time())
-                    described_as = await _describe(connector, query, at, left)
-                    if isinstance(described_as, Finding):
-                        findings.append(described_as)
-                    else:
-                        columns[id(query)] = described_as
+        await _probe(sources, tenant, source, timeout_s, probe)
     except TimeoutError:
         message = f"no answer within {timeout_s:g} s"
-        return [*findings, Finding(Level.UNREACHABLE, where, message)]
+        return [*probe.findings, Finding(Level.UNREACHABLE, where, message)]
     except (SourceUnavailable, SourceTimeout) as exc:
-        return [*findings, Finding(Level.UNREACHABLE, where, exc.message)]
+        return [*probe.findings, Finding(Level.UNREACHABLE, where, exc.message)]
     except SourceError as exc:
-        return [*findings, Finding(Level.PROBLEM, where, exc.message)]
+        return [*probe.findings, Finding(Level.PROBLEM, where, exc.message)]
     except Exception as exc:  # a connector that let a driver error through
         log.debug("online check of %s failed", source.id, exc_info=True, extra={"action": "check"})
         text = f"unexpected {type(exc).__name__} (--log-level DEBUG shows where)"
-        return [*findings, Finding(Level.PROBLEM, where, text)]
+        return [*probe.findings, Finding(Level.PROBLEM, where, text)]
     elapsed = round((time.perf_counter() - started) * 1000)
-    if not described:
+    return _source_answered(tenant, source, probe, elapsed)
+
+
+async def _probe(
+    sources: Sources, tenant: Tenant, source: Source, timeout_s: float, probe: _Probe
+) -> None:
+    """The health check, then each query described, all before one deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with sources.reading(source.id, deadline) as connector:
+        await connector.health_check()
+        if isinstance(connector, Describes):
+            probe.described = True
+            for at, query in _queries(tenant, source):
+                left = max(0.001, deadline - loop.time())
+                described_as = await _describe(connector, query, at, left)
+                if isinstance(described_as, Finding):
+                    probe.findings.append(described_as)
+                else:
+                    probe.columns[id(query)] = described_as
+
+
+def _source_answered(tenant: Tenant, source: Source, probe: _Probe, elapsed: int) -> list[Finding]:
+    """The findings of a source that answered its health check in ``elapsed`` ms."""
+    where = f"data_sources.{source.id}"
+    if not probe.described:
         note = (
             "health check only: its queries and templates are not checked (the worker "
             f"cannot describe a {source.type_name} read without running it)"
@@ -168,12 +191,12 @@ async def _check_source(
             Finding(Level.OK, where, f"answers ({elapsed} ms)"),
             Finding(Level.NOTE, where, note),
         ]
-    count = len(columns)
+    count = len(probe.columns)
     summary = f"answers ({elapsed} ms); {count} quer{'y' if count == 1 else 'ies'} prepared"
     return [
         Finding(Level.OK, where, summary),
-        *findings,
-        *_template_findings(tenant, source, columns),
+        *probe.findings,
+        *_template_findings(tenant, source, probe.columns),
     ]
 
 
