@@ -2,10 +2,11 @@
 
 The database is opened as ``file:…?mode=ro`` with ``PRAGMA query_only=1``, so
 even a statement that slipped past `prepare_sql` cannot write. The ``sqlite3``
-module blocks, so every statement runs in ``asyncio.to_thread`` on a pooled
-connection; when the caller's deadline passes (or it is cancelled, or
-``timeout_s`` runs out) the statement is interrupted, and the connection goes
-back to the pool only once its thread has really finished.
+module blocks, so every statement runs on a pooled connection, on one of the
+pool's threads (`connectors.thread_pool`); when the caller's deadline passes
+(or it is cancelled, or ``timeout_s`` runs out) the statement is interrupted,
+and the connection goes back to the pool only once its thread has really
+finished.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ from connectors.base import (
     jsonable,
 )
 from connectors.sql import SQLSpec, prepare_sql
+from connectors.thread_pool import Lease, ThreadBackedPool
 
 __all__ = ["SQLiteConnector", "SQLiteSettings"]
 
@@ -55,76 +56,8 @@ class SQLiteSettings(ConnectionSettings):
     pool_size: int = Field(default=4, ge=1, le=64)
 
 
-@dataclass(eq=False)
-class _Read:
-    """One statement in flight on one pooled connection."""
-
-    conn: sqlite3.Connection
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def interrupt(self) -> None:
-        # `interrupt()` stops a running statement at once; the flag covers the
-        # moment before the thread has started it, which `interrupt()` misses.
-        self.stop.set()
-        self.conn.interrupt()
-
-
-class _Pool:
-    """Idle connections in a queue; reads in flight kept until their thread ends."""
-
-    def __init__(self, source_id: str, conns: list[sqlite3.Connection]) -> None:
-        self.source_id = source_id
-        self.conns = conns
-        self.idle: asyncio.Queue[sqlite3.Connection | None] = asyncio.Queue()
-        for conn in conns:
-            self.idle.put_nowait(conn)
-        self.in_flight: dict[asyncio.Task[_Rows], _Read] = {}
-        self.closed = False
-
-    async def acquire(self) -> sqlite3.Connection:
-        conn = await self.idle.get()
-        if self.closed or conn is None:
-            self.idle.put_nowait(conn)  # pass the news on to the next waiter
-            raise SourceUnavailable(self.source_id, "the source was closed")
-        return conn
-
-    def start(
-        self, read: _Read, sql: str, args: tuple[Any, ...], max_rows: int
-    ) -> asyncio.Task[_Rows]:
-        task = asyncio.create_task(
-            asyncio.to_thread(_fetch, read, sql, args, max_rows),
-            name=f"sqlite-read:{self.source_id}",
-        )
-        self.in_flight[task] = read
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[_Rows]) -> None:
-        read = self.in_flight.pop(task)
-        if task.cancelled():
-            # Only the event loop shutting down cancels these; the thread may
-            # still be using the connection, so it is not handed out again.
-            read.interrupt()
-            return
-        task.exception()  # retrieved here: the caller may have left on its deadline
-        if self.closed:
-            read.conn.close()
-        else:
-            self.idle.put_nowait(read.conn)
-
-    async def close(self) -> None:
-        self.closed = True  # from here on `acquire` hands out nothing
-        self.idle.put_nowait(None)  # wakes whoever waits for a connection
-        busy = {read.conn for read in self.in_flight.values()}
-        for conn in self.conns:
-            if conn not in busy:
-                conn.close()
-        for read in self.in_flight.values():
-            read.interrupt()
-        if self.in_flight:
-            # Each closes its connection as its thread returns (`_finished`).
-            # `wait`, not `gather`: being cancelled here must not cancel the reads.
-            await asyncio.wait(list(self.in_flight))
+_Pool = ThreadBackedPool[sqlite3.Connection]
+_Read = Lease[sqlite3.Connection]
 
 
 class SQLiteConnector(Connector):
@@ -196,23 +129,30 @@ class SQLiteConnector(Connector):
             if self._pool is None:
                 with self._translating(opening=True):
                     conns = await asyncio.to_thread(self._connect_all)
-                self._pool = _Pool(self.source_id, conns)
+                self._pool = ThreadBackedPool(
+                    self.source_id,
+                    len(conns),
+                    kind="sqlite",
+                    close_conn=sqlite3.Connection.close,
+                    interrupt=sqlite3.Connection.interrupt,
+                    conns=conns,
+                )
             return self._pool
 
     async def _read(self, sql: str, args: tuple[Any, ...], *, timeout_s: float) -> _Rows:
         pool = await self._ensure_open()
+        uri, max_rows = self._uri(), self.limits.max_rows
+
+        def work(read: _Read) -> _Rows:
+            if read.conn is None:  # a slot left empty by a read cut off at loop shutdown
+                read.conn = _connect(uri)
+            return _fetch(read.conn, read.stop, sql, args, max_rows)
+
         with self._translating():
             async with asyncio.timeout(timeout_s):  # waiting for a connection counts too
-                read = _Read(await pool.acquire())
-                task = pool.start(read, sql, args, self.limits.max_rows)
-                try:
-                    return await asyncio.shield(task)
-                except BaseException:
-                    # Deadline, cancellation or error: whatever still runs must stop.
-                    # The connection rejoins the pool when the thread returns.
-                    if not task.done():
-                        read.interrupt()
-                    raise
+                # On a deadline, cancellation or error the statement is interrupted;
+                # the connection rejoins the pool when the thread returns.
+                return await pool.run(work)
 
     @contextlib.contextmanager
     def _translating(self, *, opening: bool = False) -> Iterator[None]:
@@ -229,19 +169,20 @@ class SQLiteConnector(Connector):
                 ) from exc
             raise self.fail(f"sqlite: {exc}") from exc
 
+    def _uri(self) -> str:
+        path = self.resolve_path(self.settings.path).resolve()
+        return f"{path.as_uri()}?mode=ro"
+
     def _connect_all(self) -> list[sqlite3.Connection]:
         path = self.resolve_path(self.settings.path).resolve()
         if not path.is_file():
             raise SourceUnavailable(
                 self.source_id, f"the database file {self.settings.path!r} does not exist"
             )
-        uri = f"{path.as_uri()}?mode=ro"
         conns: list[sqlite3.Connection] = []
         try:
             for _ in range(self.settings.pool_size):
-                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-                conns.append(conn)
-                conn.execute("PRAGMA query_only = 1").close()
+                conns.append(_connect(self._uri()))
         except BaseException:
             for conn in conns:
                 conn.close()
@@ -249,12 +190,24 @@ class SQLiteConnector(Connector):
         return conns
 
 
-def _fetch(read: _Read, sql: str, args: tuple[Any, ...], max_rows: int) -> _Rows:
-    """Run one statement on the calling thread; stops when ``read.stop`` is set."""
-    conn = read.conn
-    conn.set_progress_handler(read.stop.is_set, _PROGRESS_STEPS)
+def _connect(uri: str) -> sqlite3.Connection:
+    """A read-only connection any thread may use."""
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     try:
-        if read.stop.is_set():
+        conn.execute("PRAGMA query_only = 1").close()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _fetch(
+    conn: sqlite3.Connection, stop: threading.Event, sql: str, args: tuple[Any, ...], max_rows: int
+) -> _Rows:
+    """Run one statement on the calling thread; stops when ``stop`` is set."""
+    conn.set_progress_handler(stop.is_set, _PROGRESS_STEPS)
+    try:
+        if stop.is_set():
             raise sqlite3.OperationalError("interrupted")
         cursor = conn.execute(sql, args)
         try:

@@ -45,14 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import math
 import re
-import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
@@ -76,6 +71,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkAccess, SSHSettings
 from connectors.sql import SQLSpec, prepare_sql
+from connectors.thread_pool import Lease, ThreadBackedPool
 from worker.errors import InputRefused
 
 __all__ = [
@@ -225,120 +221,27 @@ def _parse_dsn(dsn: str) -> SQLServerTarget:
 # -- the pool ---------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Read:
-    """One statement for one pooled slot; ``conn`` is what the slot holds after it."""
-
-    conn: pymssql.Connection | None
-    done: threading.Event = field(default_factory=threading.Event)
+#: one read's slot: ``conn`` is what the slot holds before it, and keeps after it
+_Read = Lease[pymssql.Connection]
 
 
-class _Pool:
-    """``size`` slots on a stack: an open connection, or None (connect on use).
-
-    Reads run on the pool's own ``size`` threads: the event loop's default
-    executor has min(32, cores + 4) of them (6 on two cores), shared with every
-    other blocking call, which held a source below its pool. The slot used last
-    is taken first, so after a burst the surplus stays unused, and a timer
-    closes connections left unused ``idle_s`` (down to `_KEEP_IDLE`).
+class _Pool(ThreadBackedPool[pymssql.Connection]):
+    """``size`` slots, each an open connection or None (connect on use), read on
+    the pool's own ``size`` threads (`connectors.thread_pool`). The slot used
+    last is taken first, and connections left unused ``idle_s`` close (down to
+    `_KEEP_IDLE`). A statement cannot be interrupted: FreeTDS's query timeout
+    ends it, and the slot comes back (without that connection) when it does.
     """
 
     def __init__(self, source_id: str, size: int, idle_s: float = 60.0) -> None:
-        self.source_id = source_id
-        self.slots: asyncio.LifoQueue[pymssql.Connection | None] = asyncio.LifoQueue()
-        for _ in range(size):
-            self.slots.put_nowait(None)
-        self.size = size
-        self.idle_s = idle_s
-        self.in_flight: dict[asyncio.Task[_Rows], _Read] = {}
-        self.closed = False
-        self._threads = ThreadPoolExecutor(size, thread_name_prefix=f"sqlserver-{source_id}")
-        self._released: dict[pymssql.Connection, float] = {}
-        self._sweep_timer: asyncio.TimerHandle | None = None
-
-    async def acquire(self) -> pymssql.Connection | None:
-        if self.closed:
-            raise SourceUnavailable(self.source_id, "the source was closed")
-        conn = await self.slots.get()
-        if self.closed:
-            self.slots.put_nowait(conn)
-            raise SourceUnavailable(self.source_id, "the source was closed")
-        return conn
-
-    def start(self, read: _Read, work: Any) -> asyncio.Task[_Rows]:
-        name = f"sqlserver-read:{self.source_id}"
-        task = asyncio.create_task(self._threaded(work, read), name=name)
-        self.in_flight[task] = read
-        task.add_done_callback(self._finished)
-        return task
-
-    async def _threaded(self, work: Any, read: _Read) -> _Rows:
-        """``work(read)`` on one of the pool's threads, in this task's context (its reach)."""
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        rows: _Rows = await loop.run_in_executor(
-            self._threads, functools.partial(context.run, work, read)
+        super().__init__(
+            source_id,
+            size,
+            kind="sqlserver",
+            close_conn=_close_quietly,
+            idle_s=idle_s,
+            keep_idle=_KEEP_IDLE,
         )
-        return rows
-
-    def _finished(self, task: asyncio.Task[_Rows]) -> None:
-        read = self.in_flight.pop(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller may have left on its deadline
-        # The thread has returned (or, cancelled at loop shutdown, may not have):
-        # hand the slot back, with its connection only when it is known good.
-        conn = read.conn if read.done.is_set() else None
-        if self.closed and conn is not None:
-            _close_quietly(conn)
-            conn = None
-        if conn is not None:
-            self._released[conn] = time.monotonic()
-            self._arm_sweep()
-        self.slots.put_nowait(conn)
-
-    def _arm_sweep(self) -> None:
-        if self._sweep_timer is None and not self.closed:
-            loop = asyncio.get_running_loop()
-            self._sweep_timer = loop.call_later(self.idle_s, self._sweep)
-
-    def _sweep(self) -> None:
-        """Close the connections left unused ``idle_s`` (on a pool thread: closing blocks)."""
-        self._sweep_timer = None
-        if self.closed:
-            return
-        stack: list[pymssql.Connection | None] = []
-        while not self.slots.empty():  # top first; nobody waits while a slot is free
-            stack.append(self.slots.get_nowait())
-        now, kept = time.monotonic(), 0
-        for n, conn in enumerate(stack):
-            if conn is None:
-                continue
-            if kept < _KEEP_IDLE or now - self._released.get(conn, now) < self.idle_s:
-                kept += 1
-                continue
-            stack[n] = None
-            self._released.pop(conn, None)
-            self._threads.submit(_close_quietly, conn)
-        for conn in reversed(stack):
-            self.slots.put_nowait(conn)
-        if kept > _KEEP_IDLE:
-            self._arm_sweep()
-
-    async def close(self) -> None:
-        self.closed = True
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-        if self.in_flight:
-            # Each read ends by its query timeout; `wait`, not `gather`, so being
-            # cancelled here does not cancel them.
-            await asyncio.wait(list(self.in_flight))
-        loop = asyncio.get_running_loop()
-        while not self.slots.empty():
-            conn = self.slots.get_nowait()
-            if conn is not None:
-                await loop.run_in_executor(self._threads, _close_quietly, conn)
-        self._released.clear()
-        self._threads.shutdown(wait=False)
 
 
 # -- the connector -------------------------------------------------------------
@@ -437,12 +340,10 @@ class SQLServerConnector(Connector):
 
         with self._translating():
             async with asyncio.timeout(timeout_s):  # waiting for a slot counts too
-                read = _Read(await pool.acquire())
-                task = pool.start(read, work)
                 # The thread cannot be interrupted: on a deadline or cancellation
                 # the caller leaves, FreeTDS's query timeout ends the statement,
                 # and the slot comes back (without that connection) when it does.
-                return await asyncio.shield(task)
+                return await pool.run(work)
 
     def _connect_args(self, timeout_s: float) -> dict[str, Any]:
         """pymssql.connect's arguments: the one place the target (and, later,
@@ -492,31 +393,26 @@ def _run_in_thread(
     max_rows: int,
 ) -> _Rows:
     """Run one statement on the slot's connection (connecting if empty); sets
-    ``read.conn`` to what the slot keeps and ``read.done`` once finished."""
+    ``read.conn`` to what the slot keeps (the pool sets ``read.done``)."""
     conn, fresh = read.conn, read.conn is None
     read.conn = None  # whatever fails below leaves the slot empty
+    if conn is None:
+        conn = _connect(connect_args)
     try:
-        if conn is None:
-            conn = _connect(connect_args)
+        rows = _fetch(conn, sql, query_timeout, max_rows)
+    except pymssql.Error as exc:
+        _close_quietly(conn)
+        if fresh or not (error_numbers(exc) & _CONNECTION_LOST):
+            raise
+        # A pooled connection the server dropped: once more on a fresh one.
+        conn = _connect(connect_args)
         try:
             rows = _fetch(conn, sql, query_timeout, max_rows)
-        except pymssql.Error as exc:
+        except BaseException:
             _close_quietly(conn)
-            conn = None
-            if fresh or not (error_numbers(exc) & _CONNECTION_LOST):
-                raise
-            # A pooled connection the server dropped: once more on a fresh one.
-            conn = _connect(connect_args)
-            try:
-                rows = _fetch(conn, sql, query_timeout, max_rows)
-            except BaseException:
-                _close_quietly(conn)
-                conn = None
-                raise
-        read.conn = conn
-        return rows
-    finally:
-        read.done.set()
+            raise
+    read.conn = conn
+    return rows
 
 
 def _connect(connect_args: dict[str, Any]) -> pymssql.Connection:
