@@ -19,11 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Circuit", "CircuitOpen"]
+from worker.errors import CircuitOpen
 
-
-class CircuitOpen(Exception):
-    """The source's circuit is open: do not call it."""
+__all__ = ["Circuit", "CircuitOpen"]  # CircuitOpen lives in worker.errors; kept for its users
 
 
 @dataclass

@@ -9,10 +9,16 @@
     │   ├── EngineUnavailable       5xx, timeout, refused connection
     │   └── QueueUnavailable        the queue database did not answer
     ├── FatalError                  stop: nothing a retry can mend
-    │   └── EngineAuthError         401/403 from the engine: a configuration problem
+    │   ├── EngineAuthError         401/403 from the engine: a configuration problem
+    │   └── NotOurs                 the job is not this worker's: fail it, never run it
+    │       └── UnknownLookup       (worker.pipeline) no such lookup, no fallback text
     ├── LeaseLost                   another worker owns the job now; drop it quietly
+    ├── InvalidInput                the job cannot run as given: `invalid_input`, with
+    │                               customer-readable reasons; no source is read
     ├── InputRefused                a source refused a customer's value: `invalid_input`,
     │                               and the source is not counted as failing
+    ├── CircuitOpen                 the source keeps failing: skip the read (`fallback`)
+    ├── RenderError                 (worker.render) a reply template failed: `fallback`
     └── SourceError                 a data source failed: the job gets `fallback`
         ├── SourceTimeout           the read passed its deadline
         ├── SourceAuthError         the source refused the credentials
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "EXIT_CONFIG",
@@ -41,6 +48,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "CircuitOpen",
     "ConfigError",
     "ConfigErrors",
     "ConnectorMissing",
@@ -48,8 +56,10 @@ __all__ = [
     "EngineUnavailable",
     "FatalError",
     "InputRefused",
+    "InvalidInput",
     "LeaseLost",
     "NotARead",
+    "NotOurs",
     "QueueUnavailable",
     "RetriableError",
     "SourceAuthError",
@@ -123,8 +133,23 @@ class EngineAuthError(FatalError):
     """The engine refused the worker's token (401/403): fix ENGINE_TOKEN."""
 
 
+class NotOurs(FatalError):
+    """The job is not this worker's to run: fail it without retry."""
+
+
 class LeaseLost(WorkerError):
     """The job's lease expired and another worker may own it now."""
+
+
+@dataclass
+class InvalidInput(WorkerError):
+    """The job cannot run as given; ``errors`` are customer-readable."""
+
+    errors: list[str]
+    reply_to: str | None = None
+
+    def __str__(self) -> str:
+        return "; ".join(self.errors)
 
 
 class InputRefused(WorkerError):
@@ -140,6 +165,10 @@ class InputRefused(WorkerError):
         self.message = message
         self.argument = argument
         super().__init__(f"source {source_id!r}: {message}")
+
+
+class CircuitOpen(WorkerError):
+    """The source's circuit is open: do not call it (`worker.circuit`)."""
 
 
 class SourceError(WorkerError):
