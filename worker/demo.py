@@ -19,16 +19,17 @@ from typing import Any
 import aiohttp
 import click
 
+from worker.answers import Answer
 from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
-from worker.jobs import ClaimedJob
+from worker.engine_queue import EngineQueue
 from worker.local_engine import LocalEngine, serve_engine
 from worker.metrics import Metrics
-from worker.pipeline import Answer, Pipeline
-from worker.queues import EngineQueue
+from worker.pipeline import Pipeline
 from worker.runtime import RunSettings, Runtime
 from worker.sources import Sources
+from worker.stores.base import ClaimedJob
 from worker.stores.sqlite import SQLiteStore
 
 __all__ = ["SAMPLE_JOBS", "SAMPLE_MESSAGES", "run_demo"]

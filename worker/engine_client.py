@@ -2,8 +2,8 @@
 
 Status codes become the worker's errors here, once: 401/403 →
 `EngineAuthError` (a configuration problem), 409 → `LeaseLost`, 5xx, timeouts
-and refused connections → `EngineUnavailable` (retry with back-off). Nothing
-else in the worker looks at an HTTP status from the engine.
+and refused connections → `EngineUnavailable` (retry with back-off: `worker.retry`).
+Nothing else in the worker looks at an HTTP status from the engine.
 
 aiohttp's client is imported when the first request is made: a worker on the
 direct queue (contract §4) that serves no HTTP never loads it.
@@ -11,11 +11,9 @@ direct queue (contract §4) that serves no HTTP never loads it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from worker.errors import (
@@ -24,45 +22,16 @@ from worker.errors import (
     EngineUnavailable,
     FatalError,
     LeaseLost,
-    RetriableError,
     without_password,
 )
-from worker.jobs import ClaimedJob
+from worker.stores.base import ClaimedJob
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["EngineClient", "backoff_delays", "with_retries"]
-
-T = TypeVar("T")
+__all__ = ["EngineClient"]
 
 _MAX_BODY = 10_000_000
-
-
-def backoff_delays(base_s: float = 0.2, cap_s: float = 10.0) -> Any:
-    """Capped exponential back-off with full jitter: 0.2 s, 0.4 s … up to ``cap_s``."""
-    attempt = 0
-    while True:
-        yield random.uniform(0, min(cap_s, base_s * 2 ** min(attempt, 30)))  # noqa: S311 - jitter, not crypto
-        attempt += 1
-
-
-async def with_retries(
-    call: Callable[[], Awaitable[T]], *, deadline_s: float, on_retry: Callable[[Exception], None]
-) -> T:
-    """Retry ``call`` on a `RetriableError` (engine or queue down) until ``deadline_s``."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline_s
-    delays = backoff_delays()
-    while True:
-        try:
-            return await call()
-        except RetriableError as exc:
-            delay = next(delays)
-            if loop.time() + delay > give_up:
-                raise
-            on_retry(exc)
-            await asyncio.sleep(delay)
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker.errors import WorkerError
+from worker.errors import NotOurs, WorkerError
 from worker.http_guard import (
     basic_matches,
     bearer_matches,
@@ -22,12 +22,13 @@ from worker.http_guard import (
     refuse_undecodable_headers,
 )
 from worker.inbound import BadInbound, inbound_job, read_inbound
-from worker.jobs import JOB_TYPE, NotOurs, normalise_query_type
+from worker.jobs import normalise_query_type
 from worker.logs import job_context
 from worker.pipeline import Pipeline, UnknownLookup
 from worker.queues import JobQueue
 from worker.router import route_text
 from worker.status import render_status
+from worker.stores.base import JOB_TYPE
 
 __all__ = ["WorkerApp", "job_from_flat_body", "parse_listen"]
 

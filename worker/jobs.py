@@ -27,50 +27,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker import logs
+from worker.errors import InvalidInput, NotOurs
+from worker.stores.base import JOB_TYPE
 
 if TYPE_CHECKING:
     from worker.config import Lookup, ParamRule
 
 __all__ = [
     "JOB_TYPE",
-    "ClaimedJob",
-    "InvalidInput",
     "JobRequest",
-    "NotOurs",
     "normalise_query_type",
     "read_payload",
     "refused_by_source",
     "validate_params",
 ]
-
-JOB_TYPE = "data_lookup"
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job handed to this worker, with its lease."""
-
-    id: str
-    payload: Any
-    attempt: int = 1
-    lease_s: float = 30.0
-    #: seconds from when the job was due (its ``run_at``) to this claim; None if unknown
-    queued_s: float | None = None
-
-
-class NotOurs(Exception):
-    """The job is not this worker's to run: fail it without retry."""
-
-
-@dataclass
-class InvalidInput(Exception):
-    """The job cannot run as given; ``errors`` are customer-readable."""
-
-    errors: list[str]
-    reply_to: str | None = None
-
-    def __str__(self) -> str:
-        return "; ".join(self.errors)
 
 
 class _Payload(BaseModel):

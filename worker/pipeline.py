@@ -14,28 +14,22 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import Template
 
 from connectors.base import Bound, ReadResult
+from worker.answers import Answer, Outcome
 from worker.audit import AuditLog, AuditRow, mask_identifier
 from worker.config import Knowledge, Lookup, Tenant
-from worker.errors import InputRefused, SourceError, SourceFull
-from worker.jobs import (
-    InvalidInput,
-    JobRequest,
-    NotOurs,
-    read_payload,
-    refused_by_source,
-    validate_params,
-)
+from worker.errors import InputRefused, InvalidInput, NotOurs, SourceError, SourceFull
+from worker.jobs import JobRequest, read_payload, refused_by_source, validate_params
 from worker.metrics import Metrics
 from worker.redact import Redactor
 from worker.render import RenderError
 from worker.sources import Sources
 
+# Answer and Outcome live in worker.answers; named here too for the modules that import them
 __all__ = ["Answer", "Outcome", "Pipeline", "UnknownLookup"]
 
 log = logging.getLogger(__name__)
@@ -44,40 +38,8 @@ log = logging.getLogger(__name__)
 CLI_ADDRESS = "cli"
 
 
-class Outcome:
-    OK = "ok"
-    NOT_FOUND = "not_found"
-    INVALID_INPUT = "invalid_input"
-    FALLBACK = "fallback"
-
-
 class UnknownLookup(NotOurs):
     """No lookup of that name, no source query of that name, and no tenant fallback."""
-
-
-@dataclass
-class Answer:
-    """What a job came to: the outcome, the customer's text, and what to record."""
-
-    outcome: str
-    message: str | None
-    reply_to: str | None
-    result: Any = None
-    lookup: str | None = None
-    source_id: str | None = None
-    response_time_ms: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-    #: its audit row; on the direct PostgreSQL queue it is written with the job's completion
-    audit: AuditRow | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "message": self.message,
-            "data": self.result if self.outcome == Outcome.OK else None,
-            "source": self.source_id,
-            "response_time_ms": self.response_time_ms,
-        }
 
 
 class Pipeline:
@@ -295,7 +257,7 @@ class Pipeline:
 
     @staticmethod
     def _answer(
-        outcome: str,
+        outcome: Outcome,
         message: str,
         lookup: Lookup,
         request: JobRequest,

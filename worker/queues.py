@@ -1,11 +1,11 @@
-"""Where the run loop gets jobs and leaves answers: the engine over HTTP, or a store.
+"""Where the run loop gets jobs and leaves answers: the `JobQueue` interface, and a store.
 
-`EngineQueue` speaks contract §3 (claim, heartbeat, send the reply with the job
-id as idempotency key, then complete). `StoreQueue` claims from the §4 tables
-directly and writes the reply in the transaction that marks the job done.
-Both retry the final writes through engine or database hiccups for as long as
-the lease lasts; after that the job is handed out again and, the reply being
-idempotent, the customer still gets exactly one.
+`StoreQueue` claims from the §4 tables directly and writes the reply in the
+transaction that marks the job done. The engine's queue over HTTP (contract §3)
+is `worker.engine_queue.EngineQueue`, on the engine client's side. Both retry
+the final writes through engine or database hiccups for as long as the lease
+lasts; after that the job is handed out again and, the reply being idempotent,
+the customer still gets exactly one.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ import logging
 import math
 import random
 import time
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable
 
+from worker.answers import Answer
 from worker.audit import AuditLog
-from worker.engine_client import EngineClient, with_retries
 from worker.errors import LeaseLost
-from worker.jobs import JOB_TYPE, ClaimedJob
 from worker.metrics import Metrics
-from worker.pipeline import Answer
-from worker.stores.base import Claim, Reply, Store
+from worker.retry import with_retries
+from worker.stores.base import JOB_TYPE, Claim, ClaimedJob, Reply, Store
 
-__all__ = ["EngineQueue", "JobQueue", "Racing", "StoreQueue"]
+__all__ = ["JobQueue", "Racing", "StoreQueue"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +129,9 @@ class JobQueue(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
-    def _retry_log(self, job: ClaimedJob, what: str, *, reply: bool = False) -> Any:
+    def _retry_log(
+        self, job: ClaimedJob, what: str, *, reply: bool = False
+    ) -> Callable[[Exception], None]:
         """``with_retries``' note of a retry; ``reply``: the call delivers the reply."""
 
         def note(exc: Exception) -> None:
@@ -146,65 +146,6 @@ class JobQueue(abc.ABC):
             )
 
         return note
-
-
-class EngineQueue(JobQueue):
-    """Contract §3 over HTTP."""
-
-    def __init__(self, client: EngineClient, tenant_id: str, worker_id: str) -> None:
-        super().__init__(tenant_id, worker_id)
-        self.client = client
-
-    def describe(self) -> str:
-        parts = urlsplit(self.client.base_url)
-        return f"the engine at {parts.scheme}://{parts.hostname or ''}"
-
-    async def _claim(self, max_jobs: int, wait_s: float) -> list[ClaimedJob]:
-        return await self.client.next_jobs(
-            self.tenant_id, [JOB_TYPE], max_jobs=max_jobs, wait_s=wait_s
-        )
-
-    async def heartbeat(self, job: ClaimedJob) -> None:
-        await self.client.heartbeat(job)
-
-    async def finish(self, job: ClaimedJob, answer: Answer) -> None:
-        if answer.message and answer.reply_to:
-            message, to = answer.message, answer.reply_to
-            await with_retries(
-                lambda: self.client.send_message(
-                    tenant_id=self.tenant_id, to=to, message=message, key=job.id
-                ),
-                deadline_s=job.lease_s,
-                on_retry=self._retry_log(job, "send", reply=True),
-            )
-        await with_retries(
-            lambda: self.client.complete(
-                job,
-                outcome=answer.outcome,
-                result=answer.result,
-                response_time_ms=answer.response_time_ms,
-            ),
-            deadline_s=job.lease_s,
-            on_retry=self._retry_log(job, "complete"),
-        )
-
-    async def reject(
-        self, job: ClaimedJob, error: str, *, retry: bool, retry_after_s: float = 0
-    ) -> None:
-        await with_retries(
-            lambda: self.client.fail(job, error=error, retry=retry, retry_after_s=retry_after_s),
-            deadline_s=job.lease_s,
-            on_retry=self._retry_log(job, "fail"),
-        )
-
-    async def send(self, key: str, to: str, message: str) -> None:
-        await self.client.send_message(tenant_id=self.tenant_id, to=to, message=message, key=key)
-
-    async def ping(self) -> None:
-        await self.client.next_jobs(self.tenant_id, [JOB_TYPE], max_jobs=0, wait_s=0)
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 class StoreQueue(JobQueue):

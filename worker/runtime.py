@@ -24,19 +24,20 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.engine_client import backoff_delays
-from worker.errors import EngineAuthError, LeaseLost, RetriableError, WorkerError
-from worker.jobs import ClaimedJob, NotOurs
+from worker.errors import EngineAuthError, LeaseLost, NotOurs, RetriableError, WorkerError
 from worker.logs import job_context
+from worker.retry import backoff_delays
+from worker.stores.base import ClaimedJob
 from worker.supervisor import watch
 
-if TYPE_CHECKING:  # the run loop gets both from its caller (worker.service)
-    from worker.pipeline import Answer, Pipeline
+if TYPE_CHECKING:  # the run loop gets its queue and pipeline from its caller (worker.service)
+    from worker.answers import Answer
+    from worker.metrics import Metrics
     from worker.queues import JobQueue
 
-__all__ = ["RunSettings", "Runtime", "stop_on_signals"]
+__all__ = ["JobAnswerer", "RunSettings", "Runtime", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,40 @@ HEARTBEAT_MIN_S = 0.5
 HEARTBEAT_TICK_S = 0.25
 #: A heartbeat error already logged is logged again after this long, if it goes on.
 HEARTBEAT_LOG_EVERY_S = 60.0
+
+
+class _Tenant(Protocol):
+    @property
+    def tenant_id(self) -> str: ...
+
+
+class _Sources(Protocol):
+    """What admission reads of the sources (`worker.sources.Sources`)."""
+
+    @property
+    def changed(self) -> asyncio.Event: ...
+
+    def room(self, in_flight: int) -> int: ...
+
+    def stall_in(self) -> float | None: ...
+
+    async def close(self) -> None: ...
+
+
+class JobAnswerer(Protocol):
+    """What the run loop needs of a pipeline (`worker.pipeline.Pipeline` is one): answer
+    a payload, its tenant's id, its sources' room, the metrics to count in."""
+
+    @property
+    def tenant(self) -> _Tenant: ...
+
+    @property
+    def sources(self) -> _Sources: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    async def answer(self, payload: Any) -> Answer: ...
 
 
 @dataclass(eq=False)
@@ -77,7 +112,7 @@ class RunSettings:
 class Runtime:
     """Serves one tenant's queue until told to stop."""
 
-    def __init__(self, queue: JobQueue, pipeline: Pipeline, settings: RunSettings) -> None:
+    def __init__(self, queue: JobQueue, pipeline: JobAnswerer, settings: RunSettings) -> None:
         self.queue = queue
         self.pipeline = pipeline
         self.settings = settings
@@ -93,12 +128,12 @@ class Runtime:
         self._released = asyncio.Event()
         self._beat_errors: dict[str, float] = {}  # error text -> when it was last logged
 
-    def use(self, pipeline: Pipeline) -> Pipeline:
+    def use(self, pipeline: JobAnswerer) -> JobAnswerer:
         """New jobs run on ``pipeline`` from now on; returns the one it replaces."""
         old, self.pipeline = self.pipeline, pipeline
         return old
 
-    async def retire(self, old: Pipeline) -> None:
+    async def retire(self, old: JobAnswerer) -> None:
         """Close ``old``'s sources once no job runs on it any more."""
         while self._using.get(id(old), 0):
             self._released.clear()
@@ -246,7 +281,7 @@ class Runtime:
                 del self._using[id(pipeline)]
             self._released.set()
 
-    async def _answer(self, job: ClaimedJob, pipeline: Pipeline) -> None:
+    async def _answer(self, job: ClaimedJob, pipeline: JobAnswerer) -> None:
         extra = {"tenant": self.tenant_id, "job_id": job.id, "attempt": job.attempt}
         interval = max(job.lease_s / 3, HEARTBEAT_MIN_S)
         loop = asyncio.get_running_loop()

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from worker.audit import AuditLog
 from worker.config import Tenant, find_config, load_tenant
 from worker.engine_client import EngineClient
+from worker.engine_queue import EngineQueue
 from worker.errors import ConfigError, WorkerError, without_password
 from worker.logs import job_context
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
-from worker.queues import EngineQueue, JobQueue, StoreQueue
+from worker.queues import JobQueue, StoreQueue
 from worker.runtime import RunSettings, Runtime, stop_on_signals
 from worker.sources import Sources
 from worker.stores import open_store

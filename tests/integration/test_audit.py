@@ -14,8 +14,7 @@ import pytest
 
 from tests.support.databases import SEED_AUDIT_DDL, fresh_postgres
 from worker.audit import AuditLog, AuditRow, hourly_stats, mask_identifier, tenant_uuid
-from worker.jobs import ClaimedJob
-from worker.stores.base import Claim
+from worker.stores.base import Claim, ClaimedJob
 from worker.stores.postgres import PostgresStore
 
 

@@ -16,10 +16,11 @@ import yaml
 from aiohttp import web
 from yarl import URL
 
-from worker.engine_client import EngineClient, with_retries
+from worker.engine_client import EngineClient
 from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost
-from worker.jobs import ClaimedJob
 from worker.local_engine import LocalEngine, serve_engine
+from worker.retry import with_retries
+from worker.stores.base import ClaimedJob
 from worker.stores.sqlite import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]

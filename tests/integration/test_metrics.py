@@ -9,7 +9,9 @@ import pytest
 from aiohttp import web
 
 from tests.servers.hostile import serve
+from worker.answers import Answer
 from worker.engine_client import EngineClient
+from worker.engine_queue import EngineQueue
 from worker.errors import (
     SourceAuthError,
     SourceError,
@@ -17,10 +19,8 @@ from worker.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
-from worker.jobs import ClaimedJob
 from worker.metrics import OTHER, Metrics, error_kind
-from worker.pipeline import Answer
-from worker.queues import EngineQueue
+from worker.stores.base import ClaimedJob
 
 
 def flaky_engine(sends: list[str]) -> web.Application:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from worker.answers import Answer, Outcome
 from worker.engine_client import EngineClient
+from worker.engine_queue import EngineQueue
 from worker.errors import LeaseLost
-from worker.jobs import ClaimedJob
-from worker.pipeline import Answer, Outcome
-from worker.queues import EngineQueue, JobQueue, StoreQueue
+from worker.queues import JobQueue, StoreQueue
+from worker.stores.base import ClaimedJob
 from worker.stores.sqlite import SQLiteStore
 
 TENANT = "acme"

@@ -11,11 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.config import Lookup, load_tenant
-from worker.errors import ConfigError
+from worker.errors import ConfigError, InvalidInput, NotOurs
 from worker.jobs import (
-    InvalidInput,
     JobRequest,
-    NotOurs,
     normalise_query_type,
     read_payload,
     validate_params,

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
+from worker.answers import Answer
 from worker.config import load_tenant
 from worker.errors import EngineAuthError, EngineUnavailable, LeaseLost, SourceTimeout
-from worker.jobs import ClaimedJob
 from worker.metrics import Metrics
-from worker.pipeline import Answer, Pipeline
+from worker.pipeline import Pipeline
 from worker.queues import JobQueue
 from worker.runtime import RunSettings, Runtime
 from worker.sources import Gate, Sources
+from worker.stores.base import ClaimedJob
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,9 @@
-"""What a queue store does, whichever database holds the tables."""
+"""What a queue store does, whichever database holds the tables.
+
+The job as a claim hands it out (`ClaimedJob`) and the one job type this worker
+claims (`JOB_TYPE`) live here, under every queue: the stores, the queues and the
+run loop share them without importing what reads a job's payload.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,38 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from worker.jobs import ClaimedJob
-
 if TYPE_CHECKING:
     from worker.audit import AuditRow, AuditTable
 
-__all__ = ["MAX_ATTEMPTS", "Claim", "JobRow", "Reply", "Store", "TokenRow", "job_number"]
+__all__ = [
+    "JOB_TYPE",
+    "MAX_ATTEMPTS",
+    "Claim",
+    "ClaimedJob",
+    "JobRow",
+    "Reply",
+    "Store",
+    "TokenRow",
+    "job_number",
+]
+
+#: The job type of contract §2: the only one this worker claims.
+JOB_TYPE = "data_lookup"
 
 #: A job whose lease ran out this many times is failed instead of handed out again.
 MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job handed to this worker, with its lease."""
+
+    id: str
+    payload: Any
+    attempt: int = 1
+    lease_s: float = 30.0
+    #: seconds from when the job was due (its ``run_at``) to this claim; None if unknown
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,16 @@ from connectors.network import plain_on_loopback
 from worker.audit import AuditRow, AuditTable
 from worker.batching import GroupCommit
 from worker.errors import ConfigError, QueueUnavailable
-from worker.jobs import ClaimedJob
-from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store, TokenRow, job_number
+from worker.stores.base import (
+    MAX_ATTEMPTS,
+    Claim,
+    ClaimedJob,
+    JobRow,
+    Reply,
+    Store,
+    TokenRow,
+    job_number,
+)
 
 __all__ = ["MIGRATIONS", "PostgresStore", "channel", "pool_options"]
 

@@ -27,8 +27,16 @@ from typing import Any
 import aiosqlite
 
 from worker.audit import AuditRow
-from worker.jobs import ClaimedJob
-from worker.stores.base import MAX_ATTEMPTS, Claim, JobRow, Reply, Store, TokenRow, job_number
+from worker.stores.base import (
+    MAX_ATTEMPTS,
+    Claim,
+    ClaimedJob,
+    JobRow,
+    Reply,
+    Store,
+    TokenRow,
+    job_number,
+)
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
