@@ -52,7 +52,8 @@ def _origin(ep: EntryPoint) -> str:
 
 def _install_hint(ep: EntryPoint) -> str:
     if ep.extras:
-        return f"install its driver with: pip install 'data-lookup-worker[{ep.extras[0]}]'"
+        package = ep.dist.name if ep.dist is not None else "data-lookup-worker"
+        return f"install its driver with: pip install '{package}[{ep.extras[0]}]'"
     return "install the package that provides it"
 
 

@@ -1,6 +1,6 @@
 """The tenant config's JSON Schema (``worker config schema``), for editors and linters.
 
-It is drawn from the same pydantic models that load a config (`worker.config`),
+It is drawn from the same pydantic models that load a config (`worker.config_model`),
 so it cannot drift from them: `TenantConfig` for the document, and for each
 source type whose connector is installed, that connector's own settings model
 under ``connection`` (an ``if``/``then`` on the source's ``type``). Where a
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic.errors import PydanticUserError
 
 from connectors.registry import available
-from worker.config import TenantConfig
+from worker.config_model import TenantConfig
 
 __all__ = ["DIALECT", "tenant_schema"]
 

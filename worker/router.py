@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from worker.config import Tenant
+from worker.tenant import Tenant
 
 if TYPE_CHECKING:
     import re2
