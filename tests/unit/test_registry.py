@@ -118,3 +118,13 @@ def test_load_tenant__unbuilt_sql_source_loads_with_its_problem(tmp_path: Path) 
     assert source.connector_cls is None
     assert source.problem is not None and "data-lookup-worker[postgresql]" in source.problem
     assert source.queries["order_status"].args == ("order_id",)
+
+
+def test_entry_points__extra_agrees_with_the_connectors_own() -> None:
+    """`Connector.extra` repeats the entry point's extra; this keeps the two from drifting."""
+    for ep in entry_points(group=registry.ENTRY_POINT_GROUP):
+        try:
+            cls = registry.load(ep.name)
+        except ConnectorMissing:
+            continue  # its driver is not installed here
+        assert cls.extra == (ep.extras[0] if ep.extras else None), ep.name
