@@ -53,9 +53,9 @@ from connectors.redis import (
     RedisSettings,
     RedisSpec,
     ScanSpec,
-    _json_result,
     glob_escape,
 )
+from connectors.redis.commands import json_result
 from connectors.registry import load
 from connectors.testing import ConnectorContract, RawQuery
 from worker.config import load_tenant
@@ -792,7 +792,7 @@ async def test_run__json_get_without_the_module_is_a_clear_source_error(
 )  # fmt: skip
 def test_json_get__replies_become_rows(reply: str, rows: list[Any], data: Any) -> None:
     # No RedisJSON module on this server: the reply shaping is checked on its own.
-    result = _json_result(reply, cap=10)
+    result = json_result(reply, cap=10)
 
     assert (result.rows, result.data) == (rows, data)
 
