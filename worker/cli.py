@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import errno
 import json
-import os
 import re
 import secrets as pysecrets
 import sys
@@ -36,6 +35,7 @@ from worker.errors import (
     without_password,
 )
 from worker.runtime import RunSettings
+from worker.settings import Settings, audit_target, env_name
 
 if TYPE_CHECKING:
     from worker.config import Tenant
@@ -149,7 +149,14 @@ def _explain_os(exc: OSError) -> tuple[int, str]:
 async def _tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
     from worker.service import load
 
-    return await load(tenant_id, config_path)
+    return await load(tenant_id, config_path, env=_settings())
+
+
+def _settings() -> Settings:
+    """The settings the CLI loaded at start (`cli`), handed to what it runs."""
+    found = click.get_current_context(silent=True)
+    settings = found.find_object(Settings) if found else None
+    return settings or Settings.load()
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -189,7 +196,7 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
     cls=_EnvOption,
-    envvar="WORKER_LOG_LEVEL",
+    envvar=env_name("log_level"),
     show_envvar=True,
     show_default=True,
     help="How much to log.",
@@ -203,7 +210,7 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
     "--debug",
     is_flag=True,
     cls=_EnvOption,
-    envvar="WORKER_DEBUG",
+    envvar=env_name("debug"),
     show_envvar=True,
     help="Show the traceback of an error, not only its message.",
 )
@@ -222,7 +229,12 @@ def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
         and ctx.invoked_subcommand not in _SERVING
     ):
         log_level = "WARNING"  # a one-shot command's own output is what a person reads
-    logs.setup(log_level.upper(), json_lines=log_json)
+    from connectors.network import use_pgsslmode
+
+    settings = Settings.load()
+    ctx.obj = settings  # built once here, handed down (`_settings`)
+    use_pgsslmode(settings.pgsslmode)
+    logs.setup(log_level.upper(), json_lines=log_json, libraries=settings.log_libraries or None)
 
 
 #: the commands that serve until stopped: their default log level is INFO, the others'
@@ -247,7 +259,7 @@ _SERVING = frozenset({"run", "engine", "demo"})
     type=click.FloatRange(0, 3600),
     default=20.0,
     cls=_EnvOption,
-    envvar="WORKER_GRACE_S",
+    envvar=env_name("grace_s"),
     show_envvar=True,
     show_default=True,
     help="Seconds in-flight jobs get to finish on SIGTERM.",
@@ -256,7 +268,7 @@ _SERVING = frozenset({"run", "engine", "demo"})
     "--listen",
     default="127.0.0.1:8080",
     cls=_EnvOption,
-    envvar="WORKER_HTTP",
+    envvar=env_name("http"),
     show_envvar=True,
     show_default=True,
     callback=_listen_address,
@@ -267,7 +279,7 @@ _SERVING = frozenset({"run", "engine", "demo"})
     type=click.IntRange(1, 64),
     default=1,
     cls=_EnvOption,
-    envvar="WORKER_PROCESSES",
+    envvar=env_name("processes"),
     show_envvar=True,
     show_default=True,
     help="Whole workers side by side, sharing the HTTP port (SO_REUSEPORT) and the queue.",
@@ -294,13 +306,16 @@ def run(
         run_args += ["--tenant", tenant_id] if tenant_id else []
         run_args += ["--config", str(config_path)] if config_path else []
         raise SystemExit(_run_processes(processes, run_args, once=once))
-    from worker.service import serve, tune_gc
+    from worker.gc_tuning import tune_gc
+    from worker.service import serve
+
+    env = _settings()
 
     async def main() -> int:
         tenant = await _tenant(tenant_id, config_path)
         settings = RunSettings(max_in_flight=max_in_flight, grace_s=grace_s, once=once)
-        tune_gc()
-        return await serve(tenant, settings, listen=listen or None, watch_files=watch)
+        tune_gc(env)
+        return await serve(tenant, settings, listen=listen or None, watch_files=watch, env=env)
 
     raise SystemExit(_run(main()))
 
@@ -313,7 +328,8 @@ def _run_processes(count: int, run_args: list[str], *, once: bool) -> int:
     args = ["--log-level", root["log_level"]]
     if root["log_json"] is not None:
         args.append("--log-json" if root["log_json"] else "--log-text")
-    return asyncio.run(run_processes(count, [*args, "run", *run_args], once=once))
+    argv = [*args, "run", *run_args]
+    return asyncio.run(run_processes(count, argv, once=once, settings=_settings()))
 
 
 def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -347,7 +363,7 @@ def lookup(
 
     async def main() -> dict[str, Any]:
         tenant = await _tenant(tenant_id, config_path)
-        async with open_worker(tenant, with_queue=False) as worker:
+        async with open_worker(tenant, with_queue=False, env=_settings()) as worker:
             try:
                 answer = await worker.pipeline.lookup(lookup_name, values)
             except UnknownLookup as exc:
@@ -703,7 +719,7 @@ def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str
     if dsn is None:
         raise click.UsageError("give the queue's database: --dsn, QUEUE_DSN or --dsn-file", ctx=ctx)
     hint = (
-        "QUEUE_DSN"
+        env_name("queue_dsn")
         if ctx.get_parameter_source("dsn") is click.core.ParameterSource.ENVIRONMENT
         else "--dsn"
     )
@@ -714,7 +730,7 @@ def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str
 @click.option(
     "--dsn",
     cls=_EnvOption,
-    envvar="QUEUE_DSN",
+    envvar=env_name("queue_dsn"),
     show_envvar=True,
     help="postgresql://… or sqlite:///path/to/queue.db (a plain path is a SQLite file).",
 )
@@ -747,7 +763,7 @@ def engine_group() -> None:
     "--listen",
     cls=_EnvOption,
     default="127.0.0.1:8000",
-    envvar="ENGINE_LISTEN",
+    envvar=env_name("engine_listen"),
     show_envvar=True,
     show_default=True,
     callback=_listen_address,
@@ -757,14 +773,14 @@ def engine_group() -> None:
     "--db",
     cls=_EnvOption,
     default="engine.db",
-    envvar="ENGINE_DB",
+    envvar=env_name("engine_db"),
     show_envvar=True,
     show_default=True,
     help="The queue: a SQLite file or a postgresql:// DSN.",
 )
 @click.option(
     "--token",
-    envvar="ENGINE_TOKEN",
+    envvar=env_name("engine_token"),
     help="Bearer token callers must send (ENGINE_TOKEN); a random one is printed if unset.",
 )
 @click.option(
@@ -779,17 +795,17 @@ def engine_group() -> None:
     cls=_EnvOption,
     type=click.FloatRange(0.1, 3600),
     default=30.0,
-    envvar="ENGINE_LEASE_S",
+    envvar=env_name("engine_lease_s"),
     show_envvar=True,
     show_default=True,
     help="Seconds a claimed job stays leased without a heartbeat.",
 )
 def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, lease_s: float) -> None:
     """Serve the engine API (queue, messages, tenant configs) on a SQLite queue."""
+    from worker.gc_tuning import tune_gc
     from worker.http import parse_listen
     from worker.local_engine import LocalEngine, serve_engine
     from worker.runtime import stop_on_signals
-    from worker.service import tune_gc
     from worker.stores import open_store
 
     if not listen:
@@ -805,7 +821,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
     async def main() -> None:
         stop = asyncio.Event()
         async with open_store(db) as store:
-            tune_gc()
+            tune_gc(_settings())
             engine = LocalEngine(store, token=token, config_dir=config_dir, lease_s=lease_s)
             with stop_on_signals(stop):
                 await serve_engine(
@@ -826,7 +842,7 @@ def engine_serve(listen: str, db: str, token: str | None, config_dir: Path, leas
 @click.option("--tenant", "tenant_id", metavar="T", help="Issue a token that acts only for T.")
 @click.option(
     "--db",
-    default=lambda: os.environ.get("ENGINE_DB", "engine.db"),
+    default=lambda: Settings.load().engine_db,
     show_default="ENGINE_DB or ./engine.db",
     help="The engine's queue: a SQLite file or a postgresql:// DSN.",
 )
@@ -898,13 +914,13 @@ def _since(value: str) -> tuple[dt.timedelta, str]:
 async def _stats_tenant(tenant_id: str | None, config_path: Path | None) -> Tenant:
     """The config as far as `worker stats` needs it: the audit log's place. Its secrets
     are decrypted only when that place is itself encrypted (or read from the environment)."""
-    from worker.service import audit_target, load
+    from worker.service import load
 
-    tenant = await load(tenant_id, config_path, decrypt=False)
+    tenant = await load(tenant_id, config_path, decrypt=False, env=_settings())
     if not re.search(r"enc:v1:|\$\{env:", audit_target(tenant)):
         return tenant
     try:
-        return await load(tenant_id, config_path)
+        return await load(tenant_id, config_path, env=_settings())
     except ConfigError as exc:
         raise ConfigError(
             f"the audit log's DSN is encrypted or read from the environment, so stats "
@@ -929,7 +945,6 @@ def stats(
     """Lookups per data source per hour (count, average time), and per lookup (outcomes,
     average and p95 time), from the audit log."""
     from worker.audit import hourly_stats, lookup_stats
-    from worker.service import audit_target
 
     window, readable = _since(since)
 

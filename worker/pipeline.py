@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from worker.jobs import JobRequest, read_payload, refused_by_source, validate_pa
 from worker.metrics import Metrics
 from worker.redact import Redactor
 from worker.render import RenderError
+from worker.settings import Settings
 from worker.sources import Sources
 
 # Answer and Outcome live in worker.answers; named here too for the modules that import them
@@ -63,7 +63,7 @@ class Pipeline:
         self.redactor = Redactor(tenant.secrets)
         audit_config = tenant.config.audit
         self._identifier = audit_config.identifier if audit_config else "masked"
-        self._audit_key = os.environ.get("WORKER_AUDIT_KEY", "").encode()
+        self._audit_key = Settings.load().audit_key.get_secret_value().encode()
         self._tenant_uuid = tenant.config.tenant_uuid
 
     async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:

@@ -56,9 +56,7 @@ def _env(name: str, default: Any, doc: str) -> Any:
 class Settings(BaseSettings):
     """The environment as the worker reads it; frozen once loaded."""
 
-    model_config = SettingsConfigDict(
-        frozen=True, case_sensitive=True, extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=True, extra="ignore")
 
     # the engine, the queue and the audit log
     engine_url: str = _env("ENGINE_URL", "", "the engine (over the config's engine.url)")

@@ -114,13 +114,18 @@ def resolve_values(
             except ConfigError as exc:
                 report(path, exc.message)
                 return ""
-        missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in env_values]
-        if missing:
-            report(path, f"environment variable {missing[0]} is not set")
-            return ""
-        return _ENV.sub(lambda m: env_values[m.group(1)], text)
+        return _from_env(text, path, env_values, report)
 
     return walk(node, ())
+
+
+def _from_env(text: str, path: Path_, environ: Mapping[str, str], report: Report) -> str:
+    """``text`` with each ``${env:NAME}`` replaced from ``environ``; '' if one is unset."""
+    missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in environ]
+    if missing:
+        report(path, f"environment variable {missing[0]} is not set")
+        return ""
+    return _ENV.sub(lambda m: environ[m.group(1)], text)
 
 
 def reach_for(origin: Origin, settings: Settings | None = None) -> Reach:

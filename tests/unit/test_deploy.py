@@ -22,6 +22,7 @@ from worker.http import WorkerApp, parse_listen
 from worker.local_engine import LocalEngine
 from worker.pipeline import Pipeline
 from worker.secrets import ENV_KEYS
+from worker.settings import Settings, audit_target, env_name
 from worker.sources import Sources
 from worker.stores.sqlite import SQLiteStore
 
@@ -34,15 +35,23 @@ DOCKERFILE = ROOT / "Dockerfile"
 # -- what the code says ---------------------------------------------------------------
 
 
+def _settings_env_names() -> set[str]:
+    """Every environment variable the worker reads: one `Settings` field each."""
+    return {env_name(field) for field in Settings.model_fields}
+
+
 def _known_env_names() -> set[str]:
-    """Every environment variable the worker's code reads, and the image's own ``TENANT``."""
-    names = {ENV_KEYS}
-    # os.environ reads, and click options' envvar=
+    """Every environment variable the worker reads, and the image's own ``TENANT``."""
+    return _settings_env_names() | set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)", _dockerfile_cmd()))
+
+
+def _code_env_names() -> set[str]:
+    """The names the code itself spells next to an environment read, as a cross-check."""
     pattern = re.compile(r"""(?:environ(?:\.get)?[\(\[]\s*|envvar=)["']([A-Z][A-Z0-9_]+)["']""")
+    names: set[str] = set()
     for folder in ("worker", "connectors"):
         for path in (ROOT / folder).rglob("*.py"):
             names |= set(pattern.findall(path.read_text(encoding="utf-8")))
-    names |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)", _dockerfile_cmd()))
     return names
 
 
@@ -349,18 +358,30 @@ def test_k8s__service_selects_the_pods_and_their_port(
 # -- the README and the image ----------------------------------------------------------------
 
 
-def test_readme__every_variable_the_worker_reads_is_in_its_environment_table() -> None:
+def _readme_env_table() -> set[str]:
+    """The variables the first column of the README's Environment table names."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Environment") :].split("\n## ", 1)[0]
-    missing = sorted(name for name in _known_env_names() if f"`{name}`" not in table)
+    rows = (line.split("|")[1] for line in table.splitlines() if line.startswith("| `"))
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row)}
+
+
+def test_readme__environment_table_and_settings_name_the_same_variables() -> None:
+    table = _readme_env_table()
+    missing = sorted(_known_env_names() - table)
     assert not missing, f"README's Environment table lacks {missing}"
+    unknown = sorted(table - _known_env_names())
+    assert not unknown, f"README's Environment table names what the worker never reads: {unknown}"
+
+
+def test_settings__the_code_reads_no_variable_outside_the_settings() -> None:
+    unknown = sorted(_code_env_names() - _settings_env_names())
+    assert not unknown, f"read outside worker.settings.Settings: {unknown}"
 
 
 def test_image__the_audit_file_goes_to_the_state_volume_not_the_read_only_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from worker.service import audit_target
-
     env = dict(re.findall(r"^\s+(WORKER_STATE_DIR)=(\S+)", _dockerfile(), re.MULTILINE))
     assert env.get("WORKER_STATE_DIR") == "/var/lib/worker"
     assert re.search(r"^VOLUME\s+/var/lib/worker$", _dockerfile(), re.MULTILINE)
