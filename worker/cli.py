@@ -456,13 +456,15 @@ def _print_route(found: Route, text: str) -> None:
 def connectors(as_json: bool) -> None:
     """List the source types this worker can use, with their connection fields."""
     from connectors.registry import available
+    from worker.secret_fields import secret_fields
 
     rows: list[dict[str, Any]] = []
     for info in available():
         fields: dict[str, dict[str, bool]] = {}
         if info.cls is not None:
+            secrets = secret_fields(info.cls.Settings)
             for name, field in info.cls.Settings.model_fields.items():
-                secret = "Secret" in str(field.annotation)
+                secret = name in secrets
                 fields[name] = {"required": field.is_required(), "secret": secret}
         rows.append(
             {

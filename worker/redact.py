@@ -1,61 +1,51 @@
 """The redaction layer: no secret reaches a log line, an error text or a result.
 
-At load time the config collects every credential it resolved (decrypted
-``enc:v1:`` values, ``${env:…}`` values under secret-named keys, plaintext
-passwords and tokens, passwords inside DSNs and URLs). `Redactor.scrub` blanks
-them out of any text; `Redactor.install` puts it in front of every log handler,
-and the pipeline passes each fallback's error text through it before it goes
-to the engine.
+At load time the config collects every credential it resolved
+(`secrets_in`): the values of the connection settings each connector marks
+``SecretStr``, what the name rule of `worker.secret_fields` finds where no
+settings model says, and the password inside every URL. `Redactor.scrub`
+blanks them out of any text; `Redactor.install` puts it in front of every log
+handler, and the pipeline passes each fallback's error text through it before
+it goes to the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MASK", "Redactor", "is_auth_value", "secrets_in"]
+from worker.secret_fields import config_secrets
+
+__all__ = ["MASK", "Redactor", "secrets_in"]
 
 MASK = "***"
 _MIN_LENGTH = 4  # shorter values would blank out ordinary words
-_SECRET_KEY = re.compile(
-    r"(?i)(password|passwd|secret|api_?key|token|private_key|passphrase|service_account|"
-    r"client_secret|security_token|credentials?)"
-)
-_URL_KEY = re.compile(r"(?i)^(dsn|uri|url|base_url|wsdl)$")
-
-
-def is_auth_value(parent: str, key: str) -> bool:
-    """An HTTP source's ``auth: {type: header|query, name, value}``: the value is the key."""
-    return parent.lower() == "auth" and key.lower() == "value"
-
-
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
 def secrets_in(document: Any) -> set[str]:
     """Every credential value in a (resolved) config document."""
-    found: set[str] = set()
-
-    def walk(node: Any, key: str, parent: str = "") -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, str(k), key)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, key, parent)
-        elif isinstance(node, str) and node:
-            if _SECRET_KEY.search(key) or is_auth_value(parent, key):
-                found.add(node)
-            if _URL_KEY.match(key) or "://" in node:
-                password = urlsplit(node).password if "://" in node else None
-                if password:
-                    found.update({password, unquote(password)})
-
-    walk(document, "")
+    found = {secret.value for secret in config_secrets(document) if not secret.url}
+    found.update(_url_passwords(document))
     return {s for s in found if len(s) >= _MIN_LENGTH}
+
+
+def _url_passwords(node: Any) -> Iterator[str]:
+    """The password inside every URL of ``node``, as written and decoded: wherever it is,
+    a URL's password is a credential."""
+    if isinstance(node, Mapping):
+        for value in node.values():
+            yield from _url_passwords(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _url_passwords(value)
+    elif isinstance(node, str) and "://" in node:
+        password = urlsplit(node).password
+        if password:
+            yield from (password, unquote(password))
 
 
 class Redactor(logging.Filter):

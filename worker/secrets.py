@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
-from worker.redact import is_auth_value
+from worker.secret_fields import Secret, config_secrets
 from worker.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -46,12 +46,6 @@ __all__ = [
 
 PREFIX = "enc:v1:"
 ENV_KEYS = env_name("secret_keys")
-
-# Connection keys whose values are credentials.
-SECRET_KEYS = re.compile(
-    r"(?i)^(password|passwd|secret|api_key|apikey|token|security_token|private_key|"
-    r"service_account|client_secret|access_token|dsn|uri|url)$"
-)
 
 
 def keygen() -> str:
@@ -181,26 +175,28 @@ def undecryptable(
     yield from walk(document, "")
 
 
-def _plain_secrets(node: Any, path: str) -> Iterator[str]:
-    if isinstance(node, Mapping):
-        parent = path.rsplit(".", 1)[-1].split("[", 1)[0]
-        for key, value in node.items():
-            where = f"{path}.{key}" if path else str(key)
-            secret = SECRET_KEYS.match(str(key)) or is_auth_value(parent, str(key))
-            if isinstance(value, str) and secret:
-                if value and not value.startswith(PREFIX) and "${env:" not in value:
-                    if not (str(key).lower() in {"url", "uri", "dsn"} and "@" not in value):
-                        yield where
-            else:
-                yield from _plain_secrets(value, where)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _plain_secrets(value, f"{path}[{i}]")
-
-
 def plaintext_warnings(document: Mapping[str, Any], name: str) -> list[str]:
-    """One warning per credential written in clear in a config (they still load)."""
+    """One warning per credential of the config's sources written in clear (they still
+    load): each secret `worker.secret_fields` finds that is neither ``enc:v1:`` nor
+    ``${env:…}``; a URL only when it holds credentials."""
+    sources = {"data_sources": document.get("data_sources", [])}
     return [
-        f"{name}: {where} is a plaintext secret; encrypt it with `worker secrets encrypt`"
-        for where in _plain_secrets(document.get("data_sources", []), "data_sources")
+        f"{name}: {_dotted(secret.where)} is a plaintext secret; "
+        "encrypt it with `worker secrets encrypt`"
+        for secret in config_secrets(sources)
+        if _in_clear(secret)
     ]
+
+
+def _in_clear(secret: Secret) -> bool:
+    if secret.value.startswith(PREFIX) or "${env:" in secret.value:
+        return False
+    return "@" in secret.value if secret.url else True
+
+
+def _dotted(where: tuple[str | int, ...]) -> str:
+    """``data_sources[0].connection.password``."""
+    text = ""
+    for part in where:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
