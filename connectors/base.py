@@ -11,7 +11,9 @@ One instance serves one configured source. Its life:
 
 1. ``Settings.model_validate(connection)`` when the tenant config loads: the
    connection block is checked as a typed, frozen model. Mark secret fields
-   with ``SecretStr`` so the redaction layer knows them.
+   with ``SecretStr``, in nested models too: the redaction layer, the
+   plaintext-secret warning and ``worker connectors`` know a secret by that
+   mark alone (a free-form map such as ``headers`` is judged by its keys).
 2. ``prepare(raw)`` (a classmethod) for every configured query, at load time:
    parse it, refuse anything that is not a read (raise `NotARead`), and say
    which parameters it takes (`PreparedQuery.positional` for SQL ``$1…$n``,
