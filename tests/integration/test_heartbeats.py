@@ -1,9 +1,9 @@
-"""Heartbeats survive the queue store's errors: a raw driver error is logged, and retried.
+"""Heartbeats survive the queue store's errors: the error is logged, and retried.
 
 A real SQLite queue file, locked by another connection (as a backup tool or a
 stuck process would) while a job is in flight: the heartbeat's UPDATE fails
-with sqlite3's own "database is locked". The heartbeats must go on once the
-lock is gone, so the job keeps its lease and is answered once.
+with sqlite3's own "database is locked" (as `QueueUnavailable`). The heartbeats
+must go on once the lock is gone, so the job keeps its lease and is answered once.
 """
 
 from __future__ import annotations
@@ -126,8 +126,12 @@ async def test_heartbeats__a_locked_store_is_logged_and_the_beats_resume(
             await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
             with caplog.at_level(logging.WARNING, logger="worker.runtime"):
 
-                def beat_failed() -> bool:
-                    return any("database is locked" in r.getMessage() for r in caplog.records)
+                def beat_failed() -> bool:  # the claim loop may meet the lock first
+                    return any(
+                        "heartbeat of job" in r.getMessage()
+                        and "database is locked" in r.getMessage()
+                        for r in caplog.records
+                    )
 
                 await _wait_for(beat_failed)
                 await asyncio.to_thread(blocker.execute, "ROLLBACK")

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from worker.errors import QueueUnavailable, RetriableError
 from worker.stores.base import MAX_ATTEMPTS, Claim, Reply
-from worker.stores.sqlite import MIGRATIONS, SQLiteStore
+from worker.stores.sqlite import MIGRATIONS, SQLiteStore, _unavailable
 
 TENANT = "acme"
 SEED_PAYLOAD = json.dumps(
@@ -666,3 +667,54 @@ async def test_claim__says_how_long_each_job_waited_since_it_was_due(
     await asyncio.sleep(1.0)
     [job] = await sqlite_store.claim(claim())
     assert job.queued_s is not None and job.queued_s >= 0.9
+
+
+# --- SQLite's errors, translated in one place ----------------------------------------------
+
+
+async def test_errors__a_file_locked_past_the_busy_timeout_is_queue_unavailable(
+    sqlite_store: SQLiteStore, queue_path: Path
+) -> None:
+    job_id = await sqlite_store.enqueue(payload())
+    [job] = await sqlite_store.claim(claim())
+    await sqlite_store.db.execute("PRAGMA busy_timeout=0")  # fail at once, not after 30 s
+    blocker = sqlite3.connect(queue_path, isolation_level=None, timeout=0)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(QueueUnavailable, match="OperationalError: database is locked") as info:
+            await sqlite_store.heartbeat(job_id, lease_s=30, attempt=job.attempt)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        assert isinstance(info.value, RetriableError)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await sqlite_store.heartbeat(job_id, lease_s=30, attempt=job.attempt)
+
+
+def test_errors__a_file_that_cannot_be_opened_is_queue_unavailable(tmp_path: Path) -> None:
+    # a directory: SQLite cannot open it as a database (as `SQLiteStore.open` meets it)
+    with (
+        pytest.raises(QueueUnavailable, match=r"open failed \(.*unable to open database file"),
+        _unavailable("open"),
+    ):
+        sqlite3.connect(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(sqlite3.OperationalError("database is locked"), id="no-sqlite-code"),
+        pytest.param(sqlite3.IntegrityError("UNIQUE constraint failed"), id="integrity"),
+    ],
+)
+def test_errors__other_errors_pass_unchanged(error: sqlite3.Error) -> None:
+    with pytest.raises(type(error)) as info, _unavailable("claim"):
+        raise error
+    assert info.value is error
+
+
+def test_errors__a_bad_statement_passes_unchanged() -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such table") as info:
+        with _unavailable("job"), contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute("SELECT * FROM no_such_table")
+    assert not isinstance(info.value, QueueUnavailable)

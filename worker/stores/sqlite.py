@@ -10,6 +10,12 @@ inserts.
 The schema is versioned (``PRAGMA user_version``): `MIGRATIONS` run in order,
 each once, under ``BEGIN IMMEDIATE`` so two processes opening one file never
 migrate it twice.
+
+SQLite's errors are translated in one place (`_unavailable`): a file that stays
+locked past the busy timeout, a disk I/O error, a full disk or a file that cannot
+be opened becomes `QueueUnavailable`, which the callers retry with back-off as
+they do a PostgreSQL queue's; any other error (a constraint, a bug) is raised as
+SQLite raised it.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
 from worker.audit import AuditRow
+from worker.errors import QueueUnavailable
 from worker.stores.base import (
     MAX_ATTEMPTS,
     Claim,
@@ -152,6 +160,41 @@ def _loads(text: str | None) -> Any:
         return text
 
 
+#: SQLite's primary result codes for a file that cannot be used now (not a bad statement):
+#: SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+_UNAVAILABLE_CODES = frozenset({5, 6, 10, 13, 14})
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """SQLite's operational trouble inside becomes `QueueUnavailable` (``what`` failed, and
+    SQLite's own words: a path at most, never a secret); other errors pass unchanged."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _UNAVAILABLE_CODES:
+            raise
+        raise QueueUnavailable(
+            f"SQLite queue: {what} failed ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``method``'s statements under `_unavailable`, named by the method."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        with _unavailable(method.__name__.replace("_", " ")):
+            return await method(*args, **kwargs)
+
+    return call
+
+
 class SQLiteStore(Store):
     """Contract §4 on one SQLite file."""
 
@@ -172,6 +215,7 @@ class SQLiteStore(Store):
             raise RuntimeError("the store is not open")
         return self._db
 
+    @_translated
     async def open(self) -> None:
         if self._db is not None:
             return
@@ -212,6 +256,7 @@ class SQLiteStore(Store):
             await cursor.close()
             return count
 
+    @_translated
     async def enqueue(self, payload: Any, *, delay_s: float = 0) -> int:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         async with self._lock:
@@ -226,6 +271,7 @@ class SQLiteStore(Store):
             raise RuntimeError("INSERT … RETURNING gave no row")
         return int(row[0])
 
+    @_translated
     async def claim(self, claim: Claim) -> list[ClaimedJob]:
         now, until = _stamp(), _stamp(claim.lease_s)
         types = list(claim.job_types)
@@ -262,6 +308,7 @@ class SQLiteStore(Store):
         ]
         return sorted(jobs, key=lambda j: int(j.id))
 
+    @_translated
     async def release(self, jobs: Sequence[ClaimedJob]) -> None:
         for job in jobs:
             await self._write(
@@ -273,6 +320,7 @@ class SQLiteStore(Store):
         if jobs:
             self._notify()
 
+    @_translated
     async def mark_seen(self, tenant_id: str) -> None:
         _SEEN.set((self, self._changed, await self._data_version()))
 
@@ -298,6 +346,7 @@ class SQLiteStore(Store):
             (now, MAX_ATTEMPTS, *params),
         )
 
+    @_translated
     async def wait_for_jobs(self, timeout_s: float, tenant_id: str) -> bool:
         """Wakes for any tenant's jobs: SQLite cannot tell whose a change was."""
         loop = asyncio.get_running_loop()
@@ -328,6 +377,7 @@ class SQLiteStore(Store):
             return "id = ? AND status = 'running'", ()
         return "id = ? AND status = 'running' AND attempt = ?", (attempt,)
 
+    @_translated
     async def heartbeat(self, job_id: int, *, lease_s: float, attempt: int | None) -> bool:
         where, extra = self._owned(attempt)
         count = await self._write(
@@ -336,6 +386,7 @@ class SQLiteStore(Store):
         )
         return count == 1
 
+    @_translated
     async def complete(
         self,
         job_id: int,
@@ -366,6 +417,7 @@ class SQLiteStore(Store):
                 raise
         return done
 
+    @_translated
     async def fail(
         self, job_id: int, *, error: str, retry: bool, retry_after_s: float, attempt: int | None
     ) -> bool:
@@ -400,12 +452,14 @@ class SQLiteStore(Store):
         await cursor.close()
         return inserted
 
+    @_translated
     async def send_message(self, *, key: str, reply: Reply, job_id: int | None = None) -> bool:
         async with self._lock:
             return await self._insert_message(
                 key, reply, job_id if job_id is not None else job_number(key)
             )
 
+    @_translated
     async def job(self, job_id: int) -> JobRow | None:
         cursor = await self.db.execute(
             "SELECT id, payload, status, attempt, outcome, result, error FROM jobs WHERE id = ?",
@@ -419,6 +473,7 @@ class SQLiteStore(Store):
             int(row[0]), _loads(row[1]), row[2], int(row[3]), row[4], _loads(row[5]), row[6]
         )
 
+    @_translated
     async def messages(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
         sql = 'SELECT id, job_id, tenant_id, "to", message, created_at FROM outbound_messages'
         params: tuple[Any, ...] = ()
@@ -433,12 +488,14 @@ class SQLiteStore(Store):
 
     # -- tenant-scoped engine tokens ---------------------------------------------------
 
+    @_translated
     async def add_token(self, token_sha256: str, tenant_id: str) -> None:
         await self._write(
             "INSERT INTO engine_tokens (token_sha256, tenant_id) VALUES (?, ?)",
             (token_sha256, tenant_id),
         )
 
+    @_translated
     async def token_tenant(self, token_sha256: str) -> str | None:
         cursor = await self.db.execute(
             "SELECT tenant_id FROM engine_tokens WHERE token_sha256 = ?", (token_sha256,)
@@ -447,12 +504,14 @@ class SQLiteStore(Store):
         await cursor.close()
         return str(row[0]) if row else None
 
+    @_translated
     async def revoke_tokens(self, sha256_prefix: str) -> int:
         return await self._write(
             "DELETE FROM engine_tokens WHERE substr(token_sha256, 1, ?) = ?",
             (len(sha256_prefix), sha256_prefix),
         )
 
+    @_translated
     async def tokens(self) -> list[TokenRow]:
         cursor = await self.db.execute(
             "SELECT token_sha256, tenant_id, created_at FROM engine_tokens"
