@@ -39,6 +39,7 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker.answers import Outcome
 from worker.config import Tenant, find_config, load_tenant
 from worker.errors import ConfigError, ConfigErrors
 from worker.http_guard import GuardedRunner, bearer_matches, read_json, refuse_undecodable_headers
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 30.0
 MAX_BODY = 4 * 1024 * 1024
-OUTCOMES = ("ok", "not_found", "invalid_input", "fallback")
+OUTCOMES = tuple(Outcome)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
