@@ -38,7 +38,7 @@ from worker.config_model import (
     StoreConfig,
     TenantConfig,
 )
-from worker.config_source import Problems, parse_document
+from worker.config_source import DocPath, Problems, parse_document
 from worker.errors import ConfigError, ConfigErrors
 from worker.lookups import build_knowledge, build_lookup, default_text
 from worker.prepare import build_source, unnamed_queries
@@ -148,7 +148,7 @@ def _read(
     path: Path | None, document: Mapping[str, Any] | None, name: str | None
 ) -> tuple[dict[str, Any], Problems, Path]:
     """The document as a dict, an error collector that knows its lines, and its folder."""
-    lines: dict[tuple[str | int, ...], int] = {}
+    lines: dict[DocPath, int] = {}
     if path is not None:
         label = name or str(path)
         try:
@@ -185,7 +185,7 @@ def _build(
 ) -> Tenant:
     sources: dict[str, Source] = {}
     for index, source in enumerate(config.data_sources):
-        at: tuple[str | int, ...] = ("data_sources", index)
+        at: DocPath = ("data_sources", index)
         if source.id in sources:
             errors.add((*at, "id"), f"duplicate data source id {source.id!r}")
             continue

@@ -26,7 +26,7 @@ DocPath = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def parse_document(text: str, *, name: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+def parse_document(text: str, *, name: str) -> tuple[Any, dict[DocPath, int]]:
     """Parse YAML or JSON; also return the 1-based line of every path in it.
 
     A key given twice in one mapping is an error (`ConfigErrors`, each naming its
@@ -165,7 +165,7 @@ def _index_lines(node: yaml.Node, path: DocPath, index: _Index) -> None:
 class Problems:
     """Collects problems with their file, path and line."""
 
-    def __init__(self, name: str, lines: Mapping[tuple[str | int, ...], int]) -> None:
+    def __init__(self, name: str, lines: Mapping[DocPath, int]) -> None:
         self.name = name
         self.lines = lines
         self.items: list[ConfigError] = []
@@ -177,7 +177,7 @@ class Problems:
         """Every place with a problem so far needs no other message."""
         self._explained.update(e.where for e in self.items)
 
-    def where(self, path: tuple[str | int, ...], *, line: int | None = None) -> str:
+    def where(self, path: DocPath, *, line: int | None = None) -> str:
         """``file:line: dotted.path``; the line is the path's own unless given."""
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path)
         dotted = dotted.replace(".[", "[")
@@ -186,14 +186,14 @@ class Problems:
         head = f"{self.name}:{line}" if line else self.name
         return f"{head}: {dotted}" if dotted else head
 
-    def line(self, path: tuple[str | int, ...]) -> int | None:
+    def line(self, path: DocPath) -> int | None:
         """The line of ``path``, else of the nearest enclosing path the document has."""
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
         return self.lines.get(probe)
 
-    def add(self, path: tuple[str | int, ...], message: str, *, line: int | None = None) -> None:
+    def add(self, path: DocPath, message: str, *, line: int | None = None) -> None:
         where = self.where(path, line=line)
         if where not in self._explained:
             self.items.append(ConfigError(message, where=where))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from connectors.base import PreparedQuery
 from worker.config_model import FallbackConfig, LookupConfig, ParamRule
-from worker.config_source import Problems
+from worker.config_source import DocPath, Problems
 from worker.prepare import args_from_columns, check_args, prepare_query, prepare_unbuilt
 from worker.render import Renderer
 from worker.reply_templates import (
@@ -26,8 +26,9 @@ __all__ = ["build_knowledge", "build_lookup", "default_text"]
 
 
 def build_lookup(
-    tenant: Tenant, name: str, spec: LookupConfig, at: tuple[str | int, ...], errors: Problems
+    tenant: Tenant, name: str, spec: LookupConfig, at: DocPath, errors: Problems
 ) -> Lookup | None:
+    """The lookup ``name`` ready to run, or None with its problems noted."""
     source_id = spec.source or _only_source(tenant)
     source = tenant.sources.get(source_id or "")
     if source is None:
@@ -66,7 +67,7 @@ def build_lookup(
 
 
 def _lookup_read(
-    source: Source, name: str, spec: LookupConfig, at: tuple[str | int, ...], errors: Problems
+    source: Source, name: str, spec: LookupConfig, at: DocPath, errors: Problems
 ) -> tuple[PreparedQuery, tuple[str, ...] | None] | None:
     """The lookup's prepared query (a named one of its source, or inline) and its args."""
     query_name = (
@@ -114,7 +115,7 @@ def default_text(value: str | FallbackConfig) -> str:
 
 
 def build_knowledge(
-    tenant: Tenant, spec: str | FallbackConfig | None, at: tuple[str | int, ...], errors: Problems
+    tenant: Tenant, spec: str | FallbackConfig | None, at: DocPath, errors: Problems
 ) -> Knowledge | None:
     """A `FallbackConfig` checked against the tenant's sources; None for static text."""
     if not isinstance(spec, FallbackConfig):

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from connectors import registry
 from connectors.base import ConnectionSettings, Connector, Limits, PreparedQuery
 from worker.config_model import SourceConfig
-from worker.config_source import Problems
+from worker.config_source import DocPath, Problems
 from worker.errors import ConfigError, ConnectorMissing
 from worker.shape_errors import shape_errors
 from worker.tenant import NamedQuery, Source
@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 
-def build_source(source: SourceConfig, at: tuple[str | int, ...], errors: Problems) -> Source:
+def build_source(source: SourceConfig, at: DocPath, errors: Problems) -> Source:
+    """``source`` with its connector class, checked settings and prepared queries."""
     limits = Limits(max_rows=source.max_rows, max_bytes=source.max_bytes)
     try:
         cls = registry.load(source.type)
@@ -56,7 +57,7 @@ def build_source(source: SourceConfig, at: tuple[str | int, ...], errors: Proble
 
 
 def _unbuilt_source(
-    source: SourceConfig, at: tuple[str | int, ...], errors: Problems, limits: Limits, problem: str
+    source: SourceConfig, at: DocPath, errors: Problems, limits: Limits, problem: str
 ) -> Source:
     """A source with no connector installed: it loads, unusable, its SQL still checked."""
     queries = {}
@@ -67,9 +68,7 @@ def _unbuilt_source(
     return Source(source.id, source.type, None, None, queries, limits, problem)
 
 
-def prepare_unbuilt(
-    type_name: str, raw: Any, at: tuple[str | int, ...], errors: Problems
-) -> PreparedQuery:
+def prepare_unbuilt(type_name: str, raw: Any, at: DocPath, errors: Problems) -> PreparedQuery:
     """A source whose connector is missing: SQL is still checked to be one read."""
     body = _query_body(raw)
     try:
@@ -124,8 +123,9 @@ def unnamed_queries(sources: Mapping[str, Source]) -> Iterator[str]:
 
 
 def prepare_query(
-    cls: type[Connector], raw: Any, at: tuple[str | int, ...], errors: Problems
+    cls: type[Connector], raw: Any, at: DocPath, errors: Problems
 ) -> PreparedQuery | None:
+    """``raw`` through the connector's ``prepare``; None, with the problem noted, if refused."""
     try:
         return cls.prepare(raw)
     except ConfigError as exc:
@@ -138,11 +138,13 @@ def prepare_query(
 def check_args(
     prepared: PreparedQuery,
     args: tuple[str, ...] | None,
-    at: tuple[str | int, ...],
+    at: DocPath,
     errors: Problems,
     *,
     required: bool,
 ) -> None:
+    """``args`` name one parameter a placeholder; ``required``: a query whose ``$n`` the
+    columns do not name must list them."""
     if args is None:
         if required and prepared.positional:
             errors.add(

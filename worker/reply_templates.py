@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jinja2 import Template
 
-from worker.config_source import Problems
+from worker.config_source import DocPath, Problems
 from worker.errors import ConfigError
 from worker.render import Renderer
 
@@ -68,9 +68,8 @@ KNOWLEDGE_TEMPLATE = (
 )
 
 
-def compile_text(
-    renderer: Renderer, text: str, at: tuple[str | int, ...], errors: Problems
-) -> Template | None:
+def compile_text(renderer: Renderer, text: str, at: DocPath, errors: Problems) -> Template | None:
+    """``text`` compiled; None, with the problem noted at ``at``, if it does not compile."""
     try:
         return renderer.compile(text, where=errors.where(at))
     except ConfigError as exc:
