@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.retry import backoff_s
 from worker.settings import Settings
 from worker.supervisor import watch
 
@@ -414,7 +415,7 @@ class AuditLog:
             except Exception as exc:  # the store refused: keep the rows, try again
                 attempt += 1
                 self._note_failure(exc, len(self._pending))
-                delay = min(_RETRY_CAP_S, _RETRY_FIRST_S * 2 ** min(attempt - 1, 30))
+                delay = backoff_s(attempt - 1, first_s=_RETRY_FIRST_S, cap_s=_RETRY_CAP_S)
                 if self._closing.is_set():  # closing: keep trying for close_s, without spinning
                     await asyncio.sleep(min(delay, _RETRY_FIRST_S))
                 else:
