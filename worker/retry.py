@@ -3,8 +3,10 @@
 `backoff_s` is the capped exponential back-off; `backoff_delays` draws from it
 with full jitter, so replicas that failed together do not retry together;
 `with_retries` retries a call through `RetriableError` (engine or queue down)
-while a deadline allows. The engine client's callers, the queues' final writes
-and the run loop's claims all back off through here.
+while a deadline allows. The queues' final writes (the engine's over its client,
+a store's), the run loop's claims and the audit log's flusher all back off
+through here. (Connectors keep their own: they import nothing of the worker's but
+its errors.)
 """
 
 from __future__ import annotations
