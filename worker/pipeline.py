@@ -28,6 +28,7 @@ from worker.redact import Redactor
 from worker.render import RenderError
 from worker.settings import Settings
 from worker.sources import Sources
+from worker.stores.base import JOB_TYPE
 
 # Answer and Outcome live in worker.answers; named here too for the modules that import them
 __all__ = ["Answer", "Outcome", "Pipeline", "UnknownLookup"]
@@ -89,7 +90,7 @@ class Pipeline:
     ) -> Answer:
         """Run one lookup by name, as ``worker lookup`` does, without a queue."""
         payload = {
-            "job_type": "data_lookup",
+            "job_type": JOB_TYPE,
             "tenant_id": self.tenant.tenant_id,
             "query_type": name,
             "parameters": dict(values),
