@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from worker import logs
 from worker import secrets as worker_secrets
+from worker.answers import Outcome
 from worker.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -989,7 +990,7 @@ def _print_hourly(rows: list[dict[str, Any]], readable: str) -> None:
         click.echo(f"{row['hour']:<26} {source:<24} {row['query_count']:>8} {avg:>8.1f}")
 
 
-_OUTCOMES = ("ok", "not_found", "invalid_input", "fallback")
+_OUTCOMES = tuple(Outcome)
 
 
 def _print_lookups(rows: list[dict[str, Any]], readable: str) -> None:
