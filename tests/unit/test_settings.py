@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,15 @@ def test_resolve_values__takes_env_from_the_mapping_it_is_given() -> None:
     )
     assert resolved["data_sources"][0]["connection"]["password"] == "from-the-snapshot"
     assert not problems
+
+
+def test_environment__is_read_only_by_worker_settings() -> None:
+    """The issue's rule: one module reads the environment; the rest are handed it."""
+    reads = re.compile(r"\bos\.environ\b|\bgetenv\(|\benviron\.get\(")
+    readers = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("worker", "connectors")
+        for path in (ROOT / folder).rglob("*.py")
+        if reads.search(path.read_text(encoding="utf-8"))
+    )
+    assert readers == ["worker/settings.py"]
