@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import ConfigError
 
 if TYPE_CHECKING:
-    from worker.config import Tenant
+    from worker.tenant import Tenant
 
 __all__ = [
     "READY_SOURCES",

@@ -83,7 +83,6 @@ def resolve_values(
     but the places are still checked. ``${env:NAME}`` is looked up in ``environ``
     (default: the environment as `Settings.load` finds it now).
     """
-    env_values = Settings.load().environ() if environ is None else environ
 
     def walk(value: Any, path: Path_) -> Any:
         if isinstance(value, str):
@@ -114,13 +113,15 @@ def resolve_values(
             except ConfigError as exc:
                 report(path, exc.message)
                 return ""
-        return _from_env(text, path, env_values, report)
+        return _from_env(text, path, environ, report)
 
     return walk(node, ())
 
 
-def _from_env(text: str, path: Path_, environ: Mapping[str, str], report: Report) -> str:
-    """``text`` with each ``${env:NAME}`` replaced from ``environ``; '' if one is unset."""
+def _from_env(text: str, path: Path_, given: Mapping[str, str] | None, report: Report) -> str:
+    """``text`` with each ``${env:NAME}`` replaced from ``given`` (None: the environment
+    `Settings.load` finds now); '' if one is unset."""
+    environ = Settings.load().environ() if given is None else given
     missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in environ]
     if missing:
         report(path, f"environment variable {missing[0]} is not set")
