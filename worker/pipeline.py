@@ -26,7 +26,6 @@ from worker.jobs import JobRequest, read_payload, refused_by_source, validate_pa
 from worker.metrics import Metrics
 from worker.redact import Redactor
 from worker.render import RenderError
-from worker.settings import Settings
 from worker.sources import Sources
 from worker.stores.base import JOB_TYPE
 
@@ -52,6 +51,8 @@ class Pipeline:
         sources: Sources,
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
+        *,
+        audit_key: bytes = b"",
     ) -> None:
         self.tenant = tenant
         self.sources = sources
@@ -64,7 +65,7 @@ class Pipeline:
         self.redactor = Redactor(tenant.secrets)
         audit_config = tenant.config.audit
         self._identifier = audit_config.identifier if audit_config else "masked"
-        self._audit_key = Settings.load().audit_key.get_secret_value().encode()
+        self._audit_key = audit_key  # WORKER_AUDIT_KEY, for `identifier: hashed`
         self._tenant_uuid = tenant.config.tenant_uuid
 
     async def answer(self, payload: Any, *, lookup_name: str | None = None) -> Answer:

@@ -121,7 +121,8 @@ class Worker:
 def _pipeline(
     tenant: Tenant, sources: Sources, metrics: Metrics, audit: AuditLog | None, env: Settings
 ) -> Pipeline:
-    pipeline = Pipeline(tenant, sources, metrics, audit)
+    key = env.audit_key.get_secret_value().encode()
+    pipeline = Pipeline(tenant, sources, metrics, audit, audit_key=key)
     tokens = [engine_settings(tenant, env)[1] or "", env.token.get_secret_value()]
     pipeline.redactor.add(tokens)
     pipeline.redactor.install()
