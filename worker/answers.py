@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from worker.audit import AuditRow
+    from worker.audit_table import AuditRow
 
 __all__ = ["Answer", "Outcome"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from worker.audit import AuditRow, AuditTable
+    from worker.audit_table import AuditRow, AuditTable
 
 __all__ = [
     "JOB_TYPE",

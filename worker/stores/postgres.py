@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from connectors.network import plain_on_loopback
-from worker.audit import AuditRow, AuditTable
+from worker.audit_table import AuditRow, AuditTable
 from worker.batching import GroupCommit
 from worker.errors import ConfigError, QueueUnavailable
 from worker.stores.base import (

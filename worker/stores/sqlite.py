@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
-from worker.audit import AuditRow
+from worker.audit_table import AuditRow
 from worker.errors import QueueUnavailable
 from worker.stores.base import (
     MAX_ATTEMPTS,
