@@ -12,6 +12,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.reply_templates import DEFAULT_FALLBACK, DEFAULT_INVALID, DEFAULT_NOT_FOUND
+from worker.words import normalise
 
 __all__ = [
     "DEFAULT_KNOWLEDGE_TIMEOUT_S",
@@ -84,8 +85,6 @@ class RouteConfig(_Model):
     @field_validator("keywords")
     @classmethod
     def _keywords_have_words(cls, value: list[str]) -> list[str]:
-        from worker.router import normalise
-
         for keyword in value:
             if not normalise(keyword):
                 raise ValueError(f"keyword {keyword!r} has no letters or digits to match")

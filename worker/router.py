@@ -39,21 +39,19 @@ index is built once per loaded `Tenant` and reused.
 from __future__ import annotations
 
 import threading
-import unicodedata
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from worker.tenant import Tenant
+from worker.words import MAX_TEXT_CHARS, fold, normalise
 
 if TYPE_CHECKING:
     import re2
 
 __all__ = ["MAX_TEXT_CHARS", "Route", "normalise", "route_text"]
 
-#: a customer's message is read up to this many characters
-MAX_TEXT_CHARS = 4096
 #: a typo is tolerated between words this long or longer …
 _FUZZY_MIN_LEN = 4
 #: … when `fuzz.ratio` (0–100) is at least this
@@ -61,8 +59,6 @@ _FUZZY_CUTOFF = 85.0
 _EXACT_WEIGHT = 2.0
 _FUZZY_WEIGHT = 1.0
 _EXTRACT_BONUS = 1.0
-
-_APOSTROPHES = frozenset("'’`´ʼ")
 
 
 @dataclass(frozen=True)
@@ -78,18 +74,6 @@ class Route:
     @property
     def routed(self) -> bool:
         return self.query_type is not None
-
-
-def normalise(text: str) -> str:
-    """Lower-case words and digits only, accents dropped, one space between them."""
-    out = [c if c.isalnum() else " " for c in _fold(text) if c not in _APOSTROPHES]
-    return " ".join("".join(out).split())
-
-
-def _fold(text: str) -> str:
-    """Compatibility forms decomposed (``１２`` → ``12``), accents dropped, casefolded."""
-    decomposed = unicodedata.normalize("NFKD", text[:MAX_TEXT_CHARS])
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 # -- the per-tenant index ----------------------------------------------------
@@ -215,7 +199,7 @@ def route_text(tenant: Tenant, text: str, *, sender: str | None = None) -> Route
     """The lookup a customer's ``text`` is about, with the parameters it gives."""
     index = _index(tenant)
     original = text[:MAX_TEXT_CHARS]
-    folded = _fold(original)
+    folded = fold(original)
     normal = normalise(original)
     tokens = normal.split()
     typos = _typos(tokens, index)
