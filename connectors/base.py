@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -58,14 +58,12 @@ from worker.errors import (
     SourceUnavailable,
 )
 
-if TYPE_CHECKING:
-    from connectors.sql import Dialect
-
 __all__ = [
     "Bound",
     "ConfigError",
     "ConnectionSettings",
     "Connector",
+    "Dialect",
     "Limits",
     "NotARead",
     "PreparedQuery",
@@ -80,6 +78,9 @@ __all__ = [
     "placeholder_names",
     "validate_query",
 ]
+
+#: the SQL dialects a SQL connector says it speaks (`Connector.sql_dialect`)
+Dialect = Literal["postgresql", "mysql", "sqlserver", "sqlite"]
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connectors.base import ConfigError, NotARead, PreparedQuery
+from connectors.base import ConfigError, Dialect, NotARead, PreparedQuery
 
 __all__ = [
     "POSTGRESQL_WRITE_ACCESS",
@@ -41,7 +41,6 @@ __all__ = [
 
 Style = Literal["dollar", "qmark_numbered", "format"]
 _ScanStyle = Literal[Style, "parse", "mark"]
-Dialect = Literal["postgresql", "mysql", "sqlserver", "sqlite"]
 
 # String literals, quoted identifiers and comments: skipped by the scanners below.
 # MySQL runs the body of a `/*! … */` comment, so that one is scanned as code.
