@@ -18,7 +18,11 @@
     ├── InputRefused                a source refused a customer's value: `invalid_input`,
     │                               and the source is not counted as failing
     ├── CircuitOpen                 the source keeps failing: skip the read (`fallback`)
+    ├── BadInbound                  a customer's message body (`POST /webhook/inbound`,
+    │                               `/inbound`) is not one it may take: 422, nothing queued
     ├── RenderError                 (worker.render) a reply template failed: `fallback`
+    ├── DeadlinePassed              a render passed its deadline inside the sandbox;
+    │                               the renderer answers it as a `RenderError`
     └── SourceError                 a data source failed: the job gets `fallback`
         ├── SourceTimeout           the read passed its deadline
         ├── SourceAuthError         the source refused the credentials
@@ -48,10 +52,12 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "BadInbound",
     "CircuitOpen",
     "ConfigError",
     "ConfigErrors",
     "ConnectorMissing",
+    "DeadlinePassed",
     "EngineAuthError",
     "EngineUnavailable",
     "FatalError",
@@ -135,6 +141,14 @@ class EngineAuthError(FatalError):
 
 class NotOurs(FatalError):
     """The job is not this worker's to run: fail it without retry."""
+
+
+class BadInbound(WorkerError, ValueError):
+    """A customer's message body is not what the inbound endpoints take; says what is wrong."""
+
+
+class DeadlinePassed(WorkerError):
+    """The render in progress passed its deadline (`worker.sandbox`)."""
 
 
 class LeaseLost(WorkerError):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import BadInbound
 from worker.jobs import JOB_TYPE
 from worker.router import Route
 
@@ -24,10 +25,6 @@ MAX_MESSAGE = 4096
 # spaces, dots, dashes and brackets; 3 to 20 digits in all.
 _PHONE = re.compile(r"\+?[0-9 ().\-]{3,32}")
 _MESSAGE_ID = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
-
-
-class BadInbound(ValueError):
-    """The body is not an inbound message this receiver may take (a 422)."""
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import soft_str
 
+from worker.errors import DeadlinePassed
+
 __all__ = [
     "DEADLINE",
     "MAX_RANGE",
@@ -76,10 +78,6 @@ MAX_SIZE = 100_000
 
 # When the render in progress must stop, on the monotonic clock.
 DEADLINE: ContextVar[float | None] = ContextVar("render_deadline", default=None)
-
-
-class DeadlinePassed(Exception):
-    """The render in progress passed its deadline."""
 
 
 def check_deadline() -> None:
