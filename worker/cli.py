@@ -35,8 +35,9 @@ from worker.errors import (
     WorkerError,
     without_password,
 )
+from worker.precedence import audit_target
 from worker.runtime import RunSettings
-from worker.settings import Settings, audit_target, env_name
+from worker.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from worker.config import Tenant

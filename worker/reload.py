@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from worker.config import Tenant, load_tenant
 from worker.engine_client import EngineClient
 from worker.errors import ConfigError, WorkerError
-from worker.settings import engine_settings
+from worker.precedence import engine_settings
 from worker.supervisor import watch
 
 if TYPE_CHECKING:
+    from worker.parts import Worker
     from worker.pipeline import Pipeline
     from worker.runtime import Runtime
-    from worker.service import Worker
 
 __all__ = [
     "RETIRE_MARGIN_S",

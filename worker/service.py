@@ -1,7 +1,8 @@
 """Wiring one worker process: config, sources, queue, audit log, HTTP endpoints, run loop.
 
-The parts live in their own modules: the environment and its precedence over the
-config in `worker.settings`, the HTTP server's life in `worker.serving`, config
+The parts live in their own modules: the running worker's parts in `worker.parts`,
+the environment in `worker.settings` and its precedence over the config in
+`worker.precedence`, the HTTP server's life in `worker.serving`, config
 reload in `worker.reload`, the garbage collector in `worker.gc_tuning`.
 """
 
@@ -13,7 +14,6 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,18 +24,19 @@ from worker.engine_queue import EngineQueue
 from worker.errors import ConfigError, without_password
 from worker.logs import job_context
 from worker.metrics import Metrics
-from worker.pipeline import Pipeline
+from worker.parts import Worker, make_pipeline
+from worker.precedence import audit_target, engine_settings, queue_target
 from worker.queues import JobQueue, StoreQueue
 from worker.reload import Reloads, follow_config, follow_file, reload_on_hangup, tenant_from_engine
 from worker.runtime import RunSettings, Runtime, stop_on_signals
 from worker.serving import http_endpoints
-from worker.settings import Settings, audit_target, engine_settings, queue_target
+from worker.settings import Settings
 from worker.sources import Sources
 from worker.stores import open_store
 from worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from worker.http import WorkerApp
+    pass
 
 __all__ = [
     "Worker",
@@ -98,37 +99,6 @@ def make_queue(tenant: Tenant, env: Settings | None = None) -> JobQueue | None:
     return None
 
 
-@dataclass
-class Worker:
-    tenant: Tenant
-    sources: Sources
-    pipeline: Pipeline
-    queue: JobQueue | None
-    env: Settings
-    app: WorkerApp | None = None
-
-    def switch_to(self, tenant: Tenant) -> Pipeline:
-        """A pipeline on a new config, sharing metrics and audit; becomes the current one."""
-        old = self.pipeline
-        self.tenant = tenant
-        self.sources = Sources(tenant, old.metrics)
-        self.pipeline = _pipeline(tenant, self.sources, old.metrics, old.audit, self.env)
-        if self.app is not None:
-            self.app.pipeline = self.pipeline
-        return self.pipeline
-
-
-def _pipeline(
-    tenant: Tenant, sources: Sources, metrics: Metrics, audit: AuditLog | None, env: Settings
-) -> Pipeline:
-    key = env.audit_key.get_secret_value().encode()
-    pipeline = Pipeline(tenant, sources, metrics, audit, audit_key=key)
-    tokens = [engine_settings(tenant, env)[1] or "", env.token.get_secret_value()]
-    pipeline.redactor.add(tokens)
-    pipeline.redactor.install()
-    return pipeline
-
-
 def start_line(tenant: Tenant, env: Settings | None = None) -> str:
     """Where the config came from and which queue runs, without any password."""
     env = env or Settings.load()
@@ -182,7 +152,7 @@ async def open_worker(
     target = audit_target(tenant, env)
     check_audit_place(target)
     audit = AuditLog(target, flush_s=env.audit_flush(), pool_mode=env.pool_mode())
-    pipeline = _pipeline(tenant, sources, metrics, audit, env)
+    pipeline = make_pipeline(tenant, sources, metrics, audit, env)
     queue = make_queue(tenant, env) if with_queue else None
     if queue is not None:
         queue.metrics = metrics  # retried reply deliveries

@@ -7,10 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from worker.settings import engine_settings
+from worker.precedence import engine_settings
 
 if TYPE_CHECKING:
-    from worker.service import Worker
+    from worker.parts import Worker
 
 __all__ = ["http_endpoints"]
 

@@ -21,8 +21,9 @@ from worker.config import load_tenant
 from worker.http import WorkerApp, parse_listen
 from worker.local_engine import LocalEngine
 from worker.pipeline import Pipeline
+from worker.precedence import audit_target
 from worker.secrets import ENV_KEYS
-from worker.settings import Settings, audit_target, env_name
+from worker.settings import Settings, env_name
 from worker.sources import Sources
 from worker.stores.sqlite import SQLiteStore
 

@@ -10,7 +10,8 @@ from pydantic import SecretStr, ValidationError
 
 from worker.config import load_tenant
 from worker.errors import ConfigError
-from worker.settings import Settings, audit_target, engine_settings, env_name, queue_target
+from worker.precedence import audit_target, engine_settings, queue_target
+from worker.settings import Settings, env_name
 from worker.trust import resolve_values
 
 ROOT = Path(__file__).resolve().parents[2]
