@@ -268,7 +268,6 @@ class AirtableConnector(SaaSConnector):
         '{"table": "Orders", "filter": {"Order ID": "{order_id}"}}, with "formula", '
         '"sort", "fields", "view", "limit"; or {"table": "Orders", "record": "{record_id}"}'
     )
-    extra: ClassVar[str | None] = "rest"
 
     settings: AirtableSettings
 

@@ -150,8 +150,6 @@ class Connector(abc.ABC):
     Settings: ClassVar[type[ConnectionSettings]]
     #: one line for ``worker connectors``: what a query looks like
     query_shape: ClassVar[str]
-    #: the optional extra that installs the driver (``pip install '.[extra]'``)
-    extra: ClassVar[str | None] = None
     #: a SQL source's dialect, for the read-only check of its queries (`connectors.sql`)
     sql_dialect: ClassVar[Dialect | None] = None
 

@@ -338,7 +338,6 @@ class ElasticsearchConnector(Connector):
         '"_source": [...]}, or {"index": …, "id": "{sku}"}, or {"index": …, "count": true, '
         '"query": …}'
     )
-    extra: ClassVar[str | None] = "elasticsearch"
 
     settings: ElasticsearchSettings
 

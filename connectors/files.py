@@ -474,7 +474,6 @@ class ExcelConnector(TabularFileConnector[ExcelQuery]):
     Settings: ClassVar[type[ConnectionSettings]] = FileSettings
     Query: ClassVar[type[FileQuery]] = ExcelQuery
     query_shape: ClassVar[str] = '{"sheet": "Stock", "filter": {"sku": "{sku}"}}'
-    extra: ClassVar[str | None] = "excel"
 
     @classmethod
     def prepare(cls, raw: str | Mapping[str, Any]) -> PreparedQuery:

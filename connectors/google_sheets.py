@@ -334,7 +334,6 @@ class GoogleSheetsConnector(Connector):
         '{"range": "Customers!A:E", "filter": "phone = {customer_phone}"} '
         "(the range's first row names the columns)"
     )
-    extra: ClassVar[str | None] = "google_sheets"
 
     settings: GoogleSheetsSettings
 

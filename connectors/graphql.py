@@ -164,7 +164,6 @@ class GraphQLConnector(Connector):
         '{"document": "query ($id: ID!) { order(id: $id) { status } }", '
         '"variables": {"id": "{order_id}"}, "result": "order"}'
     )
-    extra: ClassVar[str | None] = "graphql"
 
     settings: GraphQLSettings
 

@@ -270,7 +270,6 @@ class HubSpotConnector(SaaSConnector):
         '"properties": ["firstname"]}, with "filters" or "filterGroups" for other operators; '
         'or {"object": "contacts", "id": "{contact_id}", "idProperty": "email"}'
     )
-    extra: ClassVar[str | None] = "rest"
 
     settings: HubSpotSettings
 

@@ -302,7 +302,6 @@ class MongoDBConnector(Connector):
         '"sort": [["field", 1]], "limit": 1}, or "pipeline": […] instead of filter, '
         'or "count": true, or "distinct": "field"'
     )
-    extra: ClassVar[str | None] = "mongodb"
 
     settings: MongoDBSettings
 

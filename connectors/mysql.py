@@ -527,7 +527,6 @@ class MySQLConnector(Connector):
     type_name: ClassVar[str] = "mysql"
     Settings: ClassVar[type[ConnectionSettings]] = MySQLSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
-    extra: ClassVar[str | None] = "mysql"
     sql_dialect = "mysql"
 
     settings: MySQLSettings

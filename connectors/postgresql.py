@@ -236,7 +236,6 @@ class PostgreSQLConnector(Connector):
     type_name: ClassVar[str] = "postgresql"
     Settings: ClassVar[type[ConnectionSettings]] = PostgreSQLSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
-    extra: ClassVar[str | None] = "postgresql"
     sql_dialect = "postgresql"
 
     settings: PostgreSQLSettings

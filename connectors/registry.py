@@ -23,6 +23,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ConnectorInfo",
     "available",
+    "driver_extra",
     "is_known",
     "load",
     "prepare_unloaded",
@@ -55,6 +56,12 @@ def _install_hint(ep: EntryPoint) -> str:
         package = ep.dist.name if ep.dist is not None else "data-lookup-worker"
         return f"install its driver with: pip install '{package}[{ep.extras[0]}]'"
     return "install the package that provides it"
+
+
+def driver_extra(type_name: str) -> str | None:
+    """The optional extra that installs ``type_name``'s driver, as its entry point says."""
+    ep = _entry_points().get(type_name)
+    return ep.extras[0] if ep is not None and ep.extras else None
 
 
 def is_known(type_name: str) -> bool:

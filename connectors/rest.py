@@ -264,7 +264,6 @@ class RESTConnector(Connector):
         '"body": {…} (POST only), "result": "data.items", "format": "auto|json|xml|text", '
         '"pagination": {"type": "next_url|link_header|cursor|page|offset", …}}'
     )
-    extra: ClassVar[str | None] = "rest"
 
     settings: RESTSettings
 

@@ -249,7 +249,6 @@ class SalesforceConnector(Connector):
         '{"soql": "SELECT Status FROM Order WHERE OrderNumber = {order_id}"} '
         "(values quoted by SOQL rules)"
     )
-    extra: ClassVar[str | None] = "salesforce"
 
     settings: SalesforceSettings
 

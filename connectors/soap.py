@@ -532,7 +532,6 @@ class SOAPConnector(Connector):
         '"result": "dotted.path" (optional)}, or without a WSDL {"envelope": "<soapenv:Envelope…'
         '{order_id}…>", "action": "…", "result": "dotted.path"}'
     )
-    extra: ClassVar[str | None] = "soap"
 
     settings: SOAPSettings
 

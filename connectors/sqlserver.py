@@ -253,7 +253,6 @@ class SQLServerConnector(Connector):
     type_name: ClassVar[str] = "sqlserver"
     Settings: ClassVar[type[ConnectionSettings]] = SQLServerSettings
     query_shape: ClassVar[str] = "SQL with $1…$n placeholders"
-    extra: ClassVar[str | None] = "sqlserver"
     sql_dialect = "sqlserver"
 
     settings: SQLServerSettings

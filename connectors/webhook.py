@@ -169,7 +169,6 @@ class WebhookConnector(Connector):
         '"order_status" (an event name; the payload is the lookup\'s parameters), or '
         '{"event": …, "payload": {"order_id": "{order_id}"}, "result": "data.order"}'
     )
-    extra: ClassVar[str | None] = "rest"
 
     settings: WebhookSettings
 

@@ -63,7 +63,6 @@ class RedisConnector(Connector):
         '{"command": "HGETALL", "key": "order:{order_id}"} (read commands only; '
         '"field" for HGET/HEXISTS, "args" for the rest)'
     )
-    extra: ClassVar[str | None] = "redis"
 
     settings: RedisSettings
 

@@ -44,6 +44,7 @@ from elasticsearch import (
 )
 from pydantic import ValidationError
 
+from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
@@ -144,7 +145,7 @@ def test_connector__is_found_by_its_type_name() -> None:
     cls = load("elasticsearch")
 
     assert cls is ElasticsearchConnector
-    assert cls.extra == "elasticsearch"
+    assert registry.driver_extra("elasticsearch") == "elasticsearch"
 
 
 def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,7 @@ from bson.timestamp import Timestamp
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient, errors
 
+from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
@@ -136,7 +137,7 @@ def test_connector__is_found_by_its_type_name() -> None:
     cls = load("mongodb")
 
     assert cls is MongoDBConnector
-    assert cls.extra == "mongodb"
+    assert registry.driver_extra("mongodb") == "mongodb"
 
 
 def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:

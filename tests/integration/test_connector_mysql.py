@@ -33,6 +33,7 @@ import pymysql
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
@@ -947,7 +948,7 @@ def test_settings__refuse_bad_connections(connection: dict[str, object], problem
 
 def test_registry__loads_the_mysql_entry_point() -> None:
     assert load("mysql") is MySQLConnector
-    assert MySQLConnector.extra == "mysql"
+    assert registry.driver_extra("mysql") == "mysql"
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
+from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
@@ -317,7 +318,7 @@ def test_settings__a_bad_dsn_is_never_echoed() -> None:
 
 def test_registry__loads_the_postgresql_entry_point() -> None:
     assert load("postgresql") is PostgreSQLConnector
-    assert PostgreSQLConnector.extra == "postgresql"
+    assert registry.driver_extra("postgresql") == "postgresql"
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ import pymssql
 import pytest
 from pydantic import ValidationError
 
+from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
@@ -128,7 +129,7 @@ def test_connector__is_found_by_its_type_name() -> None:
     cls = load("sqlserver")
 
     assert cls is SQLServerConnector
-    assert cls.extra == "sqlserver"
+    assert registry.driver_extra("sqlserver") == "sqlserver"
 
 
 def test_example_config__loads(monkeypatch: pytest.MonkeyPatch) -> None:
