@@ -14,7 +14,7 @@ and read by the method that needs it (`Settings.audit_flush`, `ready_sources_mod
 The variables of the CLI's options (``WORKER_HTTP``, ``WORKER_GRACE_S``, …) are
 parsed by click, as contract §7 says; the options take their names from here
 (`env_name`). Precedence between a variable and the config (``ENGINE_URL`` over
-``engine.url``, …) is `engine_settings`, `queue_target` and `audit_target`.
+``engine.url``, …) is `worker.precedence`.
 """
 
 from __future__ import annotations
