@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomysql
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pymysql.charset import charset_by_name
 from pymysql.constants import COMMAND
 from pymysql.protocol import FieldDescriptorPacket
@@ -66,7 +66,7 @@ from connectors.base import (
     jsonable,
 )
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings
-from connectors.sql import SQLSpec, mysql_write_access, prepare_sql
+from connectors.sql import SQLConnectionSettings, SQLSpec, mysql_write_access, prepare_sql
 from worker.errors import InputRefused, SourceFull
 
 __all__ = ["MySQLConnector", "MySQLSettings"]
@@ -128,27 +128,20 @@ class _Login:
         return f"_Login(host={self.host!r}, port={self.port}, user={self.user!r})"
 
 
-class MySQLSettings(ConnectionSettings):
+class MySQLSettings(SQLConnectionSettings):
     """``connection`` of a ``mysql`` source (MySQL or MariaDB).
 
     Either ``host`` (with ``port``, ``database``, ``username``, ``password``) or
     ``dsn`` (``mysql://user:password@host:3306/database``), not both.
     """
 
+    # A dsn is mysql:// or mariadb://, its user and password percent-encoded. A busy
+    # tenant's full pool (pool_size, 25) is a sixth of MySQL's default 151 connections.
+    # Names are held to the server's own limits on a host, a database and a user.
     host: str | None = Field(default=None, min_length=1, max_length=255)
     port: int = Field(default=3306, ge=1, le=65535)
     database: str | None = Field(default=None, min_length=1, max_length=64)
     username: str | None = Field(default=None, min_length=1, max_length=128)
-    password: SecretStr | None = None
-    #: ``mysql://`` or ``mariadb://``; user and password percent-encoded
-    dsn: SecretStr | None = None
-    #: connections kept open at most; one read uses one at a time. They open as reads
-    #: need them and close after ``pool_idle_s`` unused, so 25 costs a quiet tenant
-    #: one connection, a busy one a sixth of MySQL's default 151 (worker.sources caps
-    #: reads in flight at this too)
-    pool_size: int = Field(default=25, ge=1, le=100)
-    #: a pooled connection unused this long is closed (the pool keeps one)
-    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     charset: str = "utf8mb4"
     #: TLS to the server, and an SSH bastion in front of it (connectors.network)
     ssl: TLSSettings | None = None
@@ -164,11 +157,11 @@ class MySQLSettings(ConnectionSettings):
     @model_validator(mode="after")
     def _one_way_to_connect(self) -> Self:
         if self.dsn is not None:
-            given = {"host", "port", "database", "username", "password"} & self.model_fields_set
+            given = self.login_fields_given()
             if given:
                 raise ValueError(
                     f"give either dsn or host/port/database/username/password, not both"
-                    f" (also given: {', '.join(sorted(given))})"
+                    f" (also given: {', '.join(given)})"
                 )
             _parse_dsn(self.dsn.get_secret_value())  # its errors never echo the DSN
         elif self.host is None:

@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from connectors.base import (
     Bound,
@@ -77,6 +77,7 @@ from connectors.base import (
 from connectors.network import NetworkAccess, SSHSettings, TLSSettings, is_loopback
 from connectors.sql import (
     POSTGRESQL_WRITE_ACCESS,
+    SQLConnectionSettings,
     SQLSpec,
     postgresql_write_access,
     prepare_sql,
@@ -111,27 +112,17 @@ _DRIVER_ERRORS = (
 )
 
 
-class PostgreSQLSettings(ConnectionSettings):
+class PostgreSQLSettings(SQLConnectionSettings):
     """``connection`` of a ``postgresql`` source: ``host`` …, or a ``dsn``.
 
     With a ``dsn`` (``postgresql://user:pass@host:5432/db?…``) the other
     fields, when given, override its parts; ``password`` may stay out of it.
     """
 
-    host: str | None = Field(default=None, min_length=1)
+    # A busy tenant's full pool (pool_size, 25) is a quarter of a small server's 100.
+
     #: with a dsn, only when given here
     port: int = Field(default=5432, ge=1, le=65535)
-    database: str | None = Field(default=None, min_length=1)
-    username: str | None = Field(default=None, min_length=1)
-    password: SecretStr | None = None
-    dsn: SecretStr | None = None
-    #: most connections open at once; one read uses one at a time. The pool opens
-    #: them as reads need them and closes them after ``pool_idle_s`` unused, so 25
-    #: costs a quiet tenant one connection, a busy one a quarter of a small
-    #: server's 100 (worker.sources caps reads in flight at this too)
-    pool_size: int = Field(default=25, ge=1, le=100)
-    #: a pooled connection unused this long is closed (the pool keeps one)
-    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     #: a server-side cap on one statement, below the lookup's ``timeout_s``
     statement_timeout_ms: int | None = Field(default=None, ge=1, le=3_600_000)
     #: TLS to the server, and an SSH bastion in front of it (connectors.network)

@@ -27,11 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connectors.base import ConfigError, Dialect, NotARead, PreparedQuery
+from pydantic import Field, SecretStr
+
+from connectors.base import ConfigError, ConnectionSettings, Dialect, NotARead, PreparedQuery
 
 __all__ = [
     "POSTGRESQL_WRITE_ACCESS",
     "Dialect",
+    "SQLConnectionSettings",
     "SQLSpec",
     "mysql_write_access",
     "placeholder_columns",
@@ -80,6 +83,38 @@ _WRITES = {
     "COMMIT",
     "ROLLBACK",
 }
+
+
+#: the fields a dsn holds too: given beside one, they say the target twice
+_LOGIN_FIELDS = frozenset({"host", "port", "database", "username", "password"})
+
+
+class SQLConnectionSettings(ConnectionSettings):
+    """The ``connection`` fields every SQL server source shares: a server and a
+    login, or one ``dsn``; and the pool of connections to it.
+
+    A source type's model declares ``port`` again with its server's default, and
+    any field again whose limits are its own (a shorter name, a smaller pool); its
+    validator says how ``dsn`` and the other fields combine.
+    """
+
+    host: str | None = Field(default=None, min_length=1)
+    port: int = Field(ge=1, le=65535)
+    database: str | None = Field(default=None, min_length=1)
+    username: str | None = Field(default=None, min_length=1)
+    password: SecretStr | None = None
+    dsn: SecretStr | None = None
+    #: most connections open at once; one read uses one at a time. The pool opens
+    #: them as reads need them and closes them after ``pool_idle_s`` unused, so 25
+    #: costs a quiet tenant one connection (worker.sources caps reads in flight at
+    #: this too)
+    pool_size: int = Field(default=25, ge=1, le=100)
+    #: a pooled connection unused this long is closed (the pool keeps one)
+    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
+
+    def login_fields_given(self) -> list[str]:
+        """The fields a dsn also holds that the config gave (sorted), defaults aside."""
+        return sorted(_LOGIN_FIELDS & self.model_fields_set)
 
 
 @dataclass(frozen=True)

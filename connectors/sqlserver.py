@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import pymssql
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pymssql import _mssql
 
 from connectors.base import (
@@ -70,7 +70,7 @@ from connectors.base import (
     jsonable,
 )
 from connectors.network import NetworkAccess, SSHSettings
-from connectors.sql import SQLSpec, prepare_sql
+from connectors.sql import SQLConnectionSettings, SQLSpec, prepare_sql
 from connectors.thread_pool import Lease, ThreadBackedPool
 from worker.errors import InputRefused
 
@@ -141,24 +141,15 @@ class SQLServerTarget:
     password: str | None = field(repr=False)
 
 
-class SQLServerSettings(ConnectionSettings):
+class SQLServerSettings(SQLConnectionSettings):
     """``connection`` of a ``sqlserver`` source: host/port/… or one ``dsn``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    host: str | None = Field(default=None, min_length=1)
+    # A dsn is mssql://user:password@host:1433/database.
     port: int = Field(default=1433, ge=1, le=65535)
-    database: str | None = Field(default=None, min_length=1)
-    username: str | None = Field(default=None, min_length=1)
-    password: SecretStr | None = None
-    #: ``mssql://user:password@host:1433/database`` instead of the fields above
-    dsn: SecretStr | None = None
-    #: connections (and threads) at most; one read uses one at a time. They open as
-    #: reads need them and close after ``pool_idle_s`` unused, so 25 costs a quiet
-    #: tenant one connection (worker.sources caps reads in flight at this too)
+    #: connections, and threads: each connection has its own
     pool_size: int = Field(default=25, ge=1, le=64)
-    #: a pooled connection unused this long is closed (the pool keeps one)
-    pool_idle_s: float = Field(default=60.0, gt=0, le=3600)
     #: the TDS protocol version: 7.4 for SQL Server 2012 and later and Azure SQL,
     #: 7.3 for 2008, 7.2 for 2005; None lets FreeTDS try versions in turn, which
     #: makes a login to a silent host take several login timeouts
@@ -179,9 +170,9 @@ class SQLServerSettings(ConnectionSettings):
             if (self.username is None) != (self.password is None):
                 raise ValueError("username and password go together")
             return self
-        fields = {"host", "port", "database", "username", "password"} & self.model_fields_set
+        fields = self.login_fields_given()
         if fields:
-            raise ValueError(f"give dsn or {', '.join(sorted(fields))}, not both")
+            raise ValueError(f"give dsn or {', '.join(fields)}, not both")
         _parse_dsn(self.dsn.get_secret_value())  # fails here, at load time
         return self
 
