@@ -54,6 +54,31 @@ def engine_configs(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
         yield served, tmp_path
 
 
+def start_worker(
+    engine: Engine, tmp_path: Path, *, poll_s: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``worker run --tenant shop`` on the engine's configs alone (no local ones),
+    polling them every ``poll_s``; its JSON log goes to the file returned."""
+    empty = tmp_path / "no-local-configs"
+    empty.mkdir()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=_env(
+                WORKER_DATA_DIR=str(tmp_path),
+                ENGINE_URL=engine.url,
+                ENGINE_TOKEN=TOKEN,
+                WORKER_CONFIG_DIR=str(empty),
+                WORKER_CONFIG_POLL_S=poll_s,
+            ),
+        )
+    return proc, log
+
+
 def test_put__invalid_config_is_refused_and_the_old_one_kept(
     engine_configs: tuple[Engine, Path],
 ) -> None:
@@ -73,23 +98,7 @@ def test_worker__follows_a_new_config_without_restarting(
     engine_configs: tuple[Engine, Path], tmp_path: Path
 ) -> None:
     engine, folder = engine_configs
-    empty = tmp_path / "no-local-configs"
-    empty.mkdir()
-    log = tmp_path / "worker.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=_env(
-                WORKER_DATA_DIR=str(tmp_path),
-                ENGINE_URL=engine.url,
-                ENGINE_TOKEN=TOKEN,
-                WORKER_CONFIG_DIR=str(empty),
-                WORKER_CONFIG_POLL_S="0.3",
-            ),
-        )
+    proc, log = start_worker(engine, tmp_path, poll_s="0.3")
     try:
         first = engine.enqueue(job("order_status", order_id="12345"))
         wait_until(lambda: first in engine.replies(), what="the first reply")
@@ -118,24 +127,8 @@ def test_worker__a_background_task_that_dies_stops_it_with_exit_1_and_one_clear_
     """The config poller dies (it cannot read its interval): the worker must not go on
     without it, quietly serving a config it no longer follows."""
     engine, _ = engine_configs
-    empty = tmp_path / "no-local-configs"
-    empty.mkdir()
     answered = engine.enqueue(job("order_status", order_id="12345"))
-    log = tmp_path / "worker.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=_env(
-                WORKER_DATA_DIR=str(tmp_path),
-                ENGINE_URL=engine.url,
-                ENGINE_TOKEN=TOKEN,
-                WORKER_CONFIG_DIR=str(empty),
-                WORKER_CONFIG_POLL_S="soon",
-            ),
-        )
+    proc, log = start_worker(engine, tmp_path, poll_s="soon")
     try:
         assert proc.wait(timeout=60) == 1
     finally:
@@ -160,23 +153,7 @@ def test_sighup__polls_the_engine_at_once(
 ) -> None:
     """A poll interval far beyond the test: only the signal can bring the new config."""
     engine, folder = engine_configs
-    empty = tmp_path / "no-local-configs"
-    empty.mkdir()
-    log = tmp_path / "worker.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*WORKER, "--log-json", "run", "--tenant", "shop", "--listen", ""],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=_env(
-                WORKER_DATA_DIR=str(tmp_path),
-                ENGINE_URL=engine.url,
-                ENGINE_TOKEN=TOKEN,
-                WORKER_CONFIG_DIR=str(empty),
-                WORKER_CONFIG_POLL_S="600",
-            ),
-        )
+    proc, log = start_worker(engine, tmp_path, poll_s="600")
     try:
         first = engine.enqueue(job("order_status", order_id="12345"))
         wait_until(lambda: first in engine.replies(), what="the first reply")
