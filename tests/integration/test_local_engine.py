@@ -100,6 +100,20 @@ async def status_of(http: aiohttp.ClientSession, engine: Engine, job_id: str) ->
     return dict(row)
 
 
+async def claimed(http: aiohttp.ClientSession, engine: Engine) -> str:
+    """A job enqueued and claimed (the only one): its id."""
+    job_id = await enqueue(http, engine)
+    await claim_one(http, engine)
+    return job_id
+
+
+async def report(
+    http: aiohttp.ClientSession, engine: Engine, job_id: str, verb: str, body: Any
+) -> tuple[int, Any]:
+    """POST ``body`` to the job's ``complete`` or ``fail``."""
+    return await call(http, engine, "POST", f"/queue/jobs/{job_id}/{verb}", body)
+
+
 # --- serving ------------------------------------------------------------------------------------
 
 
@@ -304,12 +318,11 @@ async def test_heartbeat__409_after_the_lease_was_lost(
 async def test_complete__200_then_409_the_second_time(
     http: aiohttp.ClientSession, local_engine: Engine
 ) -> None:
-    job_id = await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    job_id = await claimed(http, local_engine)
     body = {"outcome": "ok", "result": {"status": "shipped"}, "response_time_ms": 12}
 
-    first, _ = await call(http, local_engine, "POST", f"/queue/jobs/{job_id}/complete", body)
-    second, answer = await call(http, local_engine, "POST", f"/queue/jobs/{job_id}/complete", body)
+    first, _ = await report(http, local_engine, job_id, "complete", body)
+    second, answer = await report(http, local_engine, job_id, "complete", body)
 
     assert (first, second) == (200, 409)
     assert answer["error"]
@@ -330,10 +343,9 @@ async def test_complete__200_then_409_the_second_time(
 async def test_complete__unknown_outcome_is_422(
     http: aiohttp.ClientSession, local_engine: Engine, body: dict[str, Any]
 ) -> None:
-    job_id = await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    job_id = await claimed(http, local_engine)
 
-    status, answer = await call(http, local_engine, "POST", f"/queue/jobs/{job_id}/complete", body)
+    status, answer = await report(http, local_engine, job_id, "complete", body)
 
     assert status == 422
     assert isinstance(answer["error"], str)
@@ -344,14 +356,13 @@ async def test_complete__unknown_outcome_is_422(
 async def test_fail__with_retry_puts_the_job_back_pending(
     http: aiohttp.ClientSession, local_engine: Engine
 ) -> None:
-    job_id = await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    job_id = await claimed(http, local_engine)
 
-    status, _ = await call(
+    status, _ = await report(
         http,
         local_engine,
-        "POST",
-        f"/queue/jobs/{job_id}/fail",
+        job_id,
+        "fail",
         {"error": "engine hiccup", "retry": True, "retry_after_s": 0},
     )
 
@@ -365,15 +376,10 @@ async def test_fail__with_retry_puts_the_job_back_pending(
 async def test_fail__retry_after_s_holds_the_job_back(
     http: aiohttp.ClientSession, local_engine: Engine
 ) -> None:
-    job_id = await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    job_id = await claimed(http, local_engine)
 
-    status, _ = await call(
-        http,
-        local_engine,
-        "POST",
-        f"/queue/jobs/{job_id}/fail",
-        {"error": "later", "retry": True, "retry_after_s": 5},
+    status, _ = await report(
+        http, local_engine, job_id, "fail", {"error": "later", "retry": True, "retry_after_s": 5}
     )
 
     assert status == 200
@@ -385,15 +391,10 @@ async def test_fail__retry_after_s_holds_the_job_back(
 async def test_fail__without_retry_ends_failed(
     http: aiohttp.ClientSession, local_engine: Engine
 ) -> None:
-    job_id = await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    job_id = await claimed(http, local_engine)
 
-    status, _ = await call(
-        http,
-        local_engine,
-        "POST",
-        f"/queue/jobs/{job_id}/fail",
-        {"error": "not this worker's tenant", "retry": False},
+    status, _ = await report(
+        http, local_engine, job_id, "fail", {"error": "not this worker's tenant", "retry": False}
     )
 
     assert status == 200
@@ -462,8 +463,7 @@ async def test_send__different_keys_store_both(
 async def test_malformed_json__is_400_with_a_json_error(
     http: aiohttp.ClientSession, local_engine: Engine, path: str, data: bytes
 ) -> None:
-    await enqueue(http, local_engine)
-    await claim_one(http, local_engine)
+    await claimed(http, local_engine)
     base_url, token, _store = local_engine
 
     async with http.post(
