@@ -61,6 +61,29 @@ def order_lookup(template: str = SEED_TEMPLATE, **more: Any) -> dict[str, Any]:
     return {"order_status": {"source": "crm", "args": ["order_id"], "template": template, **more}}
 
 
+def order_tenant(
+    tmp_path: Path,
+    source_type: str,
+    connection: dict[str, Any],
+    sql: str,
+    template: str = SEED_TEMPLATE,
+) -> Tenant:
+    """A tenant with one SQL source, ``crm``, and the order lookup on its ``sql``."""
+    source = sql_source(source_type, connection, sql)
+    return tenant_of(tmp_path, {"data_sources": [source], "lookups": order_lookup(template)})
+
+
+def nobody_listening(database: str) -> dict[str, Any]:
+    """A connection block for a port nothing listens on, with a password to keep secret."""
+    return {
+        "host": "127.0.0.1",
+        "port": closed_port(),
+        "database": database,
+        "username": "reader",
+        "password": PASSWORD,
+    }
+
+
 def lines(report: OnlineReport, level: Level) -> list[str]:
     return [str(f) for f in report.findings if f.level is level]
 
@@ -102,13 +125,7 @@ async def crm() -> AsyncIterator[dict[str, Any]]:
 async def test_postgresql__names_the_template_field_the_query_does_not_return(
     tmp_path: Path, crm: dict[str, Any]
 ) -> None:
-    tenant = tenant_of(
-        tmp_path,
-        {
-            "data_sources": [sql_source("postgresql", crm, SEED_SQL)],
-            "lookups": order_lookup(),
-        },
-    )
+    tenant = order_tenant(tmp_path, "postgresql", crm, SEED_SQL)
 
     report = await check_online(tenant)
 
@@ -125,13 +142,7 @@ async def test_postgresql__a_template_reading_what_the_query_returns_passes(
         "{{ row.status }} {{ row['tracking_number'] }}"
         "{% for r in rows %}{{ r.estimated_delivery }}{% endfor %}"
     )
-    tenant = tenant_of(
-        tmp_path,
-        {
-            "data_sources": [sql_source("postgresql", crm, SEED_SQL)],
-            "lookups": order_lookup(template),
-        },
-    )
+    tenant = order_tenant(tmp_path, "postgresql", crm, SEED_SQL, template)
 
     report = await check_online(tenant)
 
@@ -143,10 +154,7 @@ async def test_postgresql__a_misspelt_column_is_the_servers_word(
     tmp_path: Path, crm: dict[str, Any]
 ) -> None:
     sql = "SELECT statuss FROM orders WHERE order_id = $1"
-    tenant = tenant_of(
-        tmp_path,
-        {"data_sources": [sql_source("postgresql", crm, sql)], "lookups": order_lookup()},
-    )
+    tenant = order_tenant(tmp_path, "postgresql", crm, sql)
 
     report = await check_online(tenant)
 
@@ -193,20 +201,8 @@ async def test_postgresql__queries_are_prepared_not_run(
 async def test_postgresql__an_unreachable_server_is_exit_4_without_the_password(
     tmp_path: Path,
 ) -> None:
-    connection = {
-        "host": "127.0.0.1",
-        "port": closed_port(),
-        "database": "crm",
-        "username": "reader",
-        "password": PASSWORD,
-    }
-    tenant = tenant_of(
-        tmp_path,
-        {
-            "data_sources": [sql_source("postgresql", connection, SEED_SQL)],
-            "lookups": order_lookup(),
-        },
-    )
+    connection = nobody_listening("crm")
+    tenant = order_tenant(tmp_path, "postgresql", connection, SEED_SQL)
 
     report = await check_online(tenant)
 
@@ -227,13 +223,7 @@ async def test_postgresql__a_server_that_never_answers_ends_at_the_sources_deadl
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     connection = {"host": "127.0.0.1", "port": port, "database": "crm", "username": "reader"}
-    tenant = tenant_of(
-        tmp_path,
-        {
-            "data_sources": [sql_source("postgresql", connection, SEED_SQL)],
-            "lookups": order_lookup(),
-        },
-    )
+    tenant = order_tenant(tmp_path, "postgresql", connection, SEED_SQL)
     try:
         async with asyncio.timeout(30):  # a generous bound: the check's own is 1 s
             report = await check_online(tenant, timeout_s=1)
@@ -309,10 +299,7 @@ async def test_mysql__names_the_template_field_the_query_does_not_return(
         "SELECT status, tracking_number, estimated_delivery FROM orders "
         "WHERE order_id = $1 AND status NOT LIKE 'x%'"
     )
-    tenant = tenant_of(
-        tmp_path,
-        {"data_sources": [sql_source("mysql", shop_mysql, sql)], "lookups": order_lookup()},
-    )
+    tenant = order_tenant(tmp_path, "mysql", shop_mysql, sql)
 
     report = await check_online(tenant)
 
@@ -324,10 +311,7 @@ async def test_mysql__a_misspelt_column_is_the_servers_word(
     tmp_path: Path, shop_mysql: dict[str, Any]
 ) -> None:
     sql = "SELECT statuss FROM orders WHERE order_id = $1"
-    tenant = tenant_of(
-        tmp_path,
-        {"data_sources": [sql_source("mysql", shop_mysql, sql)], "lookups": order_lookup()},
-    )
+    tenant = order_tenant(tmp_path, "mysql", shop_mysql, sql)
 
     report = await check_online(tenant)
 
@@ -356,10 +340,7 @@ async def test_mysql__refused_credentials_are_a_failed_check_not_exit_4(
     tmp_path: Path, shop_mysql: dict[str, Any]
 ) -> None:
     connection = {**shop_mysql, "username": f"nobody_{uuid.uuid4().hex[:8]}", "password": PASSWORD}
-    tenant = tenant_of(
-        tmp_path,
-        {"data_sources": [sql_source("mysql", connection, SEED_SQL)], "lookups": order_lookup()},
-    )
+    tenant = order_tenant(tmp_path, "mysql", connection, SEED_SQL)
 
     report = await check_online(tenant)
 
@@ -370,17 +351,8 @@ async def test_mysql__refused_credentials_are_a_failed_check_not_exit_4(
 
 
 async def test_mysql__an_unreachable_server_is_exit_4(tmp_path: Path) -> None:
-    connection = {
-        "host": "127.0.0.1",
-        "port": closed_port(),
-        "database": "shop",
-        "username": "reader",
-        "password": PASSWORD,
-    }
-    tenant = tenant_of(
-        tmp_path,
-        {"data_sources": [sql_source("mysql", connection, SEED_SQL)], "lookups": order_lookup()},
-    )
+    connection = nobody_listening("shop")
+    tenant = order_tenant(tmp_path, "mysql", connection, SEED_SQL)
 
     report = await check_online(tenant)
 
