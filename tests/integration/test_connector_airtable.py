@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -29,9 +30,10 @@ from connectors.base import (
     SourceTimeout,
     SourceUnavailable,
 )
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
 from tests.standins.airtable import AirtableStandIn, Record, parse_formula, truthy
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
 from worker.config import load_tenant
 
 BASE = "appTESTbase000001"
@@ -64,30 +66,13 @@ async def stand() -> AsyncIterator[AirtableStandIn]:
 
 @pytest.fixture
 async def make(stand: AirtableStandIn, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[AirtableConnector] = []
-
-    def make(limits: Limits | None = None, **connection: Any) -> AirtableConnector:
-        document = {
-            "base_url": f"{stand.base_url}/v0",
-            "token": TOKEN,
-            "base_id": BASE,
-            **connection,
-        }
-        settings = AirtableSettings.model_validate(document)
-        connector = AirtableConnector("orders", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {"base_url": f"{stand.base_url}/v0", "token": TOKEN, "base_id": BASE}
+    factory = ConnectorFactory(AirtableConnector, "orders", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: AirtableConnector, raw: RawQuery, timeout_s: float = 10, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
-    return result.rows
+read = partial(read_rows, timeout_s=10)
 
 
 def list_requests(stand: AirtableStandIn, table: str = "Orders") -> list[dict[str, list[str]]]:
@@ -96,30 +81,16 @@ def list_requests(stand: AirtableStandIn, table: str = "Orders") -> list[dict[st
     return [parse_qs(urlsplit(s.raw_path).query) for s in seen]
 
 
-class TestAirtableContract(ConnectorContract):
+class TestAirtableContract(ContractCase):
+    FOUND_QUERY = ORDER_QUERY
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999"})
+    SLOW_QUERY: ClassVar[RawQuery] = {"table": "Slow", "filter": {"Order ID": "{order_id}"}}
+    SLOW_PARAMS = Bound(params={"order_id": "12345"})
+
     @pytest.fixture
     def connector(self, make: MakeConnector) -> AirtableConnector:
         return make()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_QUERY
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery:
-        return {"table": "Slow", "filter": {"Order ID": "{order_id}"}}
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
 
 
 # -- reading ------------------------------------------------------------------------

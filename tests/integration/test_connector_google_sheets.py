@@ -12,8 +12,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -30,9 +31,10 @@ from connectors.base import (
     SourceUnavailable,
 )
 from connectors.google_sheets import GoogleSheetsConnector, GoogleSheetsSettings, parse_filter
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
 from tests.standins.google_sheets import JWT_BEARER, GoogleSheetsStandIn, Spreadsheet
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
 from worker.config import load_tenant
 
 SHEET_ID = "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms"
@@ -104,30 +106,17 @@ async def stand(sa_key: rsa.RSAPrivateKey) -> AsyncIterator[GoogleSheetsStandIn]
 async def make(
     stand: GoogleSheetsStandIn, sa_key: rsa.RSAPrivateKey, tmp_path: Path
 ) -> AsyncIterator[MakeConnector]:
-    made: list[GoogleSheetsConnector] = []
-
-    def make(limits: Limits | None = None, **connection: Any) -> GoogleSheetsConnector:
-        document = {
-            "service_account": json.dumps(key_file(sa_key, f"{stand.base_url}/token")),
-            "spreadsheet_id": SHEET_ID,
-            "api_base_url": f"{stand.base_url}/v4",
-            **connection,
-        }
-        settings = GoogleSheetsSettings.model_validate(document)
-        connector = GoogleSheetsConnector("crm_sheet", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {
+        "service_account": json.dumps(key_file(sa_key, f"{stand.base_url}/token")),
+        "spreadsheet_id": SHEET_ID,
+        "api_base_url": f"{stand.base_url}/v4",
+    }
+    factory = ConnectorFactory(GoogleSheetsConnector, "crm_sheet", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: GoogleSheetsConnector, raw: RawQuery, timeout_s: float = 10, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
-    return result.rows
+read = partial(read_rows, timeout_s=10)
 
 
 def data_requests(stand: GoogleSheetsStandIn) -> list[str]:
@@ -136,30 +125,16 @@ def data_requests(stand: GoogleSheetsStandIn) -> list[str]:
     return [s.raw_path.partition("?")[0] for s in seen]
 
 
-class TestGoogleSheetsContract(ConnectorContract):
+class TestGoogleSheetsContract(ContractCase):
+    FOUND_QUERY = SEED_QUERY
+    FOUND_PARAMS = Bound(params={"customer_phone": "+1234567890"})
+    MISSING_PARAMS = Bound(params={"customer_phone": "+1000000001"})
+    SLOW_QUERY: ClassVar[RawQuery] = {"range": "Slow!A:E", "filter": "phone = {customer_phone}"}
+    SLOW_PARAMS = Bound(params={"customer_phone": "+1234567890"})
+
     @pytest.fixture
     def connector(self, make: MakeConnector) -> GoogleSheetsConnector:
         return make()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return SEED_QUERY
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1234567890"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1000000001"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery:
-        return {"range": "Slow!A:E", "filter": "phone = {customer_phone}"}
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1234567890"})
 
 
 # -- reading ------------------------------------------------------------------------

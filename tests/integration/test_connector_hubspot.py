@@ -6,8 +6,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -21,9 +22,10 @@ from connectors.base import (
     SourceUnavailable,
 )
 from connectors.hubspot import HubSpotConnector, HubSpotSettings
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import Recorder, endless, recorded_app, redirect, serve, stall
 from tests.standins.hubspot import CrmObject, HubSpotStandIn
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
 from worker.config import load_tenant
 from worker.errors import InputRefused
 
@@ -72,52 +74,25 @@ async def stand() -> AsyncIterator[HubSpotStandIn]:
 
 @pytest.fixture
 async def make(stand: HubSpotStandIn, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[HubSpotConnector] = []
-
-    def make(limits: Limits | None = None, **connection: Any) -> HubSpotConnector:
-        settings = HubSpotSettings.model_validate(
-            {"base_url": stand.base_url, "token": TOKEN, **connection}
-        )
-        connector = HubSpotConnector("crm", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {"base_url": stand.base_url, "token": TOKEN}
+    factory = ConnectorFactory(HubSpotConnector, "crm", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: HubSpotConnector, raw: RawQuery, timeout_s: float = 10, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
-    return result.rows
+read = partial(read_rows, timeout_s=10)
 
 
-class TestHubSpotContract(ConnectorContract):
+class TestHubSpotContract(ContractCase):
+    FOUND_QUERY = CONTACT_QUERY
+    FOUND_PARAMS = Bound(params={"customer_phone": "+1234567890"})
+    MISSING_PARAMS = Bound(params={"customer_phone": "+1000000000"})
+    SLOW_QUERY: ClassVar[RawQuery] = {**CONTACT_QUERY, "object": "slow"}
+    SLOW_PARAMS = Bound(params={"customer_phone": "+1234567890"})
+
     @pytest.fixture
     def connector(self, make: MakeConnector) -> HubSpotConnector:
         return make()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return CONTACT_QUERY
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1234567890"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1000000000"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery:
-        return {**CONTACT_QUERY, "object": "slow"}
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"customer_phone": "+1234567890"})
 
 
 # -- reading ------------------------------------------------------------------------

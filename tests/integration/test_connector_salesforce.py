@@ -13,8 +13,9 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -31,10 +32,11 @@ from connectors.base import (
     SourceUnavailable,
 )
 from connectors.salesforce import SalesforceConnector, SalesforceSettings
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import Recorder, recorded_app, redirect, serve, stall
 from tests.standins import endless_until_hangup, serve_tls
 from tests.standins.salesforce import SalesforceStandIn
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
 from tests.support.tls import Certs
 from worker.config import load_tenant
 
@@ -74,67 +76,40 @@ async def stand(tls_certs: Certs) -> AsyncIterator[SalesforceStandIn]:
 async def make(
     stand: SalesforceStandIn, tls_certs: Certs, tmp_path: Path
 ) -> AsyncIterator[MakeConnector]:
-    made: list[SalesforceConnector] = []
-
-    def make(limits: Limits | None = None, **connection: Any) -> SalesforceConnector:
-        settings = SalesforceSettings.model_validate(
-            {
-                "username": USERNAME,
-                "password": PASSWORD,
-                "security_token": SECURITY_TOKEN,
-                "domain": stand.base_url,
-                "ca_file": str(tls_certs.ca),
-                **connection,
-            }
-        )
-        connector = SalesforceConnector("crm", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {
+        "username": USERNAME,
+        "password": PASSWORD,
+        "security_token": SECURITY_TOKEN,
+        "domain": stand.base_url,
+        "ca_file": str(tls_certs.ca),
+    }
+    factory = ConnectorFactory(SalesforceConnector, "crm", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: SalesforceConnector, raw: RawQuery, timeout_s: float = 10, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
-    return result.rows
+read = partial(read_rows, timeout_s=10)
 
 
 def rest_requests(stand: SalesforceStandIn) -> list[str]:
     return [s.raw_path for s in stand.seen_at("/services/data/")]
 
 
-class TestSalesforceContract(ConnectorContract):
+class TestSalesforceContract(ContractCase):
+    FOUND_QUERY: ClassVar[RawQuery] = {"soql": STATUS}
+    FOUND_PARAMS = Bound(params={"order_id": "00012345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999999"})
+    SLOW_QUERY: ClassVar[RawQuery] = {
+        "soql": "SELECT Status FROM SlowOrder WHERE OrderNumber = {order_id}"
+    }
+    SLOW_PARAMS = Bound(params={"order_id": "00012345"})
+    WRITE_QUERY: ClassVar[RawQuery] = {
+        "soql": "SELECT Id FROM Order WHERE OrderNumber = {order_id} FOR UPDATE"
+    }
+
     @pytest.fixture
     def connector(self, make: MakeConnector) -> SalesforceConnector:
         return make()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return {"soql": STATUS}
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "00012345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999999"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery:
-        return {"soql": "SELECT Status FROM SlowOrder WHERE OrderNumber = {order_id}"}
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"order_id": "00012345"})
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery:
-        return {"soql": "SELECT Id FROM Order WHERE OrderNumber = {order_id} FOR UPDATE"}
 
 
 # -- reading ------------------------------------------------------------------------
