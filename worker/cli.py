@@ -10,7 +10,7 @@ import re
 import secrets as pysecrets
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +40,8 @@ from worker.runtime import RunSettings
 from worker.settings import Settings, env_name
 
 if TYPE_CHECKING:
+    from click.decorators import FC
+
     from worker.config import Tenant
     from worker.router import Route
 
@@ -175,6 +177,12 @@ class _EnvOption(click.Option):
         return click.Parameter.get_error_hint(self, ctx)
 
 
+def _env_option(*decls: str, setting: str, **attrs: Any) -> Callable[[FC], FC]:
+    """A ``click.option`` that the setting's environment variable also sets (`_EnvOption`),
+    the variable shown in ``--help``."""
+    return click.option(*decls, cls=_EnvOption, envvar=env_name(setting), show_envvar=True, **attrs)
+
+
 def _version() -> str:
     try:
         return metadata.version("data-lookup-worker")
@@ -193,13 +201,11 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
 
 @click.group(cls=_WorkerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", prog_name="worker", message="%(prog)s %(version)s")
-@click.option(
+@_env_option(
     "--log-level",
+    setting="log_level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
-    cls=_EnvOption,
-    envvar=env_name("log_level"),
-    show_envvar=True,
     show_default=True,
     help="How much to log.",
 )
@@ -208,12 +214,10 @@ def _listen_address(ctx: click.Context, param: click.Parameter, value: str) -> s
     default=None,
     help="Log format; by default JSON unless stderr is a terminal.",
 )
-@click.option(
+@_env_option(
     "--debug",
+    setting="debug",
     is_flag=True,
-    cls=_EnvOption,
-    envvar=env_name("debug"),
-    show_envvar=True,
     help="Show the traceback of an error, not only its message.",
 )
 def cli(log_level: str, log_json: bool | None, debug: bool) -> None:
@@ -255,34 +259,28 @@ _SERVING = frozenset({"run", "engine", "demo"})
     show_default=True,
     help="Jobs worked on at the same time (fewer while the sources are slow: admission).",
 )
-@click.option(
+@_env_option(
     "--grace",
     "grace_s",
+    setting="grace_s",
     type=click.FloatRange(0, 3600),
     default=20.0,
-    cls=_EnvOption,
-    envvar=env_name("grace_s"),
-    show_envvar=True,
     show_default=True,
     help="Seconds in-flight jobs get to finish on SIGTERM.",
 )
-@click.option(
+@_env_option(
     "--listen",
+    setting="http",
     default="127.0.0.1:8080",
-    cls=_EnvOption,
-    envvar=env_name("http"),
-    show_envvar=True,
     show_default=True,
     callback=_listen_address,
     help="Where /healthz, /readyz, /status, /metrics and the webhooks listen; '' for none.",
 )
-@click.option(
+@_env_option(
     "--processes",
+    setting="processes",
     type=click.IntRange(1, 64),
     default=1,
-    cls=_EnvOption,
-    envvar=env_name("processes"),
-    show_envvar=True,
     show_default=True,
     help="Whole workers side by side, sharing the HTTP port (SO_REUSEPORT) and the queue.",
 )
@@ -731,11 +729,9 @@ def _dsn_from(ctx: click.Context, dsn: str | None, dsn_file: Path | None) -> str
 
 
 @queue_group.command("init")
-@click.option(
+@_env_option(
     "--dsn",
-    cls=_EnvOption,
-    envvar=env_name("queue_dsn"),
-    show_envvar=True,
+    setting="queue_dsn",
     help="postgresql://… or sqlite:///path/to/queue.db (a plain path is a SQLite file).",
 )
 @click.option(
@@ -763,22 +759,18 @@ def engine_group() -> None:
 
 
 @engine_group.command("serve")
-@click.option(
+@_env_option(
     "--listen",
-    cls=_EnvOption,
+    setting="engine_listen",
     default="127.0.0.1:8000",
-    envvar=env_name("engine_listen"),
-    show_envvar=True,
     show_default=True,
     callback=_listen_address,
     help="Where the engine's API listens (HOST:PORT).",
 )
-@click.option(
+@_env_option(
     "--db",
-    cls=_EnvOption,
+    setting="engine_db",
     default="engine.db",
-    envvar=env_name("engine_db"),
-    show_envvar=True,
     show_default=True,
     help="The queue: a SQLite file or a postgresql:// DSN.",
 )
@@ -794,13 +786,11 @@ def engine_group() -> None:
     show_default=True,
     help="Tenant configs served on GET /routes/tenants/{id}/data-sources.",
 )
-@click.option(
+@_env_option(
     "--lease-s",
-    cls=_EnvOption,
+    setting="engine_lease_s",
     type=click.FloatRange(0.1, 3600),
     default=30.0,
-    envvar=env_name("engine_lease_s"),
-    show_envvar=True,
     show_default=True,
     help="Seconds a claimed job stays leased without a heartbeat.",
 )
