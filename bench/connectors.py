@@ -32,13 +32,15 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from samples import Samples  # noqa: E402 - bench/samples.py, beside this script
 
 from worker.config import load_tenant  # noqa: E402 - after the path is set
 from worker.errors import ConfigError  # noqa: E402
@@ -93,35 +95,6 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-@dataclass
-class Samples:
-    """Requests that finished after the warm-up: a request that waited long still counts."""
-
-    since: float
-    until: float
-    done: list[tuple[float, float]] = field(default_factory=list)
-
-    @classmethod
-    def window(cls, warmup_s: float, measure_s: float) -> Samples:
-        since = time.perf_counter() + warmup_s
-        return cls(since, since + measure_s)
-
-    def add(self, started: float) -> None:
-        finished = time.perf_counter()
-        if finished >= self.since:
-            self.done.append((finished, finished - started))
-
-    @property
-    def latencies_s(self) -> list[float]:
-        return [latency for _, latency in self.done]
-
-    @property
-    def rate(self) -> float:
-        """Requests per second that finished inside the measured window."""
-        inside = sum(1 for finished, _ in self.done if finished <= self.until)
-        return inside / (self.until - self.since)
 
 
 async def loop(read: Read, samples: Samples) -> int:

@@ -46,6 +46,7 @@ import aiohttp
 import asyncpg
 import yaml
 from aiohttp import web
+from samples import Samples  # bench/samples.py, beside this script
 
 try:
     import psutil
@@ -507,35 +508,6 @@ def job_payload(query_type: str = "order_status") -> dict[str, Any]:
 
 
 # -- load: keep N jobs outstanding --------------------------------------------------
-
-
-@dataclass
-class Samples:
-    """Requests that finished after the warm-up: a request that waited long still counts."""
-
-    since: float
-    until: float
-    done: list[tuple[float, float]] = field(default_factory=list)
-
-    @classmethod
-    def window(cls, warmup_s: float, measure_s: float) -> Samples:
-        since = time.perf_counter() + warmup_s
-        return cls(since, since + measure_s)
-
-    def add(self, started: float) -> None:
-        finished = time.perf_counter()
-        if finished >= self.since:
-            self.done.append((finished, finished - started))
-
-    @property
-    def latencies_s(self) -> list[float]:
-        return [latency for _, latency in self.done]
-
-    @property
-    def rate(self) -> float:
-        """Requests per second that finished inside the measured window."""
-        inside = sum(1 for finished, _ in self.done if finished <= self.until)
-        return inside / (self.until - self.since)
 
 
 class Target(Protocol):
