@@ -1,4 +1,5 @@
-"""Shared SQL handling: the read-only check and ``$1…$n`` placeholders.
+"""Shared SQL handling: the read-only check, ``$1…$n`` placeholders, and the
+connection settings every SQL server source shares (`SQLConnectionSettings`).
 
 Every SQL source takes ``$n`` placeholders in its configured queries, as the
 seed writes them, whatever the driver's own style; `prepare_sql` rewrites them
