@@ -25,6 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,6 @@ from connectors.base import (
     ConfigError,
     Limits,
     NotARead,
-    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
@@ -64,9 +64,11 @@ from connectors.elasticsearch import (
     translate_error,
 )
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.es_search_app import es_search_app
 from tests.servers.hostile import Recorder, serve
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
+from tests.support.connectors import read as agg_read
 from worker.config import load_tenant
 from worker.service import open_worker
 
@@ -567,17 +569,13 @@ def silent_port() -> Iterator[int]:
 
 @pytest.fixture
 async def make_connector() -> AsyncIterator[Any]:
-    made: list[ElasticsearchConnector] = []
+    factory = ConnectorFactory(ElasticsearchConnector, "catalogue", REPO)
 
     def make(url: str, *, limits: Limits | None = None, **more: Any) -> ElasticsearchConnector:
-        settings = ElasticsearchSettings(url=url, **more)
-        connector = ElasticsearchConnector("catalogue", settings, base_dir=REPO, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.make(limits, url=url, **more)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
 
 
 READS = [
@@ -729,7 +727,10 @@ async def live_connector(live_index: str, make_connector: Any) -> ElasticsearchC
 
 
 @live
-class TestElasticsearchContract(ConnectorContract):
+class TestElasticsearchContract(ContractCase):
+    FOUND_PARAMS = Bound(params={"sku": "A-1"})
+    MISSING_PARAMS = Bound(params={"sku": "*"})
+
     @pytest.fixture
     def connector(self, live_connector: ElasticsearchConnector) -> ElasticsearchConnector:
         return live_connector
@@ -739,25 +740,11 @@ class TestElasticsearchContract(ConnectorContract):
         return {**BY_SKU, "index": live_index}
 
     @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"sku": "A-1"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"sku": "*"})
-
-    @pytest.fixture
     def write_query(self, live_index: str) -> RawQuery | None:
         return {"index": live_index, "document": {"sku": "X"}}
 
 
-async def live_read(
-    connector: ElasticsearchConnector, raw: RawQuery, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(
-        ElasticsearchConnector.prepare(raw), Bound(params=params), timeout_s=10
-    )
-    return result.rows
+live_read = partial(read_rows, timeout_s=10)
 
 
 @live
@@ -939,12 +926,6 @@ async def stand_in() -> AsyncIterator[tuple[str, Recorder]]:
     recorder = Recorder()
     async with serve(es_search_app(recorder)) as url:
         yield url, recorder
-
-
-async def agg_read(connector: ElasticsearchConnector, raw: RawQuery, **params: Any) -> ReadResult:
-    return await connector.run(
-        ElasticsearchConnector.prepare(raw), Bound(params=params), timeout_s=5
-    )
 
 
 async def test_aggs__buckets_are_the_rows_and_data_holds_every_aggregation(

@@ -22,7 +22,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from connectors.base import (
-    Bound,
     ReadResult,
     SourceAuthError,
     SourceError,
@@ -42,6 +41,8 @@ from tests.servers.hostile import (
     stall,
     status,
 )
+from tests.support.connectors import ConnectorFactory
+from tests.support.connectors import read as read_query
 from tests.support.tls import Certs
 from tests.unit.test_connectors_files import FILES, KINDS, PRODUCTS, WRITERS, query
 
@@ -127,30 +128,25 @@ async def plain_http(recorder: Recorder, bodies: dict[str, bytes]) -> AsyncItera
 
 @pytest.fixture
 async def make_connector(tmp_path: Path, tls_certs: Certs) -> AsyncIterator[MakeConnector]:
-    made: list[TabularFileConnector[Any]] = []
+    factory = ConnectorFactory(TabularFileConnector, "stock", tmp_path)
 
     def make(kind: str, url: str, reach: Reach | None = None, **extra: Any) -> Any:
-        cls = load(kind)
         settings_cls = CSVSettings if kind == "csv" else FileSettings
         if url.startswith("https://"):
             extra.setdefault("ssl", {"ca_file": str(tls_certs.ca)})
         settings = settings_cls.model_validate({"url": url, **extra})
         kwargs = {} if reach is None else {"reach": reach}
-        connector = cls("stock", settings, base_dir=tmp_path, **kwargs)
-        made.append(connector)
-        return connector
+        return factory.build(settings, cls=load(kind), **kwargs)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
 
 
 async def read(
     connector: TabularFileConnector[Any], kind: str, timeout_s: float = 5, **params: Any
 ) -> ReadResult:
-    prepared = type(connector).prepare(query(kind))
     with reaching(connector.reach):
-        return await connector.run(prepared, Bound(params=params), timeout_s=timeout_s)
+        return await read_query(connector, query(kind), timeout_s, **params)
 
 
 def untrusted(certs: Certs, allow: str = "") -> Reach:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
@@ -24,16 +24,14 @@ from pydantic import ValidationError
 from connectors.base import (
     Bound,
     ConfigError,
-    Limits,
     NotARead,
-    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
 )
 from connectors.graphql import GraphQLConnector, GraphQLSettings, GraphQLSpec
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.graphql_app import TOKEN, graphql_app
 from tests.servers.hostile import (
     Recorder,
@@ -44,6 +42,7 @@ from tests.servers.hostile import (
     stall,
     status,
 )
+from tests.support.connectors import ConnectorFactory, ContractCase, read
 from worker.config import load_tenant
 from worker.service import open_worker
 
@@ -110,63 +109,26 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make_connector(endpoint: str, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[GraphQLConnector] = []
-
-    def make(limits: Limits | None = None, **overrides: Any) -> GraphQLConnector:
-        connection = {
-            "url": endpoint,
-            "api_key": TOKEN,
-            "headers": {"Authorization": "Bearer {api_key}"},
-            **overrides,
-        }
-        settings = GraphQLSettings.model_validate(connection)
-        connector = GraphQLConnector("orders_gql", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {"url": endpoint, "api_key": TOKEN, "headers": {"Authorization": "Bearer {api_key}"}}
+    factory = ConnectorFactory(GraphQLConnector, "orders_gql", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: GraphQLConnector, raw: RawQuery, timeout_s: float = 5, **params: Any
-) -> ReadResult:
-    query = GraphQLConnector.prepare(raw)
-    return await connector.run(query, Bound(params=params), timeout_s=timeout_s)
+class TestGraphQLContract(ContractCase):
+    FOUND_QUERY = ORDER
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999"})
+    SLOW_QUERY = SLOW
+    SLOW_PARAMS = Bound(params={"order_id": "12345", "seconds": 30})
+    WRITE_QUERY: ClassVar[RawQuery] = {
+        "document": "mutation ($id: ID!) { cancelOrder(id: $id) { status } }",
+        "variables": {"id": "{order_id}"},
+    }
 
-
-class TestGraphQLContract(ConnectorContract):
     @pytest.fixture
     def connector(self, make_connector: MakeConnector) -> GraphQLConnector:
         return make_connector()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return SLOW
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"order_id": "12345", "seconds": 30})
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return {
-            "document": "mutation ($id: ID!) { cancelOrder(id: $id) { status } }",
-            "variables": {"id": "{order_id}"},
-        }
 
 
 # -- reads ------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import bson
 import pytest
@@ -63,7 +64,8 @@ from connectors.mongodb import (
     translate_error,
 )
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
 from tests.support.mongo import NX_GAPS, MongoServer
 from worker.config import load_tenant
 
@@ -717,19 +719,15 @@ def silent_port() -> Iterator[int]:
 
 @pytest.fixture
 async def make_connector() -> AsyncIterator[Any]:
-    made: list[MongoDBConnector] = []
+    factory = ConnectorFactory(MongoDBConnector, "orders_db", REPO)
 
     def make(
         uri: Any, *, database: str = "shop", limits: Limits | None = None, **more: Any
     ) -> MongoDBConnector:
-        settings = MongoDBSettings(uri=uri, database=database, **more)
-        connector = MongoDBConnector("orders_db", settings, base_dir=REPO, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.make(limits, uri=uri, database=database, **more)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
     # PyMongo 4.20's async connect (pool_shared._async_create_connection) does not
     # close its socket when the monitor task is cancelled mid-connect, as
     # client.close() does while it retries a refused port: collect that garbage
@@ -931,37 +929,25 @@ SLOW_NX = {
 }
 
 
-class TestMongoDBContract(ConnectorContract):
+class TestMongoDBContract(ContractCase):
+    FOUND_QUERY = ORDER_STATUS
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999"})
+    WRITE_QUERY: ClassVar[RawQuery] = {
+        "collection": "orders",
+        "pipeline": [{"$match": {}}, {"$out": "stolen"}],
+    }
+
     @pytest.fixture
     def connector(self, live_connector: MongoDBConnector) -> MongoDBConnector:
         return live_connector
 
     @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_STATUS
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999"})
-
-    @pytest.fixture
     def slow_query(self, mongo_server: MongoServer) -> RawQuery | None:
         return SLOW_NX if mongo_server.is_nx else SLOW
 
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return {"collection": "orders", "pipeline": [{"$match": {}}, {"$out": "stolen"}]}
 
-
-async def live_read(
-    connector: MongoDBConnector, raw: RawQuery, **params: Any
-) -> list[dict[str, Any]]:
-    result = await connector.run(MongoDBConnector.prepare(raw), Bound(params=params), timeout_s=10)
-    return result.rows
+live_read = partial(read_rows, timeout_s=10)
 
 
 @pytest.mark.parametrize("evil", ['{"$ne": null}', "*", "$where", "' || '1'=='1"])

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 from xml.etree.ElementTree import ParseError
 
@@ -44,7 +44,7 @@ from connectors.egress import Reach, parse_networks, reaching, refusal_in
 from connectors.http_base import BasicAuthSettings, OAuth2ClientCredentialsSettings
 from connectors.registry import load
 from connectors.rest import RESTConnector, RESTSettings, xml_document
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import (
     Recorder,
     dropping_server,
@@ -67,6 +67,7 @@ from tests.servers.rest_app import (
     rest_app,
     token_app,
 )
+from tests.support.connectors import ConnectorFactory, ContractCase, read
 from worker import secrets
 from worker.config import load_tenant
 from worker.sources import Sources
@@ -117,53 +118,23 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make_connector(api: str, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[RESTConnector] = []
-
-    def make(limits: Limits | None = None, **overrides: Any) -> RESTConnector:
-        connection = {**SEED_CONNECTION, "base_url": api, "api_key": API_KEY, **overrides}
-        settings = RESTSettings.model_validate(connection)
-        connector = RESTConnector("inventory_api", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {**SEED_CONNECTION, "base_url": api, "api_key": API_KEY}
+    factory = ConnectorFactory(RESTConnector, "inventory_api", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(connector: RESTConnector, raw: RawQuery, timeout_s: float = 5, **params: Any) -> Any:
-    query = RESTConnector.prepare(raw)
-    return await connector.run(query, Bound(params=params), timeout_s=timeout_s)
+class TestRESTContract(ContractCase):
+    FOUND_QUERY = STOCK
+    FOUND_PARAMS = Bound(params={"sku": "SKU-789"})
+    MISSING_PARAMS = Bound(params={"sku": "SKU-000"})
+    SLOW_QUERY: ClassVar[RawQuery] = {"path": "/slow", "params": {"seconds": "{seconds}"}}
+    SLOW_PARAMS = Bound(params={"seconds": 30})
+    WRITE_QUERY: ClassVar[RawQuery] = {"path": "/products/{sku}", "method": "DELETE"}
 
-
-class TestRESTContract(ConnectorContract):
     @pytest.fixture
     def connector(self, make_connector: MakeConnector) -> RESTConnector:
         return make_connector()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return STOCK
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"sku": "SKU-789"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"sku": "SKU-000"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return {"path": "/slow", "params": {"seconds": "{seconds}"}}
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"seconds": 30})
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return {"path": "/products/{sku}", "method": "DELETE"}
 
 
 # -- the seed's shapes ---------------------------------------------------------------

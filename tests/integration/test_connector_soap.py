@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -32,7 +32,6 @@ from connectors.base import (
     ConfigError,
     Limits,
     NotARead,
-    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
@@ -46,7 +45,7 @@ from connectors.soap import (
     SOAPSettings,
     render_envelope,
 )
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
 from tests.servers.hostile import (
     Recorder,
     endless,
@@ -57,6 +56,7 @@ from tests.servers.hostile import (
     status,
 )
 from tests.servers.soap_app import NAMESPACE, TOKEN, soap_proxy_app
+from tests.support.connectors import ConnectorFactory, ContractCase, read
 from tests.support.processes import stop
 from worker.config import load_tenant
 from worker.service import open_worker
@@ -135,60 +135,30 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make_connector(service: str, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[SOAPConnector] = []
-
-    def make(limits: Limits | None = None, **overrides: Any) -> SOAPConnector:
-        connection = {
-            "wsdl": f"{service}/?wsdl",
-            "api_key": TOKEN,
-            "headers": {"Authorization": "Bearer {api_key}"},
-            **overrides,
-        }
-        settings = SOAPSettings.model_validate(connection)
-        connector = SOAPConnector("orders_soap", settings, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {
+        "wsdl": f"{service}/?wsdl",
+        "api_key": TOKEN,
+        "headers": {"Authorization": "Bearer {api_key}"},
+    }
+    factory = ConnectorFactory(SOAPConnector, "orders_soap", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: SOAPConnector, raw: RawQuery, timeout_s: float = 5, **params: Any
-) -> ReadResult:
-    query = SOAPConnector.prepare(raw)
-    return await connector.run(query, Bound(params=params), timeout_s=timeout_s)
+class TestSOAPContract(ContractCase):
+    FOUND_QUERY = ORDER_STATUS
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999"})
+    SLOW_QUERY = SLOW
+    SLOW_PARAMS = Bound(params={"order_id": "12345"})
+    WRITE_QUERY: ClassVar[RawQuery] = {
+        "operation": "CancelOrder",
+        "args": {"orderId": "{order_id}"},
+    }
 
-
-class TestSOAPContract(ConnectorContract):
     @pytest.fixture
     def connector(self, make_connector: MakeConnector) -> SOAPConnector:
         return make_connector()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_STATUS
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return SLOW
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return {"operation": "CancelOrder", "args": {"orderId": "{order_id}"}}
 
 
 # -- reads -----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from connectors.base import (
 )
 from connectors.egress import Reach, parse_networks
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
 from connectors.webhook import (
     SIGNATURE_HEADER,
     WebhookConnector,
@@ -40,6 +39,7 @@ from connectors.webhook import (
     verify,
 )
 from tests.servers.hostile import serve
+from tests.support.connectors import ConnectorFactory, ContractCase, read
 from worker.config import load_tenant
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -114,50 +114,22 @@ async def hook_url(seen: Receiver) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make_connector(hook_url: str, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[WebhookConnector] = []
-
-    def make(**overrides: Any) -> WebhookConnector:
-        settings = WebhookSettings.model_validate({"url": hook_url, "secret": SECRET, **overrides})
-        connector = WebhookConnector("orders_hook", settings, base_dir=tmp_path)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
+    defaults = {"url": hook_url, "secret": SECRET}
+    factory = ConnectorFactory(WebhookConnector, "orders_hook", tmp_path, defaults)
+    yield factory.make
+    await factory.aclose()
 
 
-async def read(
-    connector: WebhookConnector, raw: RawQuery, timeout_s: float = 5, **params: Any
-) -> Any:
-    query = WebhookConnector.prepare(raw)
-    return await connector.run(query, Bound(params=params), timeout_s=timeout_s)
+class TestWebhookContract(ContractCase):
+    FOUND_QUERY = "order_status"
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "00000"})
+    SLOW_QUERY = "slow"
+    SLOW_PARAMS = Bound(params={"seconds": 30})
 
-
-class TestWebhookContract(ConnectorContract):
     @pytest.fixture
     def connector(self, make_connector: MakeConnector) -> WebhookConnector:
         return make_connector()
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return "order_status"
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "00000"})
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return "slow"
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(params={"seconds": 30})
 
 
 # -- the wire ---------------------------------------------------------------------

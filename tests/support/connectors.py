@@ -92,8 +92,12 @@ class ConnectorFactory(Generic[C]):
 
         ``cls`` and ``source_id`` replace the factory's for this one connector.
         """
-        connector = (cls or self.cls)(
-            source_id or self.source_id, settings, base_dir=self.base_dir, limits=limits, **more
+        connector = (self.cls if cls is None else cls)(
+            self.source_id if source_id is None else source_id,
+            settings,
+            base_dir=self.base_dir,
+            limits=limits,
+            **more,
         )
         return self.keep(connector)
 

@@ -34,7 +34,9 @@ from connectors.files import (
     TabularFileConnector,
 )
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase
+from tests.support.connectors import read_rows as read
 from worker.errors import ConnectorMissing
 
 HEADER = ["sku", "name", "qty", "price", "restock"]
@@ -135,31 +137,23 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def make_connector(data_dir: Path) -> AsyncIterator[MakeConnector]:
-    made: list[TabularFileConnector[Any]] = []
+    factory = ConnectorFactory(TabularFileConnector, "stock", data_dir)
 
     def make(
         kind: str, path: str | None = None, limits: Limits | None = None, **settings: Any
     ) -> TabularFileConnector[Any]:
         cls = CONNECTORS[kind]
         connection = cls.Settings.model_validate({"path": path or FILES[kind], **settings})
-        connector = cls(f"{kind}_stock", connection, base_dir=data_dir, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.build(connection, limits=limits, source_id=f"{kind}_stock", cls=cls)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
 
 
-async def read(
-    connector: TabularFileConnector[Any], raw: RawQuery, **params: Any
-) -> list[dict[str, Any]]:
-    prepared = type(connector).prepare(raw)
-    result = await connector.run(prepared, Bound(params=params), timeout_s=5)
-    return result.rows
+class TestFileContract(ContractCase):
+    FOUND_PARAMS = Bound(params={"sku": "12345"})
+    MISSING_PARAMS = Bound(params={"sku": "nope"})
 
-
-class TestFileContract(ConnectorContract):
     @pytest.fixture
     def connector(self, make_connector: MakeConnector, kind: str) -> TabularFileConnector[Any]:
         return make_connector(kind)
@@ -167,14 +161,6 @@ class TestFileContract(ConnectorContract):
     @pytest.fixture
     def found_query(self, kind: str) -> RawQuery:
         return query(kind)
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"sku": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"sku": "nope"})
 
 
 # -- prepare -----------------------------------------------------------------------

@@ -25,7 +25,9 @@ from connectors.base import (
 from connectors.registry import load
 from connectors.sql import SQLSpec
 from connectors.sqlite import SQLiteConnector, SQLiteSettings
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase
+from tests.support.connectors import read_args as read
 
 ORDERS = [
     ("12345", "+1234567890", "shipped", "TRK-1", 19.5, b"\x00\xff"),
@@ -68,53 +70,28 @@ def order_count(path: Path) -> int:
 
 @pytest.fixture
 async def make_connector(db_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[SQLiteConnector] = []
+    factory = ConnectorFactory(SQLiteConnector, "shop", db_path.parent)
 
     def make(
         path: str = "shop.db", pool_size: int = 2, limits: Limits | None = None
     ) -> SQLiteConnector:
-        settings = SQLiteSettings(path=path, pool_size=pool_size)
-        connector = SQLiteConnector("shop", settings, base_dir=db_path.parent, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.make(limits, path=path, pool_size=pool_size)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
 
 
-async def read(
-    connector: SQLiteConnector, raw: RawQuery, *args: object, timeout_s: float = 5
-) -> list[dict[str, object]]:
-    result = await connector.run(connector.prepare(raw), Bound(args=args), timeout_s=timeout_s)
-    return result.rows
+class TestSQLiteContract(ContractCase):
+    FOUND_QUERY = ORDER_STATUS
+    FOUND_PARAMS = Bound(args=("12345",))
+    MISSING_PARAMS = Bound(args=("99999",))
+    SLOW_QUERY = FOREVER
+    WRITE_QUERY = "DELETE FROM orders"
 
-
-class TestSQLiteContract(ConnectorContract):
     @pytest.fixture
     async def connector(self, make_connector: MakeConnector) -> SQLiteConnector:
         # One connection: a read left running would block every later one.
         return make_connector(pool_size=1)
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_STATUS
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(args=("12345",))
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(args=("99999",))
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return FOREVER
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return "DELETE FROM orders"
 
 
 # -- prepare -----------------------------------------------------------------------
