@@ -79,6 +79,13 @@ def start_worker(
     return proc, log
 
 
+def ask(engine: Engine, *, what: str) -> list[str]:
+    """Order 12345's status, asked through the engine: the reply, once it came."""
+    asked = engine.enqueue(job("order_status", order_id="12345"))
+    wait_until(lambda: asked in engine.replies(), what=what)
+    return engine.replies()[asked]
+
+
 def test_put__invalid_config_is_refused_and_the_old_one_kept(
     engine_configs: tuple[Engine, Path],
 ) -> None:
@@ -100,18 +107,12 @@ def test_worker__follows_a_new_config_without_restarting(
     engine, folder = engine_configs
     proc, log = start_worker(engine, tmp_path, poll_s="0.3")
     try:
-        first = engine.enqueue(job("order_status", order_id="12345"))
-        wait_until(lambda: first in engine.replies(), what="the first reply")
-        assert engine.replies()[first] == ["v1: shipped"]
+        assert ask(engine, what="the first reply") == ["v1: shipped"]
 
         status, _ = engine.put_config(shop_config(folder, "v2: your order is {{ row.status }}"))
         assert status == 200
         deadline = time.monotonic() + 10
-        while True:
-            probe = engine.enqueue(job("order_status", order_id="12345"))
-            wait_until(lambda: probe in engine.replies(), what="a reply")  # noqa: B023
-            if engine.replies()[probe] == ["v2: your order is shipped"]:
-                break
+        while ask(engine, what="a reply") != ["v2: your order is shipped"]:
             assert time.monotonic() < deadline, "the worker did not pick up the new config"
         assert proc.poll() is None  # no restart
     finally:
@@ -155,15 +156,11 @@ def test_sighup__polls_the_engine_at_once(
     engine, folder = engine_configs
     proc, log = start_worker(engine, tmp_path, poll_s="600")
     try:
-        first = engine.enqueue(job("order_status", order_id="12345"))
-        wait_until(lambda: first in engine.replies(), what="the first reply")
-        assert engine.replies()[first] == ["v1: shipped"]
+        assert ask(engine, what="the first reply") == ["v1: shipped"]
         assert engine.put_config(shop_config(folder, "v2: {{ row.status }}"))[0] == 200
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "config changed" in log.read_text(), what="the reload")
-        second = engine.enqueue(job("order_status", order_id="12345"))
-        wait_until(lambda: second in engine.replies(), what="the second reply")
-        assert engine.replies()[second] == ["v2: shipped"]
+        assert ask(engine, what="the second reply") == ["v2: shipped"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
