@@ -21,7 +21,6 @@ import decimal
 import json
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -67,7 +66,13 @@ from connectors.registry import load
 from connectors.testing import RawQuery
 from tests.servers.es_search_app import es_search_app
 from tests.servers.hostile import Recorder, serve
-from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
+from tests.support.connectors import (
+    ConnectorFactory,
+    ContractCase,
+    read_rows,
+    refused_port,
+    silent_listener,
+)
 from tests.support.connectors import read as agg_read
 from worker.config import load_tenant
 from worker.service import open_worker
@@ -553,18 +558,14 @@ def test_translate_error__maps_client_errors_without_secrets(
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return refused_port()
 
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback port that accepts connections and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
+    with silent_listener(16) as port:
+        yield port
 
 
 @pytest.fixture

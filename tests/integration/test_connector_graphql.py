@@ -36,13 +36,12 @@ from tests.servers.graphql_app import TOKEN, graphql_app
 from tests.servers.hostile import (
     Recorder,
     endless,
-    recorded_app,
     redirect,
     serve,
     stall,
     status,
 )
-from tests.support.connectors import ConnectorFactory, ContractCase, read
+from tests.support.connectors import ConnectorFactory, ContractCase, read, serve_elsewhere
 from worker.config import load_tenant
 from worker.service import open_worker
 
@@ -101,9 +100,7 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
     async def stolen(request: web.Request) -> web.Response:
         return web.json_response({"data": {"order": {"status": "stolen"}}})
 
-    app = recorded_app(other_recorder)
-    app.router.add_route("*", "/{tail:.*}", stolen)
-    async with serve(app, host="127.0.0.2") as url:
+    async with serve_elsewhere(other_recorder, stolen) as url:
         yield url
 
 

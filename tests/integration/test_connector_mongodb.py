@@ -21,7 +21,6 @@ import decimal
 import gc
 import json
 import re
-import socket
 import time
 import uuid
 import warnings
@@ -65,7 +64,13 @@ from connectors.mongodb import (
 )
 from connectors.registry import load
 from connectors.testing import RawQuery
-from tests.support.connectors import ConnectorFactory, ContractCase, read_rows
+from tests.support.connectors import (
+    ConnectorFactory,
+    ContractCase,
+    read_rows,
+    refused_port,
+    silent_listener,
+)
 from tests.support.mongo import NX_GAPS, MongoServer
 from worker.config import load_tenant
 
@@ -703,18 +708,14 @@ def test_translate_error__maps_driver_errors_without_secrets(
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return refused_port()
 
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback port that accepts connections and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
+    with silent_listener(16) as port:
+        yield port
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import random
 import re
 import secrets
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -48,7 +47,9 @@ from connectors.base import (
 from connectors.mysql import MySQLConnector, MySQLSettings, _deadline_sql
 from connectors.registry import load
 from connectors.sql import SQLSpec
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase, refused_port
+from tests.support.connectors import read_args as read
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +140,7 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 async def make_connector(server: Server) -> AsyncIterator[MakeConnector]:
-    made: list[MySQLConnector] = []
+    factory = ConnectorFactory(MySQLConnector, "shop_mysql", REPO)
 
     def make(pool_size: int = 2, limits: Limits | None = None, **connection: Any) -> MySQLConnector:
         fields: dict[str, Any] = {
@@ -152,20 +153,10 @@ async def make_connector(server: Server) -> AsyncIterator[MakeConnector]:
         }
         fields.update(connection)
         settings = MySQLSettings.model_validate({k: v for k, v in fields.items() if v is not None})
-        connector = MySQLConnector("shop_mysql", settings, base_dir=REPO, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.build(settings, limits=limits)
 
     yield make
-    for connector in made:
-        await connector.close()
-
-
-async def read(
-    connector: MySQLConnector, raw: RawQuery, *args: object, timeout_s: float = 5
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(args=args), timeout_s=timeout_s)
-    return result.rows
+    await factory.aclose()
 
 
 async def read_unchecked(connector: MySQLConnector, sql: str) -> list[dict[str, Any]]:
@@ -226,45 +217,25 @@ def new_marker() -> str:
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return refused_port()
 
 
 # -- the shared contract -----------------------------------------------------------
 
 
-class TestMySQLContract(ConnectorContract):
+class TestMySQLContract(ContractCase):
+    FOUND_QUERY = "SELECT status, tracking, total, placed_at FROM orders WHERE order_id = $1"
+    FOUND_PARAMS = Bound(args=("12345",))
+    MISSING_PARAMS = Bound(args=("99999",))
+    SLOW_QUERY = "SELECT SLEEP($1) AS slept"
+    SLOW_PARAMS = Bound(args=(30,))
+    WRITE_QUERY = "DELETE FROM orders"
+
     @pytest.fixture
     async def connector(self, make_connector: MakeConnector) -> MySQLConnector:
         # One connection: a read left running, or a connection never given back,
         # would block every later read.
         return make_connector(pool_size=1)
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return "SELECT status, tracking, total, placed_at FROM orders WHERE order_id = $1"
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(args=("12345",))
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(args=("99999",))
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return "SELECT SLEEP($1) AS slept"
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(args=(30,))
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return "DELETE FROM orders"
 
 
 # -- prepare -----------------------------------------------------------------------

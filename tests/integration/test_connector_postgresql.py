@@ -49,7 +49,9 @@ from connectors.postgresql import (
 )
 from connectors.registry import load
 from connectors.sql import SQLSpec
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase, refused_port
+from tests.support.connectors import read_args as read
 from worker.errors import InputRefused
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,19 +189,16 @@ def settings(db: str, **overrides: Any) -> PostgreSQLSettings:
 
 @pytest.fixture
 async def make_connector(database: str, tmp_path: Path) -> AsyncIterator[MakeConnector]:
-    made: list[PostgreSQLConnector] = []
+    factory = ConnectorFactory(PostgreSQLConnector, "crm", tmp_path)
 
     def make(
         limits: Limits | None = None, source_id: str = "crm", **overrides: Any
     ) -> PostgreSQLConnector:
         connection = overrides.pop("connection", None) or settings(database, **overrides)
-        connector = PostgreSQLConnector(source_id, connection, base_dir=tmp_path, limits=limits)
-        made.append(connector)
-        return connector
+        return factory.build(connection, limits=limits, source_id=source_id)
 
     yield make
-    for connector in made:
-        await connector.close()
+    await factory.aclose()
     # A connection refused after TLS was set up (asyncpg's sslmode "prefer" then tries
     # again without TLS) closes its TLS transport in the background: let that finish
     # before pytest-asyncio closes the loop, or its socket is reported as leaked.
@@ -211,13 +210,6 @@ def _collect_garbage() -> Iterator[None]:
     """Collect after each test, so an unclosed socket is blamed on the test that left it."""
     yield
     gc.collect()
-
-
-async def read(
-    connector: PostgreSQLConnector, raw: RawQuery, *args: object, timeout_s: float = 5
-) -> list[dict[str, Any]]:
-    result = await connector.run(connector.prepare(raw), Bound(args=args), timeout_s=timeout_s)
-    return result.rows
 
 
 def unprepared(sql: str) -> PreparedQuery:
@@ -236,30 +228,19 @@ def nothing_borrowed(connector: PostgreSQLConnector) -> bool:
     return bool(pool.get_idle_size() == pool.get_size())
 
 
-class TestPostgreSQLContract(ConnectorContract):
+class TestPostgreSQLContract(ContractCase):
+    FOUND_QUERY = ORDER_STATUS
+    FOUND_PARAMS = Bound(args=("12345",))
+    MISSING_PARAMS = Bound(args=("99999",))
+    WRITE_QUERY = "DELETE FROM orders"
+
     @pytest.fixture
     def connector(self, make_connector: MakeConnector) -> PostgreSQLConnector:
         return make_connector()
 
     @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_STATUS
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(args=("12345",))
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(args=("99999",))
-
-    @pytest.fixture
     def slow_query(self) -> RawQuery | None:
         return slow_sql()[0]
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return "DELETE FROM orders"
 
 
 # -- settings and discovery ----------------------------------------------------------
@@ -781,9 +762,7 @@ async def _some_running(database: str, marker: str) -> bool:
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return refused_port(HOST)
 
 
 @pytest.fixture

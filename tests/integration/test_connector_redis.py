@@ -18,12 +18,11 @@ import contextlib
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytest
@@ -40,7 +39,6 @@ from connectors.base import (
     Limits,
     NotARead,
     PreparedQuery,
-    ReadResult,
     SourceAuthError,
     SourceError,
     SourceTimeout,
@@ -57,7 +55,8 @@ from connectors.redis import (
 )
 from connectors.redis.commands import json_result
 from connectors.registry import load
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase, read, refused_port
 from worker.config import load_tenant
 from worker.service import open_worker
 
@@ -133,10 +132,7 @@ async def sessions(admin: redis.asyncio.Redis, name: str) -> int:
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return refused_port(HOST)
 
 
 # -- a proxy that hangs on demand ----------------------------------------------------
@@ -262,34 +258,31 @@ async def tarpit() -> AsyncIterator[TarpitProxy]:
 @pytest.fixture
 async def make_connector(tmp_path: Path) -> AsyncIterator[MakeConnector]:
     """Connectors on the test server, each with its own client name; closed afterwards."""
-    made: list[RedisConnector] = []
+    factory = ConnectorFactory(RedisConnector, "cache", tmp_path)
 
     def make(*, limits: Limits | None = None, **connection: Any) -> RedisConnector:
         if "url" not in connection:
             connection.setdefault("host", HOST)
             connection.setdefault("client_name", f"lookup-test-{secrets.token_hex(4)}")
-        connector = RedisConnector(
-            "cache", RedisSettings.model_validate(connection), base_dir=tmp_path, limits=limits
-        )
-        made.append(connector)
-        return connector
+        return factory.make(limits, **connection)
 
     yield make
-    for connector in made:
-        await connector.close()
-
-
-async def read(
-    connector: RedisConnector, raw: RawQuery, *, timeout_s: float = 5, **params: Any
-) -> ReadResult:
-    return await connector.run(connector.prepare(raw), Bound(params=params), timeout_s=timeout_s)
+    await factory.aclose()
 
 
 def hgetall(ns: str) -> dict[str, str]:
     return {"command": "HGETALL", "key": f"{ns}order:{{order_id}}"}
 
 
-class TestRedisContract(ConnectorContract):
+class TestRedisContract(ContractCase):
+    FOUND_PARAMS = Bound(params={"order_id": "12345"})
+    MISSING_PARAMS = Bound(params={"order_id": "99999"})
+    WRITE_QUERY: ClassVar[RawQuery] = {
+        "command": "SET",
+        "key": "order:{order_id}",
+        "args": ["cancelled"],
+    }
+
     @pytest.fixture
     async def connector(
         self, make_connector: MakeConnector, tarpit: TarpitProxy, shop: str
@@ -301,20 +294,8 @@ class TestRedisContract(ConnectorContract):
         return hgetall(shop)
 
     @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(params={"order_id": "12345"})
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(params={"order_id": "99999"})
-
-    @pytest.fixture
     def slow_query(self, shop: str) -> RawQuery | None:
         return {"command": "GET", "key": f"{shop}{TARPIT}"}
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return {"command": "SET", "key": "order:{order_id}", "args": ["cancelled"]}
 
 
 # -- prepare -----------------------------------------------------------------------

@@ -49,7 +49,6 @@ from tests.servers.hostile import (
     Recorder,
     dropping_server,
     endless,
-    recorded_app,
     redirect,
     serve,
     stall,
@@ -67,7 +66,7 @@ from tests.servers.rest_app import (
     rest_app,
     token_app,
 )
-from tests.support.connectors import ConnectorFactory, ContractCase, read
+from tests.support.connectors import ConnectorFactory, ContractCase, read, serve_elsewhere
 from worker import secrets
 from worker.config import load_tenant
 from worker.sources import Sources
@@ -110,9 +109,7 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
     async def stolen(request: web.Request) -> web.Response:
         return web.json_response({"stolen": True})
 
-    app = recorded_app(other_recorder)
-    app.router.add_route("*", "/{tail:.*}", stolen)
-    async with serve(app, host="127.0.0.2") as url:
+    async with serve_elsewhere(other_recorder, stolen) as url:
         yield url
 
 

@@ -49,14 +49,13 @@ from connectors.testing import RawQuery
 from tests.servers.hostile import (
     Recorder,
     endless,
-    recorded_app,
     redirect,
     serve,
     stall,
     status,
 )
 from tests.servers.soap_app import NAMESPACE, TOKEN, soap_proxy_app
-from tests.support.connectors import ConnectorFactory, ContractCase, read
+from tests.support.connectors import ConnectorFactory, ContractCase, read, serve_elsewhere
 from tests.support.processes import stop
 from worker.config import load_tenant
 from worker.service import open_worker
@@ -127,9 +126,7 @@ async def other_host(other_recorder: Recorder) -> AsyncIterator[str]:
     async def stolen(request: web.Request) -> web.Response:
         return web.Response(text="stolen", content_type="text/xml")
 
-    app = recorded_app(other_recorder)
-    app.router.add_route("*", "/{tail:.*}", stolen)
-    async with serve(app, host="127.0.0.2") as url:
+    async with serve_elsewhere(other_recorder, stolen) as url:
         yield url
 
 

@@ -19,7 +19,6 @@ import datetime as dt
 import decimal
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,7 +33,6 @@ from connectors import registry
 from connectors.base import (
     Bound,
     ConfigError,
-    Limits,
     NotARead,
     SourceAuthError,
     SourceError,
@@ -51,7 +49,9 @@ from connectors.sqlserver import (
     render_sql,
     translate_error,
 )
-from connectors.testing import ConnectorContract, RawQuery
+from connectors.testing import RawQuery
+from tests.support.connectors import ConnectorFactory, ContractCase, refused_port, silent_listener
+from tests.support.connectors import read_args as read
 from worker.config import load_tenant
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,42 +349,21 @@ def test_error_numbers__reads_both_argument_shapes() -> None:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return refused_port()
 
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback port that accepts connections and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        yield int(listener.getsockname()[1])
+    with silent_listener(64) as port:
+        yield port
 
 
 @pytest.fixture
 async def make_connector() -> AsyncIterator[Any]:
-    made: list[SQLServerConnector] = []
-
-    def make(*, limits: Limits | None = None, **connection: Any) -> SQLServerConnector:
-        settings = SQLServerSettings.model_validate(connection)
-        connector = SQLServerConnector("crm", settings, base_dir=REPO, limits=limits)
-        made.append(connector)
-        return connector
-
-    yield make
-    for connector in made:
-        await connector.close()
-
-
-async def read(
-    connector: SQLServerConnector, sql: str, *args: Any, timeout_s: float = 5
-) -> list[dict[str, Any]]:
-    result = await connector.run(
-        SQLServerConnector.prepare(sql), Bound(args=args), timeout_s=timeout_s
-    )
-    return result.rows
+    factory = ConnectorFactory(SQLServerConnector, "crm", REPO)
+    yield factory.make
+    await factory.aclose()
 
 
 async def test_run__closed_port_is_unavailable_at_once(
@@ -561,34 +540,17 @@ def live_connector(live_database: str, make_connector: Any) -> SQLServerConnecto
 
 
 @live
-class TestSQLServerContract(ConnectorContract):
+class TestSQLServerContract(ContractCase):
+    FOUND_QUERY = ORDER_STATUS
+    FOUND_PARAMS = Bound(args=("12345",))
+    MISSING_PARAMS = Bound(args=("99999",))
+    SLOW_QUERY = SLOW
+    SLOW_PARAMS = Bound(args=(-1,))
+    WRITE_QUERY = "DELETE FROM orders"
+
     @pytest.fixture
     def connector(self, live_connector: SQLServerConnector) -> SQLServerConnector:
         return live_connector
-
-    @pytest.fixture
-    def found_query(self) -> RawQuery:
-        return ORDER_STATUS
-
-    @pytest.fixture
-    def found_params(self) -> Bound:
-        return Bound(args=("12345",))
-
-    @pytest.fixture
-    def missing_params(self) -> Bound:
-        return Bound(args=("99999",))
-
-    @pytest.fixture
-    def slow_query(self) -> RawQuery | None:
-        return SLOW
-
-    @pytest.fixture
-    def slow_params(self) -> Bound:
-        return Bound(args=(-1,))
-
-    @pytest.fixture
-    def write_query(self) -> RawQuery | None:
-        return "DELETE FROM orders"
 
 
 @live

@@ -5,20 +5,37 @@ parameters; `read_rows` keeps only the rows, `read_args` binds SQL ``$1…$n``.
 `ConnectorFactory` builds connectors of one class from default settings with
 overrides, keeps every one it made and closes them all at a fixture's teardown.
 `ContractCase` is `ConnectorContract` with its fixtures read from class attributes.
+`refused_port`, `silent_listener` and `serve_elsewhere` are the stand-ins the failure
+tests point connectors at: a port that refuses, one that never answers, and a
+second host on another loopback address that must never be reached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import pytest
+from aiohttp import web
 
 from connectors.base import Bound, ConnectionSettings, Connector, Limits, ReadResult
 from connectors.testing import ConnectorContract, RawQuery
+from tests.servers.hostile import Recorder, recorded_app, serve
 
-__all__ = ["ConnectorFactory", "ContractCase", "read", "read_args", "read_rows", "run"]
+__all__ = [
+    "ConnectorFactory",
+    "ContractCase",
+    "read",
+    "read_args",
+    "read_rows",
+    "refused_port",
+    "run",
+    "serve_elsewhere",
+    "silent_listener",
+]
 
 C = TypeVar("C", bound=Connector)
 
@@ -145,3 +162,30 @@ class ContractCase(ConnectorContract):
     @pytest.fixture
     def write_query(self) -> RawQuery | None:
         return self.WRITE_QUERY
+
+
+def refused_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def silent_listener(backlog: int) -> Iterator[int]:
+    """A loopback port that accepts up to ``backlog`` connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        yield int(listener.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve_elsewhere(
+    recorder: Recorder, answer: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[str]:
+    """A second server on 127.0.0.2 that records every request and gives ``answer``."""
+    app = recorded_app(recorder)
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serve(app, host="127.0.0.2") as url:
+        yield url
