@@ -9,9 +9,12 @@ leaves unset (the README's "Environment" table names each variable).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.settings import Settings
-from worker.tenant import Tenant
+
+if TYPE_CHECKING:  # the CLI imports this module before any config is read
+    from worker.tenant import Tenant
 
 __all__ = ["audit_target", "engine_settings", "queue_target"]
 

@@ -26,11 +26,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
-from worker.secret_fields import Secret, config_secrets
 from worker.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
+
+    from worker.secret_fields import Secret
 
 __all__ = [
     "PREFIX",
@@ -179,6 +180,8 @@ def plaintext_warnings(document: Mapping[str, Any], name: str) -> list[str]:
     """One warning per credential of the config's sources written in clear (they still
     load): each secret `worker.secret_fields` finds that is neither ``enc:v1:`` nor
     ``${env:…}``; a URL only when it holds credentials."""
+    from worker.secret_fields import config_secrets  # loads connectors: not for keygen
+
     sources = {"data_sources": document.get("data_sources", [])}
     return [
         f"{name}: {_dotted(secret.where)} is a plaintext secret; "
