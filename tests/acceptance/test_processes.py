@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -30,11 +31,39 @@ def _answered_ok(url: str) -> int:
     return int(float(found.group(1))) if found else 0
 
 
+def _listeners(port: int) -> set[str]:
+    """The socket inodes listening on loopback ``port`` (``/proc/net/tcp``, state 0A)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds one of the sockets listening on ``port``."""
+    inodes = _listeners(port)
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
 def _start_two(workers: WorkerProcs) -> subprocess.Popen[bytes]:
     proc = workers.start("--processes", "2")
     url = proc.http  # type: ignore[attr-defined]
+    port = int(url.rsplit(":", 1)[1])
     wait_until(lambda: len(_children(proc.pid)) == 2, what="two worker processes")
-    wait_until(lambda: answers(f"{url}/healthz"), what="the workers to listen")
+    # /healthz answers as soon as one child listens: the kernel spreads connections
+    # only over the children listening by then, so wait for both
+    wait_until(
+        lambda: all(_listens(child, port) for child in _children(proc.pid)),
+        what="both workers to listen",
+    )
+    wait_until(lambda: answers(f"{url}/healthz"), what="the workers to answer")
     return proc
 
 
