@@ -23,6 +23,7 @@ An engine-served config further gets:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -83,6 +84,7 @@ def resolve_values(
     but the places are still checked. ``${env:NAME}`` is looked up in ``environ``
     (default: the environment as `Settings.load` finds it now).
     """
+    settings = functools.cache(Settings.load)  # read once, and only if a value needs it
 
     def walk(value: Any, path: Path_) -> Any:
         if isinstance(value, str):
@@ -108,20 +110,24 @@ def resolve_values(
         if not decrypt:
             return text
         if text.startswith(secrets.PREFIX):
-            try:
-                return secrets.decrypt(text, tenant=tenant_id)
-            except ConfigError as exc:
-                report(path, exc.message)
-                return ""
-        return _from_env(text, path, environ, report)
+            keys = settings().secret_keys.get_secret_value()
+            return _decrypted(text, path, keys, tenant_id, report)
+        return _from_env(text, path, settings().environ() if environ is None else environ, report)
 
     return walk(node, ())
 
 
-def _from_env(text: str, path: Path_, given: Mapping[str, str] | None, report: Report) -> str:
-    """``text`` with each ``${env:NAME}`` replaced from ``given`` (None: the environment
-    `Settings.load` finds now); '' if one is unset."""
-    environ = Settings.load().environ() if given is None else given
+def _decrypted(text: str, path: Path_, keys: str, tenant_id: str, report: Report) -> str:
+    """The plaintext of an ``enc:v1:`` value; '' (and a report) if it does not decrypt."""
+    try:
+        return secrets.decrypt(text, keys=keys, tenant=tenant_id)
+    except ConfigError as exc:
+        report(path, exc.message)
+        return ""
+
+
+def _from_env(text: str, path: Path_, environ: Mapping[str, str], report: Report) -> str:
+    """``text`` with each ``${env:NAME}`` replaced from ``environ``; '' if one is unset."""
     missing = [m.group(1) for m in _ENV.finditer(text) if m.group(1) not in environ]
     if missing:
         report(path, f"environment variable {missing[0]} is not set")
