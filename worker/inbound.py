@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import BadInbound
-from worker.jobs import JOB_TYPE
 from worker.router import Route
+from worker.stores.base import JOB_TYPE
 
 __all__ = ["MAX_MESSAGE", "BadInbound", "Inbound", "inbound_job", "read_inbound"]
 

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from worker.config import Lookup, ParamRule
 
 __all__ = [
-    "JOB_TYPE",
     "JobRequest",
     "normalise_query_type",
     "read_payload",

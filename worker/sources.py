@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 from connectors.base import Connector
 from connectors.egress import Reach, reaching, refusal_in
-from worker.circuit import Circuit, CircuitOpen
+from worker.circuit import Circuit
 from worker.config import Tenant
 from worker.errors import (
+    CircuitOpen,
     ConfigError,
     InputRefused,
     SourceError,
